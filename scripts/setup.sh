@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages modlm builds against, only those that are missing.
+set -euo pipefail
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libomp-dev nlohmann-json3-dev
+      libcli11-dev libsentencepiece-dev libgtest-dev libbenchmark-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq "${missing[@]}"
+fi
