@@ -1,0 +1,230 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <set>
+
+#include "util/error.h"
+#include "util/fs.h"
+
+namespace modlm {
+
+bool LayerSet::contains(int layer) const {
+  if (kind == "all") return true;
+  if (kind == "every_other") return layer % 2 == 1;
+  if (kind == "list") {
+    for (int l : list)
+      if (l == layer) return true;
+  }
+  return false;
+}
+
+json LayerSet::to_json() const {
+  if (kind == "list") return json(list);
+  return json(kind);
+}
+
+LayerSet LayerSet::parse(const json& j, int n_layers, const std::string& where) {
+  LayerSet s;
+  if (j.is_string()) {
+    std::string k = j.get<std::string>();
+    if (k != "every_other" && k != "all" && k != "none")
+      throw bad_input(where + ": must be \"every_other\", \"all\", \"none\" or a list of layer indices, got \"" + k +
+                      "\"");
+    s.kind = k;
+    return s;
+  }
+  if (!j.is_array()) throw bad_input(where + ": must be a string or a list of layer indices");
+  s.kind = "list";
+  std::set<int> seen;
+  for (const auto& e : j) {
+    if (!e.is_number_integer()) throw bad_input(where + ": layer indices must be integers");
+    int l = e.get<int>();
+    if (l < 0 || l >= n_layers)
+      throw bad_input(where + ": layer index " + std::to_string(l) + " out of range [0, " + std::to_string(n_layers) +
+                      ")");
+    if (!seen.insert(l).second) throw bad_input(where + ": layer index " + std::to_string(l) + " repeated");
+    s.list.push_back(l);
+  }
+  std::sort(s.list.begin(), s.list.end());
+  return s;
+}
+
+int ModelConfig::n_routed() const {
+  int n = 0;
+  for (int l = 0; l < n_layers; ++l) n += routed(l);
+  return n;
+}
+
+int routed_capacity(double capacity, int T) {
+  long k = (long)std::ceil(capacity * T - 1e-9);
+  if (k < 1) k = 1;
+  if (k > T) k = T;
+  return (int)k;
+}
+
+namespace {
+
+// Typed field readers: a wrong type is an error naming the key, never a silent default.
+int get_int(const json& j, const char* key, int def, const std::string& src) {
+  if (!j.contains(key)) return def;
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) throw bad_input(src + ": \"" + key + "\" must be an integer");
+  long long x = v.get<long long>();
+  if (x < INT32_MIN || x > INT32_MAX) throw bad_input(src + ": \"" + key + "\" is out of range");
+  return (int)x;
+}
+double get_num(const json& j, const char* key, double def, const std::string& src) {
+  if (!j.contains(key)) return def;
+  const json& v = j.at(key);
+  if (!v.is_number()) throw bad_input(src + ": \"" + key + "\" must be a number");
+  return v.get<double>();
+}
+bool get_bool(const json& j, const char* key, bool def, const std::string& src) {
+  if (!j.contains(key)) return def;
+  const json& v = j.at(key);
+  if (!v.is_boolean()) throw bad_input(src + ": \"" + key + "\" must be true or false");
+  return v.get<bool>();
+}
+std::string get_str(const json& j, const char* key, const std::string& def, const std::string& src) {
+  if (!j.contains(key)) return def;
+  const json& v = j.at(key);
+  if (!v.is_string()) throw bad_input(src + ": \"" + key + "\" must be a string");
+  return v.get<std::string>();
+}
+void check_one_of(const std::string& v, std::initializer_list<const char*> allowed, const std::string& what) {
+  std::string list;
+  for (const char* a : allowed) {
+    if (v == a) return;
+    list += std::string(list.empty() ? "" : ", ") + a;
+  }
+  throw bad_input(what + " must be one of " + list + ", got \"" + v + "\"");
+}
+
+const std::set<std::string> kTopKeys = {"format",       "vocab_size", "d_model",  "n_layers",  "n_heads",
+                                        "d_ff",         "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings",
+                                        "tokenizer",    "routing"};
+const std::set<std::string> kRoutingKeys = {"layers", "capacity",         "method",     "gate",
+                                            "causal", "predictor_hidden", "aux_weight", "balance_weight"};
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
+  if (!j.is_object()) throw bad_input(src + ": config must be a JSON object");
+  ModelConfig c;
+  if (j.contains("format")) {
+    std::string f = get_str(j, "format", "", src);
+    if (f != "modlm-1") throw bad_input(src + ": unsupported \"format\" \"" + f + "\" (expected \"modlm-1\")");
+  }
+  c.vocab_size = get_int(j, "vocab_size", c.vocab_size, src);
+  c.d_model = get_int(j, "d_model", c.d_model, src);
+  c.n_layers = get_int(j, "n_layers", c.n_layers, src);
+  c.n_heads = get_int(j, "n_heads", c.n_heads, src);
+  c.d_ff = get_int(j, "d_ff", c.d_ff, src);
+  c.max_seq_len = get_int(j, "max_seq_len", c.max_seq_len, src);
+  c.rope_theta = get_num(j, "rope_theta", c.rope_theta, src);
+  c.norm_eps = get_num(j, "norm_eps", c.norm_eps, src);
+  c.tie_embeddings = get_bool(j, "tie_embeddings", c.tie_embeddings, src);
+  c.tokenizer = get_str(j, "tokenizer", "", src);
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!kTopKeys.count(it.key())) c.extra[it.key()] = it.value();
+
+  if (j.contains("routing") && !j.at("routing").is_null()) {
+    const json& r = j.at("routing");
+    const std::string rs = src + ": routing";
+    if (!r.is_object()) throw bad_input(rs + " must be an object");
+    RoutingConfig& rc = c.routing;
+    rc.present = true;
+    rc.layers = LayerSet::parse(r.contains("layers") ? r.at("layers") : json("every_other"),
+                                std::max(c.n_layers, 0), rs + ".layers");
+    rc.capacity = get_num(r, "capacity", rc.capacity, rs);
+    rc.method = get_str(r, "method", rc.method, rs);
+    rc.gate = get_str(r, "gate", rc.gate, rs);
+    rc.causal = get_str(r, "causal", rc.causal, rs);
+    rc.predictor_hidden = get_int(r, "predictor_hidden", rc.predictor_hidden, rs);
+    rc.aux_weight = get_num(r, "aux_weight", rc.causal == "aux_loss" ? 0.01 : 1.0, rs);
+    rc.balance_weight = get_num(r, "balance_weight", rc.balance_weight, rs);
+    for (auto it = r.begin(); it != r.end(); ++it)
+      if (!kRoutingKeys.count(it.key())) rc.extra[it.key()] = it.value();
+  }
+  c.validate(src);
+  return c;
+}
+
+void ModelConfig::validate(const std::string& src) const {
+  auto need = [&](bool ok, const std::string& msg) {
+    if (!ok) throw bad_input(src + ": " + msg);
+  };
+  need(vocab_size >= 2 && vocab_size <= (1 << 24), "vocab_size must be in [2, 16777216]");
+  need(d_model >= 2 && d_model <= 65536, "d_model must be in [2, 65536]");
+  need(n_layers >= 1 && n_layers <= 1024, "n_layers must be in [1, 1024]");
+  need(n_heads >= 1 && n_heads <= d_model, "n_heads must be in [1, d_model]");
+  need(d_model % n_heads == 0, "d_model (" + std::to_string(d_model) + ") must be divisible by n_heads (" +
+                                   std::to_string(n_heads) + ")");
+  need(head_dim() % 2 == 0, "head dim d_model/n_heads = " + std::to_string(head_dim()) + " must be even (RoPE)");
+  need(d_ff >= 1 && d_ff <= 1 << 20, "d_ff must be in [1, 1048576]");
+  need(max_seq_len >= 1 && max_seq_len <= 1 << 20, "max_seq_len must be in [1, 1048576]");
+  need(std::isfinite(rope_theta) && rope_theta > 1.0, "rope_theta must be a finite number > 1");
+  need(std::isfinite(norm_eps) && norm_eps > 0 && norm_eps < 1, "norm_eps must be in (0, 1)");
+  need(tokenizer.empty() || tokenizer == "bytes", "\"tokenizer\" must be \"bytes\" (or absent with tokenizer.model)");
+  need(tokenizer != "bytes" || vocab_size >= 256, "the byte tokenizer needs vocab_size >= 256");
+  if (routing.present) {
+    const RoutingConfig& r = routing;
+    need(std::isfinite(r.capacity) && r.capacity > 0 && r.capacity <= 1, "routing.capacity must be in (0, 1]");
+    check_one_of(r.method, {"expert_choice", "stochastic", "token_choice"}, src + ": routing.method");
+    check_one_of(r.gate, {"sigmoid", "linear"}, src + ": routing.gate");
+    check_one_of(r.causal, {"predictor", "aux_loss"}, src + ": routing.causal");
+    need(r.predictor_hidden >= 1 && r.predictor_hidden <= 65536, "routing.predictor_hidden must be in [1, 65536]");
+    need(std::isfinite(r.aux_weight) && r.aux_weight >= 0, "routing.aux_weight must be >= 0");
+    need(std::isfinite(r.balance_weight) && r.balance_weight >= 0, "routing.balance_weight must be >= 0");
+    for (int l : r.layers.list)
+      need(l >= 0 && l < n_layers, "routing.layers index " + std::to_string(l) + " out of range");
+  }
+  if (extra.contains("moe") && !extra.at("moe").is_null()) {
+    const json& m = extra.at("moe");
+    bool off = m.is_object() && m.contains("layers") && m.at("layers") == "none";
+    need(off, "\"moe\" (Mixture-of-Experts) is not supported by this build of modlm yet");
+  }
+}
+
+json ModelConfig::to_json() const {
+  json j;
+  j["format"] = "modlm-1";
+  j["vocab_size"] = vocab_size;
+  j["d_model"] = d_model;
+  j["n_layers"] = n_layers;
+  j["n_heads"] = n_heads;
+  j["d_ff"] = d_ff;
+  j["max_seq_len"] = max_seq_len;
+  j["rope_theta"] = rope_theta;
+  j["norm_eps"] = norm_eps;
+  j["tie_embeddings"] = tie_embeddings;
+  if (!tokenizer.empty()) j["tokenizer"] = tokenizer;
+  if (routing.present) {
+    json r;
+    r["layers"] = routing.layers.to_json();
+    r["capacity"] = routing.capacity;
+    r["method"] = routing.method;
+    r["gate"] = routing.gate;
+    r["causal"] = routing.causal;
+    r["predictor_hidden"] = routing.predictor_hidden;
+    r["aux_weight"] = routing.aux_weight;
+    if (routing.method == "token_choice" || routing.balance_weight != 0.01) r["balance_weight"] = routing.balance_weight;
+    for (auto it = routing.extra.begin(); it != routing.extra.end(); ++it) r[it.key()] = it.value();
+    j["routing"] = r;
+  }
+  for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
+  return j;
+}
+
+ModelConfig ModelConfig::load(const std::string& path) {
+  std::string text = read_text_file(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw bad_input(path + ": not valid JSON: " + e.what());
+  }
+  return from_json(j, path);
+}
+
+}  // namespace modlm

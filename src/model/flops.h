@@ -1,0 +1,24 @@
+// Analytic forward FLOPs (SPEC §5): 2 per multiply-add of every matrix product.
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+
+namespace modlm {
+
+struct FlopBreakdown {
+  int64_t projections = 0;  // q, k, v, o of the tokens that run attention
+  int64_t mlp = 0;          // w1, w3, w2 of the tokens that run the MLP
+  int64_t attention = 0;    // 4 * Dh * H per causal (query, key) pair
+  int64_t router = 0;       // router and predictor
+  int64_t head = 0;         // LM head
+  int64_t total() const { return projections + mlp + attention + router + head; }
+};
+
+// Static count for one sequence of T tokens: k = capacity tokens in every routed layer.
+FlopBreakdown analytic_forward_flops(const ModelConfig& cfg, int T);
+
+// The same config with routing "none": the dense twin.
+ModelConfig dense_twin(const ModelConfig& cfg);
+
+}  // namespace modlm

@@ -1,0 +1,59 @@
+// The parameter layout: every tensor of SPEC §6 by name and shape, placed in one flat buffer.
+// One flat buffer makes the optimiser a single loop and lets adjacent weights fuse: wq|wk|wv
+// form one [3D, D] matrix and w1|w3 one [2F, D] matrix, so each is a single GEMM.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "tensor/tensor.h"
+
+namespace modlm {
+
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // in elements, into the flat buffer
+  size_t numel = 0;
+  bool decay = false;  // AdamW weight decay applies (matrices; not norms, biases)
+  bool backbone = true;  // false for the causal predictor, whose gradient never reaches the backbone
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const ModelConfig& cfg);
+  const std::vector<ParamInfo>& params() const { return params_; }
+  const ParamInfo& get(const std::string& name) const;
+  const ParamInfo* find(const std::string& name) const;
+  size_t total() const { return total_; }
+
+ private:
+  void add(const std::string& name, std::vector<int64_t> shape, bool decay, bool backbone = true, bool pad = true);
+  std::vector<ParamInfo> params_;
+  size_t total_ = 0;
+};
+
+// Pointers into a flat buffer (weights or their gradients) for one layer.
+template <typename T>
+struct LayerWeights {
+  T* attn_norm = nullptr;
+  T* wqkv = nullptr;  // [3D, D]: wq, wk, wv
+  T* wo = nullptr;    // [D, D]
+  T* mlp_norm = nullptr;
+  T* w13 = nullptr;  // [2F, D]: w1, w3
+  T* w2 = nullptr;   // [D, F]
+  T* router = nullptr;  // [1, D], routed layers only
+  T* pred_fc1_w = nullptr, *pred_fc1_b = nullptr, *pred_fc2_w = nullptr, *pred_fc2_b = nullptr;
+};
+
+template <typename T>
+struct ModelWeights {
+  T* tok_embeddings = nullptr;  // [V, D]
+  std::vector<LayerWeights<T>> layers;
+  T* norm = nullptr;    // [D]
+  T* output = nullptr;  // [V, D] (== tok_embeddings when tied)
+  static ModelWeights bind(const ParamLayout& layout, const ModelConfig& cfg, T* base);
+};
+
+}  // namespace modlm

@@ -1,0 +1,136 @@
+#include "ops/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "ops/gemm.h"
+#include "tensor/tensor.h"
+
+namespace modlm::ops {
+
+// Query rows are processed in blocks: each block scores itself against the keys up to its last
+// row with one small GEMM. The upper half of the diagonal tile is computed and masked (the only
+// wasted work; it shrinks with the block size), everything above the diagonal is never touched.
+static constexpr int kQueryBlock = 64;
+
+int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s) {
+  int64_t pairs = 0;
+  for (size_t b = 0; b + 1 < seq_offsets.size(); ++b) {
+    int64_t len = seq_offsets[b + 1] - seq_offsets[b];
+    pairs += len * (len + 1) / 2;
+  }
+  return pairs * 4 * s.Dh * s.H;
+}
+
+template <typename T>
+void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
+                       int ldo, T* lse) {
+  const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
+  const T scale = T(1.0 / std::sqrt((double)Dh));
+  int max_len = 0;
+  for (int b = 0; b < B; ++b) max_len = std::max(max_len, seq_offsets[b + 1] - seq_offsets[b]);
+  FlopCounter::add(attention_flops(seq_offsets, s));
+#pragma omp parallel
+  {
+    AlignedVector<T> S((size_t)kQueryBlock * std::max(max_len, 1));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h) {
+        const int base = seq_offsets[b], len = seq_offsets[b + 1] - base;
+        const T* Q = qkv + (size_t)base * ld + h * Dh;
+        const T* K = Q + D;
+        const T* V = Q + 2 * D;
+        for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
+          const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
+          gemm_uncounted<T>(false, true, m, keys, Dh, scale, Q + (size_t)i0 * ld, ld, K, ld, T(0), S.data(),
+                            keys);
+          for (int r = 0; r < m; ++r) {
+            T* row = S.data() + (size_t)r * keys;
+            const int valid = i0 + r + 1;  // keys 0..i are visible to query i
+            T mx = row[0];
+            for (int j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+            T sum = 0;
+            for (int j = 0; j < valid; ++j) {
+              row[j] = std::exp(row[j] - mx);
+              sum += row[j];
+            }
+            T inv = T(1) / sum;
+            for (int j = 0; j < valid; ++j) row[j] *= inv;
+            for (int j = valid; j < keys; ++j) row[j] = T(0);
+            lse[(size_t)(base + i0 + r) * H + h] = mx + std::log(sum);
+          }
+          gemm_uncounted<T>(false, false, m, Dh, keys, T(1), S.data(), keys, V, ld, T(0),
+                            out + (size_t)(base + i0) * ldo + h * Dh, ldo);
+        }
+      }
+  }
+}
+
+template <typename T>
+void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* lse, const T* dout, int lddo,
+                        const std::vector<int>& seq_offsets, AttnShape s, T* dqkv) {
+  const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
+  const T scale = T(1.0 / std::sqrt((double)Dh));
+  int max_len = 0;
+  for (int b = 0; b < B; ++b) max_len = std::max(max_len, seq_offsets[b + 1] - seq_offsets[b]);
+#pragma omp parallel
+  {
+    AlignedVector<T> P((size_t)kQueryBlock * std::max(max_len, 1));
+    AlignedVector<T> dP((size_t)kQueryBlock * std::max(max_len, 1));
+    std::vector<T> delta(kQueryBlock);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h) {
+        const int base = seq_offsets[b], len = seq_offsets[b + 1] - base;
+        const T* Q = qkv + (size_t)base * ld + h * Dh;
+        const T* K = Q + D;
+        const T* V = Q + 2 * D;
+        T* dQ = dqkv + (size_t)base * ld + h * Dh;
+        T* dK = dQ + D;
+        T* dV = dQ + 2 * D;
+        for (int i = 0; i < len; ++i) {
+          std::fill(dK + (size_t)i * ld, dK + (size_t)i * ld + Dh, T(0));
+          std::fill(dV + (size_t)i * ld, dV + (size_t)i * ld + Dh, T(0));
+        }
+        for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
+          const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
+          const T* Qb = Q + (size_t)i0 * ld;
+          const T* dOb = dout + (size_t)(base + i0) * lddo + h * Dh;
+          const T* Ob = out + (size_t)(base + i0) * ldo + h * Dh;
+          // Recompute the probabilities from the saved log-sum-exp.
+          gemm_uncounted<T>(false, true, m, keys, Dh, scale, Qb, ld, K, ld, T(0), P.data(), keys);
+          gemm_uncounted<T>(false, true, m, keys, Dh, T(1), dOb, lddo, V, ld, T(0), dP.data(), keys);
+          for (int r = 0; r < m; ++r) {
+            T* p = P.data() + (size_t)r * keys;
+            T* dp = dP.data() + (size_t)r * keys;
+            const int valid = i0 + r + 1;
+            const T l = lse[(size_t)(base + i0 + r) * H + h];
+            // delta_i = sum_j p_ij dp_ij = dO_i . O_i
+            T dlt = 0;
+            for (int d = 0; d < Dh; ++d) dlt += dOb[(size_t)r * lddo + d] * Ob[(size_t)r * ldo + d];
+            for (int j = 0; j < valid; ++j) {
+              p[j] = std::exp(p[j] - l);
+              dp[j] = p[j] * (dp[j] - dlt) * scale;  // dS, already scaled for dQ and dK
+            }
+            for (int j = valid; j < keys; ++j) p[j] = dp[j] = T(0);
+          }
+          gemm_uncounted<T>(false, false, m, Dh, keys, T(1), dP.data(), keys, K, ld, T(0),
+                            dQ + (size_t)i0 * ld, ld);
+          gemm_uncounted<T>(true, false, keys, Dh, m, T(1), dP.data(), keys, Qb, ld, T(1), dK, ld);
+          gemm_uncounted<T>(true, false, keys, Dh, m, T(1), P.data(), keys, dOb, lddo, T(1), dV, ld);
+        }
+      }
+  }
+}
+
+template void attention_forward<float>(const float*, int, const std::vector<int>&, AttnShape, float*, int,
+                                       float*);
+template void attention_forward<double>(const double*, int, const std::vector<int>&, AttnShape, double*, int,
+                                        double*);
+template void attention_backward<float>(const float*, int, const float*, int, const float*, const float*, int,
+                                        const std::vector<int>&, AttnShape, float*);
+template void attention_backward<double>(const double*, int, const double*, int, const double*, const double*,
+                                         int, const std::vector<int>&, AttnShape, double*);
+
+}  // namespace modlm::ops

@@ -1,0 +1,31 @@
+// Causal multi-head attention over a packed batch of sequences (DESIGN: packed rows + positions).
+//
+// Rows seq_offsets[b]..seq_offsets[b+1] form sequence b. Within a sequence, rows are ordered by
+// strictly increasing position, so "key j may be seen by query i" (pos_j <= pos_i) is j <= i:
+// a routed layer's gathered rows keep their original positions (RoPE was applied with them
+// already) and their causal order. Only the causal pairs are scored and counted (SPEC §5).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace modlm::ops {
+
+struct AttnShape {
+  int H = 0, Dh = 0;  // heads, head dim; D = H * Dh
+};
+
+// qkv: [n, ld] with q at columns [0, D), k at [D, 2D), v at [2D, 3D) (post-RoPE q and k).
+// out: [n, D] (row stride ldo). lse: [n, H], the log-sum-exp of each query's scores (for backward).
+template <typename T>
+void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
+                       int ldo, T* lse);
+
+// Gradients: dout [n, D] -> dqkv [n, ld] (dq, dk, dv in the same column layout; overwritten).
+template <typename T>
+void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* lse, const T* dout,
+                        int lddo, const std::vector<int>& seq_offsets, AttnShape s, T* dqkv);
+
+// FLOPs of attention for sequences of the given lengths (SPEC §5: 4 * Dh * H per causal pair).
+int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s);
+
+}  // namespace modlm::ops

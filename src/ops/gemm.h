@@ -1,0 +1,60 @@
+// The one place matrix products are called (OpenBLAS), and the one place their FLOPs are counted.
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+namespace modlm::ops {
+
+// Counts the FLOPs (2 per multiply-add) of the matrix products executed while counting is on.
+// Forward passes turn it on; backward passes do not, so the tally is the forward count that
+// SPEC §5 defines, measured at the calls that really ran.
+struct FlopCounter {
+  static std::atomic<int64_t>& total();
+  static std::atomic<bool>& enabled();
+  static void add(int64_t flops) {
+    if (enabled().load(std::memory_order_relaxed)) total().fetch_add(flops, std::memory_order_relaxed);
+  }
+};
+
+// Enables counting for its lifetime and restores the previous state afterwards.
+class CountFlops {
+ public:
+  explicit CountFlops(bool on = true) : prev_(FlopCounter::enabled().exchange(on)) {}
+  ~CountFlops() { FlopCounter::enabled().store(prev_); }
+
+ private:
+  bool prev_;
+};
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T.
+// A is [M,K] (or [K,M] if trans_a), B is [K,N] (or [N,K] if trans_b).
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc);
+
+// The same product without adding to the FlopCounter: for kernels that count their own work
+// in the SPEC's terms (attention counts the causal pairs it scores, not the padded tiles).
+template <typename T>
+void gemm_uncounted(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                    const T* B, int ldb, T beta, T* C, int ldc);
+
+// y[n, out] = x[n, in] W[out, in]^T (+ y if accumulate): the layout of every weight in SPEC §6.
+template <typename T>
+inline void linear_forward(const T* x, int ldx, const T* W, int n, int in, int out, T* y, int ldy,
+                           bool accumulate = false) {
+  gemm<T>(false, true, n, out, in, T(1), x, ldx, W, in, accumulate ? T(1) : T(0), y, ldy);
+}
+// dx[n, in] (+)= dy[n, out] W[out, in]
+template <typename T>
+inline void linear_backward_input(const T* dy, int lddy, const T* W, int n, int in, int out, T* dx,
+                                  int lddx, bool accumulate) {
+  gemm<T>(false, false, n, in, out, T(1), dy, lddy, W, in, accumulate ? T(1) : T(0), dx, lddx);
+}
+// dW[out, in] += dy[n, out]^T x[n, in]
+template <typename T>
+inline void linear_backward_weight(const T* dy, int lddy, const T* x, int ldx, int n, int in, int out,
+                                   T* dW) {
+  gemm<T>(true, false, out, in, n, T(1), dy, lddy, x, ldx, T(1), dW, in);
+}
+
+}  // namespace modlm::ops
