@@ -2,13 +2,15 @@
 
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace modlm::ops {
 
 template <typename T>
 double cross_entropy(T* logits, const int32_t* targets, int n, int V, T dlogits_scale) {
-  double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (n > 16)
+  // Per-row losses summed in order afterwards: deterministic whatever the threading.
+  std::vector<double> row_loss(n);
+#pragma omp parallel for schedule(static) if (n > 16)
   for (int i = 0; i < n; ++i) {
     T* row = logits + (size_t)i * V;
     T mx = row[0];
@@ -16,13 +18,15 @@ double cross_entropy(T* logits, const int32_t* targets, int n, int V, T dlogits_
     double sum = 0;
     for (int j = 0; j < V; ++j) sum += std::exp((double)(row[j] - mx));
     double lse = (double)mx + std::log(sum);
-    total += lse - (double)row[targets[i]];
+    row_loss[i] = lse - (double)row[targets[i]];
     if (dlogits_scale != T(0)) {
       T inv = T(1.0 / sum);
       for (int j = 0; j < V; ++j) row[j] = dlogits_scale * std::exp(row[j] - mx) * inv;
       row[targets[i]] -= dlogits_scale;
     }
   }
+  double total = 0;
+  for (double l : row_loss) total += l;
   return total;
 }
 

@@ -1,0 +1,19 @@
+// One function per `modlm` subcommand; each registers its flags and returns the code to exit with.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace modlm::cli {
+
+// A subcommand's action, run after parsing succeeds. Throws modlm::Error for user errors.
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int()> run;
+};
+
+Command add_init(CLI::App& app);
+Command add_eval(CLI::App& app);
+Command add_flops(CLI::App& app);
+Command add_train(CLI::App& app);
+
+}  // namespace modlm::cli

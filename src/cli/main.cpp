@@ -1,0 +1,48 @@
+// `modlm`: one binary, subcommands, `--help` on each.
+#include <omp.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "cli/commands.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"modlm: train, evaluate and run Mixture-of-Depths transformer language models on a CPU.\n"
+               "Run `modlm <command> --help` for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage,\n"
+               "3 invalid input (file or value), 4 I/O, 130 interrupted."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "modlm 0.1.0");
+  std::vector<modlm::cli::Command> commands = {
+      modlm::cli::add_init(app),
+      modlm::cli::add_eval(app),
+      modlm::cli::add_flops(app),
+      modlm::cli::add_train(app),
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return modlm::kExitUsage;
+  }
+  try {
+    for (auto& c : commands)
+      if (c.sub->parsed()) return c.run();
+    return modlm::kExitUsage;
+  } catch (const modlm::Error& e) {
+    std::fprintf(stderr, "modlm: error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "modlm: error: out of memory\n");
+    return modlm::kExitFailure;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "modlm: internal error: %s\n", e.what());
+    return modlm::kExitFailure;
+  }
+}

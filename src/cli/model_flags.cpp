@@ -1,0 +1,98 @@
+#include "cli/model_flags.h"
+
+#include "util/error.h"
+
+namespace modlm::cli {
+
+void ModelFlags::add_to(CLI::App& app) {
+  app.add_option("--d-model", d_model, "model width D");
+  app.add_option("--n-layers", n_layers, "number of layers L");
+  app.add_option("--n-heads", n_heads, "attention heads H (D/H must be even)");
+  app.add_option("--d-ff", d_ff, "MLP hidden size F");
+  app.add_option("--max-seq-len", max_seq_len, "longest sequence the model accepts");
+  app.add_option("--rope-theta", rope_theta, "RoPE base");
+  app.add_option("--norm-eps", norm_eps, "RMSNorm epsilon");
+  app.add_option("--vocab", vocab, "\"bytes\" (byte tokenizer, V=256) or a vocabulary size");
+  app.add_flag("--tie-embeddings", tie, "share the embedding and output matrices");
+  app.add_flag("--untie-embeddings", untie, "separate embedding and output matrices (default)");
+  app.add_option("--routing", routing, "routed (MoD) layers: every_other, all, none, or a list like 1,3,5");
+  app.add_option("--capacity", capacity, "fraction of tokens a routed block processes, in (0, 1]");
+  app.add_option("--method", method, "expert_choice, stochastic or token_choice");
+  app.add_option("--gate", gate, "sigmoid or linear");
+  app.add_option("--causal", causal, "predictor or aux_loss");
+  app.add_option("--predictor-hidden", predictor_hidden, "hidden size of the causal predictor");
+  app.add_option("--aux-weight", aux_weight, "weight of the predictor / aux BCE loss");
+  app.add_option("--balance-weight", balance_weight, "weight of token_choice's balancing loss");
+}
+
+ModelConfig ModelFlags::apply(json j, const std::string& source) const {
+  if (!j.is_object()) j = json::object();
+  auto set = [&](const char* key, const auto& v) {
+    if (v) j[key] = *v;
+  };
+  set("d_model", d_model);
+  set("n_layers", n_layers);
+  set("n_heads", n_heads);
+  set("d_ff", d_ff);
+  set("max_seq_len", max_seq_len);
+  set("rope_theta", rope_theta);
+  set("norm_eps", norm_eps);
+  if (tie && untie) throw usage_error("--tie-embeddings and --untie-embeddings contradict each other");
+  if (tie) j["tie_embeddings"] = true;
+  if (untie) j["tie_embeddings"] = false;
+  if (vocab) {
+    if (*vocab == "bytes") {
+      j["tokenizer"] = "bytes";
+      j["vocab_size"] = 256;
+    } else {
+      try {
+        size_t used = 0;
+        long v = std::stol(*vocab, &used);
+        if (used != vocab->size()) throw std::invalid_argument("");
+        j["vocab_size"] = v;
+        j.erase("tokenizer");
+      } catch (const std::exception&) {
+        throw usage_error("--vocab must be \"bytes\" or an integer, got \"" + *vocab + "\"");
+      }
+    }
+  }
+  bool any_routing = routing || capacity || method || gate || causal || predictor_hidden || aux_weight || balance_weight;
+  if (any_routing) {
+    json r = j.contains("routing") && j["routing"].is_object() ? j["routing"] : json::object();
+    if (routing) {
+      const std::string& s = *routing;
+      if (s == "every_other" || s == "all" || s == "none") {
+        r["layers"] = s;
+      } else {
+        json list = json::array();
+        size_t start = 0;
+        while (start <= s.size()) {
+          size_t comma = s.find(',', start);
+          std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+          try {
+            size_t used = 0;
+            int v = std::stoi(item, &used);
+            if (used != item.size()) throw std::invalid_argument("");
+            list.push_back(v);
+          } catch (const std::exception&) {
+            throw usage_error("--routing must be every_other, all, none or a comma list of layer indices, got \"" + s + "\"");
+          }
+          if (comma == std::string::npos) break;
+          start = comma + 1;
+        }
+        r["layers"] = list;
+      }
+    }
+    if (capacity) r["capacity"] = *capacity;
+    if (method) r["method"] = *method;
+    if (gate) r["gate"] = *gate;
+    if (causal) r["causal"] = *causal;
+    if (predictor_hidden) r["predictor_hidden"] = *predictor_hidden;
+    if (aux_weight) r["aux_weight"] = *aux_weight;
+    if (balance_weight) r["balance_weight"] = *balance_weight;
+    j["routing"] = r;
+  }
+  return ModelConfig::from_json(j, source);
+}
+
+}  // namespace modlm::cli

@@ -1,0 +1,23 @@
+// Model-shape flags shared by `init` and `train`: each overrides the config value it names,
+// and only when given.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <optional>
+#include <string>
+
+#include "model/config.h"
+
+namespace modlm::cli {
+
+struct ModelFlags {
+  std::optional<int> d_model, n_layers, n_heads, d_ff, max_seq_len, predictor_hidden;
+  std::optional<double> rope_theta, norm_eps, capacity, aux_weight, balance_weight;
+  std::optional<std::string> vocab, routing, method, gate, causal;
+  bool tie = false, untie = false;
+
+  void add_to(CLI::App& app);
+  // Applies the given flags onto cfg (json form, so unknown keys survive) and validates.
+  ModelConfig apply(json base, const std::string& source) const;
+};
+
+}  // namespace modlm::cli
