@@ -1,0 +1,42 @@
+// Running the real `modlm` binary from tests: exit code and combined output.
+#pragma once
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "util/rng.h"
+
+namespace modlm::testing {
+
+struct CmdResult {
+  int code = -1;
+  std::string out;  // stdout + stderr
+};
+
+inline CmdResult run_modlm(const std::string& args) {
+  std::string cmd = std::string("OMP_WAIT_POLICY=passive ") + MODLM_BINARY + " " + args + " 2>&1";
+  CmdResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+// A fresh, empty temporary folder for one test.
+inline std::string temp_dir(const std::string& name) {
+  auto d = std::filesystem::temp_directory_path() / ("modlm_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d.string();
+}
+
+inline std::string shared_dir() { return MODLM_SHARED_DIR; }
+
+}  // namespace modlm::testing
