@@ -15,5 +15,7 @@ Command add_init(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_flops(CLI::App& app);
 Command add_train(CLI::App& app);
+Command add_tokenizer(CLI::App& app);
+Command add_bench(CLI::App& app);
 
 }  // namespace modlm::cli

@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
       modlm::cli::add_eval(app),
       modlm::cli::add_flops(app),
       modlm::cli::add_train(app),
+      modlm::cli::add_tokenizer(app),
+      modlm::cli::add_bench(app),
   };
   try {
     app.parse(argc, argv);

@@ -1,0 +1,141 @@
+// `modlm bench train`: forward+backward time per step and achieved GFLOP/s of a random-weight
+// model, next to the peak of the matrix-product routine on the model's own GEMM shapes, and
+// (with routing) side by side with the dense twin, measured in the same run.
+#include <chrono>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/model_flags.h"
+#include "model/flops.h"
+#include "model/model.h"
+#include "ops/gemm.h"
+#include "util/error.h"
+#include "util/rng.h"
+
+namespace modlm::cli {
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+
+struct StepTiming {
+  double median_s = 0, min_s = 0;
+  int64_t flops = 0;  // analytic training FLOPs per step (3x forward)
+};
+
+StepTiming time_steps(const ModelConfig& cfg, int B, int T, int steps, int warmup) {
+  Model<float> m(cfg);
+  m.init_weights(1);
+  std::vector<int32_t> tok((size_t)B * T), tgt((size_t)B * T);
+  Rng r(7);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = (int32_t)r.below(cfg.vocab_size), tgt[i] = (int32_t)r.below(cfg.vocab_size);
+  std::vector<double> times;
+  ForwardOptions fo;
+  fo.train = true;
+  for (int s = 0; s < warmup + steps; ++s) {
+    auto t0 = clk::now();
+    m.zero_grad();
+    m.forward(tok.data(), tgt.data(), B, T, fo);
+    m.backward();
+    if (s >= warmup) times.push_back(seconds_since(t0));
+  }
+  std::sort(times.begin(), times.end());
+  StepTiming st;
+  st.median_s = times[times.size() / 2];
+  st.min_s = times.front();
+  st.flops = 3 * (int64_t)B * analytic_forward_flops(cfg, T).total();
+  return st;
+}
+
+// GFLOP/s of the BLAS on one product shape (median of reps).
+double gemm_gflops(bool ta, bool tb, int M, int N, int K, int reps) {
+  AlignedVector<float> A((size_t)M * K, 0.01f), Bm((size_t)K * N, 0.02f), C((size_t)M * N, 0.f);
+  std::vector<double> t;
+  for (int i = 0; i < reps + 1; ++i) {
+    auto t0 = clk::now();
+    ops::gemm_uncounted<float>(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, Bm.data(), tb ? K : N, 0.f, C.data(), N);
+    if (i) t.push_back(seconds_since(t0));
+  }
+  std::sort(t.begin(), t.end());
+  return 2.0 * M * N * K / t[t.size() / 2] / 1e9;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  struct Opts {
+    int batch = 8, seq_len = 512, steps = 5, warmup = 1;
+    bool json_out = false, no_dense = false, no_peak = false;
+    ModelFlags flags;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand("bench", "Benchmarks (random weights): `bench train`");
+  sub->require_subcommand(1);
+  CLI::App* tr = sub->add_subcommand("train", "Training step time and GFLOP/s; MoD against its dense twin");
+  tr->add_option("--batch", o->batch, "sequences per step")->capture_default_str();
+  tr->add_option("--seq-len", o->seq_len, "tokens per sequence")->capture_default_str();
+  tr->add_option("--steps", o->steps, "timed steps")->capture_default_str();
+  tr->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
+  tr->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
+  tr->add_flag("--no-peak", o->no_peak, "do not measure the GEMM peak");
+  tr->add_flag("--json", o->json_out, "print JSON");
+  o->flags.add_to(*tr);
+  tr->footer("Default shape: D=512 L=8 H=8 F=1408 V=256, 8 x 512 tokens. Example MoD comparison:\n"
+             "  modlm bench train --vocab 8192 --routing every_other --capacity 0.125");
+  return {sub, [o]() -> int {
+            json base{{"vocab_size", 256}, {"d_model", 512}, {"n_layers", 8}, {"n_heads", 8}, {"d_ff", 1408}, {"tokenizer", "bytes"}};
+            ModelConfig cfg = o->flags.apply(base, "flags");
+            if (o->batch < 1 || o->seq_len < 1 || o->steps < 1 || o->warmup < 0) throw usage_error("--batch, --seq-len, --steps must be >= 1");
+            if (o->seq_len > cfg.max_seq_len) throw usage_error("--seq-len exceeds max_seq_len");
+            const int B = o->batch, T = o->seq_len, n = B * T;
+            json out{{"batch", B}, {"seq_len", T}, {"config", cfg.to_json()}};
+            auto report = [&](const char* name, const ModelConfig& c) {
+              StepTiming st = time_steps(c, B, T, o->steps, o->warmup);
+              json j{{"step_seconds", st.median_s}, {"step_seconds_min", st.min_s}, {"train_flops_per_step", st.flops},
+                     {"tokens_per_second", n / st.median_s}, {"gflops", st.flops / st.median_s / 1e9}};
+              if (!o->json_out)
+                std::printf("%-6s step %.3f s (min %.3f)  %.0f tok/s  %.1f GFLOP/s  (%.2f TFLOP per step)\n", name, st.median_s,
+                            st.min_s, n / st.median_s, st.flops / st.median_s / 1e9, st.flops / 1e12);
+              out[name] = j;
+              return st;
+            };
+            StepTiming m = report(cfg.n_routed() ? "mod" : "dense", cfg);
+            if (cfg.n_routed() && !o->no_dense) {
+              StepTiming d = report("dense", dense_twin(cfg));
+              double time_ratio = m.median_s / d.median_s, flop_ratio = (double)m.flops / d.flops;
+              out["time_ratio"] = time_ratio;
+              out["flop_ratio"] = flop_ratio;
+              if (!o->json_out)
+                std::printf("MoD / dense: time %.3f, FLOPs %.3f (time/FLOP ratio %.2f)\n", time_ratio, flop_ratio, time_ratio / flop_ratio);
+            }
+            if (!o->no_peak) {
+              const int D = cfg.d_model, F = cfg.d_ff;
+              struct Shape {
+                const char* name;
+                bool ta, tb;
+                int M, N, K;
+              };
+              std::vector<Shape> shapes = {{"qkv fwd   x W^T [n,D]x[3D,D]^T", false, true, n, 3 * D, D},
+                                           {"w13 fwd   x W^T [n,D]x[2F,D]^T", false, true, n, 2 * F, D},
+                                           {"w2 fwd    g W^T [n,F]x[D,F]^T", false, true, n, D, F},
+                                           {"w13 dX    dY W  [n,2F]x[2F,D]", false, false, n, D, 2 * F},
+                                           {"w13 dW    dY^T X [2F,n]x[n,D]", true, false, 2 * F, D, n}};
+              json peaks = json::array();
+              double best = 0;
+              for (const auto& s : shapes) {
+                double g = gemm_gflops(s.ta, s.tb, s.M, s.N, s.K, 5);
+                best = std::max(best, g);
+                peaks.push_back({{"shape", s.name}, {"gflops", g}});
+                if (!o->json_out) std::printf("  gemm %-34s %.1f GFLOP/s\n", s.name, g);
+              }
+              out["gemm_peak"] = peaks;
+              out["gemm_peak_best"] = best;
+            }
+            if (o->json_out) std::printf("%s\n", out.dump().c_str());
+            return 0;
+          }};
+}
+
+}  // namespace modlm::cli
