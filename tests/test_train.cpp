@@ -132,6 +132,35 @@ TEST(Train, KillAtAnyMomentKeepsALoadableLatestCheckpoint) {
   }
 }
 
+TEST(Train, SigintSavesACheckpointAndExitsCleanly) {
+  auto dir = temp_dir("sigint");
+  auto data = corpus(dir, 100000);
+  for (int sig : {SIGINT, SIGTERM}) {
+    std::string run = dir + "/run" + std::to_string(sig);
+    pid_t pid = fork();
+    if (pid == 0) {
+      std::string cmd = std::string(MODLM_BINARY) + " train --out " + run + " --data " + data + " --steps 100000 --ckpt-every 0" + kTiny + " > /dev/null 2>&1";
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    // Wait until training has really started (the log has a line), then interrupt.
+    for (int i = 0; i < 200 && (!fs::exists(run + "/log.jsonl") || fs::file_size(run + "/log.jsonl") == 0); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kill(pid, sig);
+    int st;
+    waitpid(pid, &st, 0);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), 130);
+    ASSERT_TRUE(fs::exists(run + "/latest"));
+    std::string name = slurp(run + "/latest");
+    name.pop_back();
+    EXPECT_EQ(run_modlm("eval " + run + "/" + name + " --data " + data + " --seq-len 32 --max-windows 1").code, 0);
+    // and the run continues from there
+    auto r = run_modlm("train --resume " + run + " --stop-at " + std::to_string(std::stoll(name.substr(5)) + 2));
+    EXPECT_EQ(r.code, 0) << r.out;
+  }
+}
+
 TEST(Train, BadInputsFailBeforeAnyWork) {
   auto dir = temp_dir("bad");
   auto data = corpus(dir, 20000);

@@ -1,0 +1,255 @@
+// Routing: top-k selection exactly (k, ties, capacity rounding), and the whole routed model
+// against a naive reference that loops over tokens and builds each selected sub-sequence by hand.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "model/config.h"
+#include "model/model.h"
+#include "model/routing.h"
+#include "util/error.h"
+#include "util/rng.h"
+
+using namespace modlm;
+
+TEST(Routing, CapacityRounding) {
+  EXPECT_EQ(routed_capacity(0.1, 30), 3);  // 0.1 * 30 = 3.0000000000000004 must not become 4
+  EXPECT_EQ(routed_capacity(0.125, 512), 64);
+  EXPECT_EQ(routed_capacity(0.125, 513), 65);
+  EXPECT_EQ(routed_capacity(0.125, 1), 1);  // at least 1
+  EXPECT_EQ(routed_capacity(0.001, 10), 1);
+  EXPECT_EQ(routed_capacity(1.0, 7), 7);
+  EXPECT_EQ(routed_capacity(0.5, 7), 4);
+  EXPECT_EQ(routed_capacity(0.3, 10), 3);  // 0.3*10 = 3.0000000000000004
+  EXPECT_EQ(routed_capacity(0.7, 10), 7);  // 0.7*10 = 7.000000000000001
+}
+
+TEST(Routing, TopKExactAndTiesToLowerPosition) {
+  std::vector<float> s = {0.5f, 2.f, 2.f, -1.f, 2.f, 0.7f};
+  EXPECT_EQ(select_topk(s.data(), 6, 2), (std::vector<int>{1, 2}));
+  EXPECT_EQ(select_topk(s.data(), 6, 3), (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(select_topk(s.data(), 6, 4), (std::vector<int>{1, 2, 4, 5}));
+  EXPECT_EQ(select_topk(s.data(), 6, 6), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  std::vector<float> flat(9, 1.f);
+  EXPECT_EQ(select_topk(flat.data(), 9, 3), (std::vector<int>{0, 1, 2}));
+  std::vector<float> nan = {std::nanf(""), 0.f, -5.f};
+  EXPECT_EQ(select_topk(nan.data(), 3, 2), (std::vector<int>{1, 2}));
+  // Random: equals a full stable sort, for many sizes.
+  Rng r(3);
+  for (int T = 1; T < 200; T += 7)
+    for (int k : {1, T / 3 + 1, T}) {
+      std::vector<float> v(T);
+      for (auto& x : v) x = (float)(int)(r.uniform() * 10);  // many ties
+      std::vector<int> idx(T);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return v[a] > v[b]; });
+      idx.resize(k);
+      std::sort(idx.begin(), idx.end());
+      ASSERT_EQ(select_topk(v.data(), T, k), idx) << T << " " << k;
+    }
+}
+
+TEST(Routing, TokenChoiceFirstComeFirstServed) {
+  std::vector<float> s = {-1.f, 0.3f, 0.f, 2.f, 0.1f, 5.f};
+  EXPECT_EQ(select_token_choice(s.data(), 6, 2), (std::vector<int>{1, 3}));
+  EXPECT_EQ(select_token_choice(s.data(), 6, 10), (std::vector<int>{1, 3, 4, 5}));
+  EXPECT_EQ(select_causal(s.data(), 6), (std::vector<int>{1, 3, 4, 5}));
+}
+
+TEST(Routing, LayerPatterns) {
+  ModelConfig c;
+  c.n_layers = 6;
+  auto routed_layers = [&](const json& layers) {
+    json j = c.to_json();
+    j["routing"] = {{"layers", layers}};
+    ModelConfig m = ModelConfig::from_json(j, "test");
+    std::vector<int> out;
+    for (int l = 0; l < 6; ++l)
+      if (m.routed(l)) out.push_back(l);
+    return out;
+  };
+  EXPECT_EQ(routed_layers("every_other"), (std::vector<int>{1, 3, 5}));
+  EXPECT_EQ(routed_layers("all"), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(routed_layers("none"), (std::vector<int>{}));
+  EXPECT_EQ(routed_layers(json::array({4, 0})), (std::vector<int>{0, 4}));
+  json bad = c.to_json();
+  bad["routing"] = {{"layers", json::array({6})}};
+  EXPECT_THROW(ModelConfig::from_json(bad, "t"), Error);
+  bad["routing"] = {{"layers", "odd"}};
+  EXPECT_THROW(ModelConfig::from_json(bad, "t"), Error);
+  bad["routing"] = {{"capacity", 0}};
+  EXPECT_THROW(ModelConfig::from_json(bad, "t"), Error);
+  bad["routing"] = {{"method", "random"}};
+  EXPECT_THROW(ModelConfig::from_json(bad, "t"), Error);
+}
+
+// ---- naive reference model (double, loops over tokens) ----
+namespace {
+using Vec = std::vector<double>;
+struct Ref {
+  const ModelConfig& c;
+  const Model<double>& m;
+  const double* P(const std::string& n) const { return m.params().data() + m.layout().get(n).offset; }
+  Vec rmsnorm(const Vec& x, const double* w) const {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    double inv = 1 / std::sqrt(ss / x.size() + c.norm_eps);
+    Vec y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
+    return y;
+  }
+  Vec matvec(const double* W, const Vec& x, int out) const {
+    Vec y(out, 0.0);
+    for (int o = 0; o < out; ++o)
+      for (size_t i = 0; i < x.size(); ++i) y[o] += W[o * x.size() + i] * x[i];
+    return y;
+  }
+  void rope(Vec& v, int pos) const {
+    int Dh = c.head_dim(), half = Dh / 2;
+    for (int h = 0; h < c.n_heads; ++h)
+      for (int i = 0; i < half; ++i) {
+        double ang = pos * std::pow(c.rope_theta, -2.0 * i / Dh);
+        double a = v[h * Dh + i], b = v[h * Dh + i + half];
+        v[h * Dh + i] = a * std::cos(ang) - b * std::sin(ang);
+        v[h * Dh + i + half] = b * std::cos(ang) + a * std::sin(ang);
+      }
+  }
+  // The dense layer of SPEC §1 on a sub-sequence xs with positions pos.
+  std::vector<Vec> block(int l, const std::vector<Vec>& xs, const std::vector<int>& pos) const {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    const int D = c.d_model, H = c.n_heads, Dh = c.head_dim(), F = c.d_ff, n = (int)xs.size();
+    std::vector<Vec> q(n), k(n), v(n), out(n);
+    for (int t = 0; t < n; ++t) {
+      Vec xn = rmsnorm(xs[t], P(p + "attn_norm.weight"));
+      q[t] = matvec(P(p + "attn.wq.weight"), xn, D), k[t] = matvec(P(p + "attn.wk.weight"), xn, D);
+      v[t] = matvec(P(p + "attn.wv.weight"), xn, D);
+      rope(q[t], pos[t]), rope(k[t], pos[t]);
+    }
+    for (int t = 0; t < n; ++t) {
+      Vec att(D, 0.0);
+      for (int h = 0; h < H; ++h) {
+        std::vector<double> s;
+        for (int j = 0; j < n; ++j) {
+          if (pos[j] > pos[t]) continue;  // causal by ORIGINAL position
+          double d = 0;
+          for (int e = 0; e < Dh; ++e) d += q[t][h * Dh + e] * k[j][h * Dh + e];
+          s.push_back(d / std::sqrt((double)Dh));
+        }
+        double mx = *std::max_element(s.begin(), s.end()), z = 0;
+        for (double& x : s) z += (x = std::exp(x - mx));
+        int idx = 0;
+        for (int j = 0; j < n; ++j) {
+          if (pos[j] > pos[t]) continue;
+          for (int e = 0; e < Dh; ++e) att[h * Dh + e] += s[idx] / z * v[j][h * Dh + e];
+          ++idx;
+        }
+      }
+      Vec a = xs[t], o = matvec(P(p + "attn.wo.weight"), att, D);
+      for (int i = 0; i < D; ++i) a[i] += o[i];
+      Vec xn = rmsnorm(a, P(p + "mlp_norm.weight"));
+      Vec h1 = matvec(P(p + "mlp.w1.weight"), xn, F), h3 = matvec(P(p + "mlp.w3.weight"), xn, F);
+      for (int i = 0; i < F; ++i) h1[i] = h1[i] / (1 + std::exp(-h1[i])) * h3[i];
+      Vec mo = matvec(P(p + "mlp.w2.weight"), h1, D);
+      for (int i = 0; i < D; ++i) a[i] += mo[i];
+      out[t] = a;
+    }
+    return out;
+  }
+  // Logits [T][V] of one sequence; `causal` decides as generation would.
+  std::vector<Vec> forward(const std::vector<int>& tokens, bool causal) const {
+    const int T = (int)tokens.size(), D = c.d_model;
+    std::vector<Vec> h(T);
+    for (int t = 0; t < T; ++t) h[t] = Vec(P("tok_embeddings.weight") + tokens[t] * D, P("tok_embeddings.weight") + (tokens[t] + 1) * D);
+    for (int l = 0; l < c.n_layers; ++l) {
+      if (!c.routed(l)) {
+        std::vector<int> pos(T);
+        std::iota(pos.begin(), pos.end(), 0);
+        h = block(l, h, pos);
+        continue;
+      }
+      const std::string p = "layers." + std::to_string(l) + ".";
+      std::vector<double> r(T), dec(T);
+      for (int t = 0; t < T; ++t) {
+        r[t] = matvec(P(p + "router.weight"), h[t], 1)[0];
+        if (c.routing.causal == "predictor") {
+          Vec z = matvec(P(p + "predictor.fc1.weight"), h[t], c.routing.predictor_hidden);
+          for (int j = 0; j < (int)z.size(); ++j) z[j] = std::max(0.0, z[j] + P(p + "predictor.fc1.bias")[j]);
+          dec[t] = matvec(P(p + "predictor.fc2.weight"), z, 1)[0] + P(p + "predictor.fc2.bias")[0];
+        } else {
+          dec[t] = r[t];
+        }
+      }
+      // Selected positions, by hand: sort by (r desc, position asc), take k, sort by position.
+      std::vector<int> sel;
+      if (causal) {
+        for (int t = 0; t < T; ++t)
+          if (dec[t] > 0) sel.push_back(t);
+      } else {
+        std::vector<int> order(T);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return r[a] > r[b]; });
+        order.resize(routed_capacity(c.routing.capacity, T));
+        std::sort(order.begin(), order.end());
+        sel = order;
+      }
+      std::vector<Vec> xs;
+      for (int t : sel) xs.push_back(h[t]);
+      std::vector<Vec> ys = block(l, xs, sel);
+      for (size_t i = 0; i < sel.size(); ++i) {
+        double g = c.routing.gate == "sigmoid" ? 1 / (1 + std::exp(-r[sel[i]])) : r[sel[i]];
+        for (int d = 0; d < D; ++d) h[sel[i]][d] = xs[i][d] + g * (ys[i][d] - xs[i][d]);
+      }
+    }
+    std::vector<Vec> logits(T);
+    for (int t = 0; t < T; ++t) logits[t] = matvec(P(c.tie_embeddings ? "tok_embeddings.weight" : "output.weight"), rmsnorm(h[t], P("norm.weight")), c.vocab_size);
+    return logits;
+  }
+};
+
+ModelConfig small_routed(const std::string& gate, const std::string& causal, const std::string& layers) {
+  json j = {{"vocab_size", 17}, {"d_model", 8}, {"n_layers", 3}, {"n_heads", 2}, {"d_ff", 12}, {"max_seq_len", 32},
+            {"routing", {{"layers", layers}, {"capacity", 0.3}, {"gate", gate}, {"causal", causal}, {"predictor_hidden", 6}}}};
+  return ModelConfig::from_json(j, "test");
+}
+}  // namespace
+
+class RoutedVsNaive : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string>> {};
+
+TEST_P(RoutedVsNaive, LogitsMatchNaiveTokenLoop) {
+  auto [gate, causal, layers] = GetParam();
+  ModelConfig c = small_routed(gate, causal, layers);
+  Model<double> m(c);
+  Rng r(11);
+  for (auto& v : m.params()) v = 0.5 * (2 * r.uniform() - 1);
+  for (const ParamInfo& p : m.layout().params())  // unbiased decisions: some tokens each way
+    if (p.name.find(".bias") != std::string::npos) std::fill_n(m.params().data() + p.offset, p.numel, 0.0);
+  const int B = 3, T = 13;
+  std::vector<int32_t> tok(B * T);
+  for (auto& t : tok) t = (int32_t)r.below(c.vocab_size);
+  Ref ref{c, m};
+  for (RouteMode mode : {RouteMode::TopK, RouteMode::Causal}) {
+    ForwardOptions o;
+    o.mode = mode;
+    auto res = m.forward(tok.data(), nullptr, B, T, o);
+    for (const auto& s : res.routed) {
+      if (mode == RouteMode::TopK) EXPECT_EQ(s.processed, B * routed_capacity(0.3, T));
+      else EXPECT_TRUE(s.processed > 0 && s.processed < s.tokens) << "the causal case must both process and skip";
+    }
+    for (int b = 0; b < B; ++b) {
+      std::vector<int> seq(tok.begin() + b * T, tok.begin() + (b + 1) * T);
+      auto want = ref.forward(seq, mode == RouteMode::Causal);
+      for (int t = 0; t < T; ++t)
+        for (int v = 0; v < c.vocab_size; ++v)
+          ASSERT_NEAR(m.logits()[((size_t)b * T + t) * c.vocab_size + v], want[t][v], 1e-10)
+              << "mode " << (int)mode << " b " << b << " t " << t;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, RoutedVsNaive,
+                         ::testing::Values(std::make_tuple("sigmoid", "predictor", "every_other"),
+                                           std::make_tuple("linear", "aux_loss", "every_other"),
+                                           std::make_tuple("sigmoid", "aux_loss", "all"),
+                                           std::make_tuple("sigmoid", "predictor", "none")));
