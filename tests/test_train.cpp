@@ -234,3 +234,30 @@ TEST(Train, ShortRunLearnsAndEvalReproducesValidationLoss) {
   EXPECT_NEAR(json::parse(e.out)["loss"].get<double>(), j["val_loss"].get<double>(), 1e-6);
   EXPECT_EQ(j["flops"], j["flops_executed"]);
 }
+
+// Issue 7: the causal predictor learns the top-k decision well above the trivial "always skip"
+// baseline (1 - capacity), and deciding causally costs only a little loss.
+TEST(Train, PredictorLearnsTheTopKDecision) {
+  auto dir = temp_dir("predictor");
+  auto data = corpus(dir, 300000);
+  auto r = run_modlm("train --out " + dir + "/r --data " + data + " --val " + dir + "/val.txt --d-model 64 --n-layers 4 --n-heads 4 --d-ff 128 --vocab bytes"
+                     " --routing every_other --capacity 0.25 --steps 300 --batch-size 8 --seq-len 64 --lr 5e-3 --warmup-steps 20"
+                     " --eval-every 0 --eval-windows 16 --log-every 50 --no-progress --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto lines = log_lines(dir + "/r/log.jsonl");
+  ASSERT_FALSE(lines.empty());
+  const json& last = lines.back();
+  ASSERT_EQ(last["routed"].size(), 2u);
+  for (const auto& l : last["routed"]) {
+    EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 0.25);
+    EXPECT_GT(l["decision_accuracy"].get<double>(), 0.75 + 0.1) << last.dump();
+  }
+  auto j = json::parse(r.out.substr(r.out.rfind('{')));
+  auto e = run_modlm("eval " + j["checkpoint"].get<std::string>() + " --data " + dir + "/val.txt --seq-len 64 --max-windows 32 --mode both --json");
+  ASSERT_EQ(e.code, 0) << e.out;
+  auto ej = json::parse(e.out);
+  double topk = ej["topk"]["loss"], causal = ej["causal"]["loss"];
+  EXPECT_LT(std::abs(causal - topk) / topk, 0.03) << e.out;
+  for (const auto& l : ej["causal"]["routed_layers"]) EXPECT_GT(l["decision_accuracy"].get<double>(), 0.85);
+  EXPECT_NEAR(ej["causal_minus_topk"].get<double>(), causal - topk, 1e-12);
+}

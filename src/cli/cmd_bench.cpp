@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "ops/gemm.h"
 #include "util/error.h"
+#include "util/profile.h"
 #include "util/rng.h"
 
 namespace modlm::cli {
@@ -42,6 +43,11 @@ StepTiming time_steps(const ModelConfig& cfg, int B, int T, int steps, int warmu
     if (s >= warmup) times.push_back(seconds_since(t0));
   }
   std::sort(times.begin(), times.end());
+  if (profile::enabled()) {
+    std::fprintf(stderr, "profile (%d steps incl. warm-up):\n", warmup + steps);
+    for (auto& [name, sec] : profile::totals()) std::fprintf(stderr, "  %-24s %8.3f s\n", name.c_str(), sec);
+    profile::reset();
+  }
   StepTiming st;
   st.median_s = times[times.size() / 2];
   st.min_s = times.front();

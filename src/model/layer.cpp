@@ -5,6 +5,7 @@
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"
+#include "util/profile.h"
 
 namespace modlm {
 
@@ -41,17 +42,42 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
   const int D = d.D, F = d.F;
   A.resize(n, d);
   // Attention half.
-  rmsnorm_forward<T>(x, D, w.attn_norm, n, D, T(d.eps), A.xn1.data(), D, A.inv1.data());
-  linear_forward<T>(A.xn1.data(), D, w.wqkv, n, D, 3 * D, A.qkv.data(), 3 * D);
-  rope_forward<T>(A.qkv.data(), 3 * D, n, d.H, d.Dh, pos, rope);          // q
-  rope_forward<T>(A.qkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);      // k
-  attention_forward<T>(A.qkv.data(), 3 * D, seqs, {d.H, d.Dh}, A.att.data(), D, A.lse.data());
-  std::memcpy(A.a.data(), x, sizeof(T) * (size_t)n * D);
-  linear_forward<T>(A.att.data(), D, w.wo, n, D, D, A.a.data(), D, /*accumulate=*/true);
+  {
+    profile::Scope p("fwd.norm+rope+copy");
+    rmsnorm_forward<T>(x, D, w.attn_norm, n, D, T(d.eps), A.xn1.data(), D, A.inv1.data());
+  }
+  {
+    profile::Scope p("fwd.gemm.qkv");
+    linear_forward<T>(A.xn1.data(), D, w.wqkv, n, D, 3 * D, A.qkv.data(), 3 * D);
+  }
+  {
+    profile::Scope p("fwd.norm+rope+copy");
+    rope_forward<T>(A.qkv.data(), 3 * D, n, d.H, d.Dh, pos, rope);      // q
+    rope_forward<T>(A.qkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);  // k
+  }
+  {
+    profile::Scope p("fwd.attention");
+    attention_forward<T>(A.qkv.data(), 3 * D, seqs, {d.H, d.Dh}, A.att.data(), D, A.lse.data());
+  }
+  {
+    profile::Scope p("fwd.gemm.wo");
+    std::memcpy(A.a.data(), x, sizeof(T) * (size_t)n * D);
+    linear_forward<T>(A.att.data(), D, w.wo, n, D, D, A.a.data(), D, /*accumulate=*/true);
+  }
   // MLP half.
-  rmsnorm_forward<T>(A.a.data(), D, w.mlp_norm, n, D, T(d.eps), A.xn2.data(), D, A.inv2.data());
-  linear_forward<T>(A.xn2.data(), D, w.w13, n, D, 2 * F, A.h13.data(), 2 * F);
-  swiglu_forward<T>(A.h13.data(), n, F, A.g.data());
+  {
+    profile::Scope p("fwd.norm+rope+copy");
+    rmsnorm_forward<T>(A.a.data(), D, w.mlp_norm, n, D, T(d.eps), A.xn2.data(), D, A.inv2.data());
+  }
+  {
+    profile::Scope p("fwd.gemm.w13");
+    linear_forward<T>(A.xn2.data(), D, w.w13, n, D, 2 * F, A.h13.data(), 2 * F);
+  }
+  {
+    profile::Scope p("fwd.swiglu");
+    swiglu_forward<T>(A.h13.data(), n, F, A.g.data());
+  }
+  profile::Scope p("fwd.gemm.w2");
   std::memcpy(y, A.a.data(), sizeof(T) * (size_t)n * D);
   linear_forward<T>(A.g.data(), F, w.w2, n, F, D, y, D, /*accumulate=*/true);
 }
@@ -63,9 +89,13 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
   const int D = d.D, F = d.F;
   s.resize(n, d);
   // MLP half: y = a + W2 g, g = swiglu(W13 xn2), xn2 = norm(a).
+  profile::Scope p_all("bwd.layer (total)");
   linear_backward_weight<T>(dy, D, A.g.data(), F, n, F, D, gw.w2);
   linear_backward_input<T>(dy, D, w.w2, n, F, D, s.dg.data(), F, false);
-  swiglu_backward<T>(s.dg.data(), A.h13.data(), n, F, s.dh13.data());
+  {
+    profile::Scope p("bwd.swiglu");
+    swiglu_backward<T>(s.dg.data(), A.h13.data(), n, F, s.dh13.data());
+  }
   linear_backward_weight<T>(s.dh13.data(), 2 * F, A.xn2.data(), D, n, D, 2 * F, gw.w13);
   linear_backward_input<T>(s.dh13.data(), 2 * F, w.w13, n, D, 2 * F, s.dxn.data(), D, false);
   std::memcpy(s.da.data(), dy, sizeof(T) * (size_t)n * D);  // residual path
@@ -74,8 +104,11 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
   // Attention half: a = x + Wo att, att = attn(rope(W13 xn1)), xn1 = norm(x).
   linear_backward_weight<T>(s.da.data(), D, A.att.data(), D, n, D, D, gw.wo);
   linear_backward_input<T>(s.da.data(), D, w.wo, n, D, D, s.datt.data(), D, false);
-  attention_backward<T>(A.qkv.data(), 3 * D, A.att.data(), D, A.lse.data(), s.datt.data(), D, seqs, {d.H, d.Dh},
-                        s.dqkv.data());
+  {
+    profile::Scope p("bwd.attention");
+    attention_backward<T>(A.qkv.data(), 3 * D, A.att.data(), D, A.lse.data(), s.datt.data(), D, seqs, {d.H, d.Dh},
+                          s.dqkv.data());
+  }
   rope_backward<T>(s.dqkv.data(), 3 * D, n, d.H, d.Dh, pos, rope);
   rope_backward<T>(s.dqkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);
   linear_backward_weight<T>(s.dqkv.data(), 3 * D, A.xn1.data(), D, n, D, 3 * D, gw.wqkv);

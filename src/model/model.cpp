@@ -8,6 +8,7 @@
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 #include "util/error.h"
+#include "util/profile.h"
 #include "util/rng.h"
 
 namespace modlm {
@@ -101,8 +102,12 @@ ForwardResult Model<T>::forward(const int32_t* tokens, const int32_t* targets, i
   invf_.resize({n});
   rmsnorm_forward<T>(h_[L].data(), D, w_.norm, n, D, T(cfg_.norm_eps), xnf_.data(), D, invf_.data());
   logits_.resize({n, V});
-  linear_forward<T>(xnf_.data(), D, w_.output, n, D, V, logits_.data(), V);
+  {
+    profile::Scope p("fwd.gemm.head");
+    linear_forward<T>(xnf_.data(), D, w_.output, n, D, V, logits_.data(), V);
+  }
   if (targets) {
+    profile::Scope p("fwd.cross_entropy");
     double sum = cross_entropy<T>(logits_.data(), targets, n, V, opt.train ? T(1.0 / n) : T(0));
     res.lm_loss = sum / n;
   }
@@ -222,8 +227,11 @@ void Model<T>::backward() {
   dh_a_.resize({n, D});
   dh_b_.resize({n, D});
   // LM head and final norm; logits_ holds dL/dlogits (written by cross_entropy).
-  linear_backward_weight<T>(logits_.data(), V, xnf_.data(), D, n, D, V, gw_.output);
-  linear_backward_input<T>(logits_.data(), V, w_.output, n, D, V, dh_b_.data(), D, false);
+  {
+    profile::Scope p("bwd.gemm.head");
+    linear_backward_weight<T>(logits_.data(), V, xnf_.data(), D, n, D, V, gw_.output);
+    linear_backward_input<T>(logits_.data(), V, w_.output, n, D, V, dh_b_.data(), D, false);
+  }
   rmsnorm_backward<T>(dh_b_.data(), D, h_[L].data(), D, w_.norm, invf_.data(), n, D, dh_a_.data(), D, false, gw_.norm);
   T* dy = dh_a_.data();
   T* dx = dh_b_.data();
