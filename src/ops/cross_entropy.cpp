@@ -14,16 +14,27 @@ double cross_entropy(T* logits, const int32_t* targets, int n, int V, T dlogits_
   for (int i = 0; i < n; ++i) {
     T* row = logits + (size_t)i * V;
     T mx = row[0];
+#pragma omp simd reduction(max : mx)
     for (int j = 1; j < V; ++j) mx = row[j] > mx ? row[j] : mx;
-    double sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp((double)(row[j] - mx));
-    double lse = (double)mx + std::log(sum);
-    row_loss[i] = lse - (double)row[targets[i]];
+    const T target_logit = row[targets[i]];
+    // One exp per logit, kept in place when the gradient is wanted.
+    T sum = 0;
     if (dlogits_scale != T(0)) {
-      T inv = T(1.0 / sum);
-      for (int j = 0; j < V; ++j) row[j] = dlogits_scale * std::exp(row[j] - mx) * inv;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) {
+        T e = std::exp(row[j] - mx);
+        row[j] = e;
+        sum += e;
+      }
+      const T scale = dlogits_scale / sum;
+#pragma omp simd
+      for (int j = 0; j < V; ++j) row[j] *= scale;
       row[targets[i]] -= dlogits_scale;
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
     }
+    row_loss[i] = (double)mx + std::log((double)sum) - (double)target_logit;
   }
   double total = 0;
   for (double l : row_loss) total += l;

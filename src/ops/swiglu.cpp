@@ -12,6 +12,7 @@ void swiglu_forward(const T* h13, int n, int F, T* g) {
     const T* a = h13 + (size_t)i * 2 * F;
     const T* b = a + F;
     T* gi = g + (size_t)i * F;
+#pragma omp simd
     for (int j = 0; j < F; ++j) gi[j] = a[j] / (T(1) + std::exp(-a[j])) * b[j];
   }
 }
@@ -25,6 +26,7 @@ void swiglu_backward(const T* dg, const T* h13, int n, int F, T* dh13) {
     const T* dgi = dg + (size_t)i * F;
     T* da = dh13 + (size_t)i * 2 * F;
     T* db = da + F;
+#pragma omp simd
     for (int j = 0; j < F; ++j) {
       T s = T(1) / (T(1) + std::exp(-a[j]));
       T silu = a[j] * s;
