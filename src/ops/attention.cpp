@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+
+#include "ops/fast_math.h"
 #include <limits>
 
 #include "ops/gemm.h"
@@ -49,13 +51,16 @@ void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets
             T* row = S.data() + (size_t)r * keys;
             const int valid = i0 + r + 1;  // keys 0..i are visible to query i
             T mx = row[0];
-            for (int j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+#pragma omp simd reduction(max : mx)
+            for (int j = 1; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
             T sum = 0;
+#pragma omp simd reduction(+ : sum)
             for (int j = 0; j < valid; ++j) {
-              row[j] = std::exp(row[j] - mx);
+              row[j] = vexp<T>(row[j] - mx);
               sum += row[j];
             }
-            T inv = T(1) / sum;
+            const T inv = T(1) / sum;
+#pragma omp simd
             for (int j = 0; j < valid; ++j) row[j] *= inv;
             for (int j = valid; j < keys; ++j) row[j] = T(0);
             lse[(size_t)(base + i0 + r) * H + h] = mx + std::log(sum);
@@ -108,9 +113,11 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
             const T l = lse[(size_t)(base + i0 + r) * H + h];
             // delta_i = sum_j p_ij dp_ij = dO_i . O_i
             T dlt = 0;
+#pragma omp simd reduction(+ : dlt)
             for (int d = 0; d < Dh; ++d) dlt += dOb[(size_t)r * lddo + d] * Ob[(size_t)r * ldo + d];
+#pragma omp simd
             for (int j = 0; j < valid; ++j) {
-              p[j] = std::exp(p[j] - l);
+              p[j] = vexp<T>(p[j] - l);
               dp[j] = p[j] * (dp[j] - dlt) * scale;  // dS, already scaled for dQ and dK
             }
             for (int j = valid; j < keys; ++j) p[j] = dp[j] = T(0);

@@ -1,6 +1,8 @@
 #include "ops/cross_entropy.h"
 
 #include <cmath>
+
+#include "ops/fast_math.h"
 #include <cstddef>
 #include <vector>
 
@@ -22,7 +24,7 @@ double cross_entropy(T* logits, const int32_t* targets, int n, int V, T dlogits_
     if (dlogits_scale != T(0)) {
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < V; ++j) {
-        T e = std::exp(row[j] - mx);
+        T e = vexp<T>(row[j] - mx);
         row[j] = e;
         sum += e;
       }
@@ -32,7 +34,7 @@ double cross_entropy(T* logits, const int32_t* targets, int n, int V, T dlogits_
       row[targets[i]] -= dlogits_scale;
     } else {
 #pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
+      for (int j = 0; j < V; ++j) sum += vexp<T>(row[j] - mx);
     }
     row_loss[i] = (double)mx + std::log((double)sum) - (double)target_logit;
   }

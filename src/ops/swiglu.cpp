@@ -1,6 +1,8 @@
 #include "ops/swiglu.h"
 
 #include <cmath>
+
+#include "ops/fast_math.h"
 #include <cstddef>
 
 namespace modlm::ops {
@@ -13,7 +15,7 @@ void swiglu_forward(const T* h13, int n, int F, T* g) {
     const T* b = a + F;
     T* gi = g + (size_t)i * F;
 #pragma omp simd
-    for (int j = 0; j < F; ++j) gi[j] = a[j] / (T(1) + std::exp(-a[j])) * b[j];
+    for (int j = 0; j < F; ++j) gi[j] = a[j] / (T(1) + vexp<T>(-a[j])) * b[j];
   }
 }
 
@@ -28,7 +30,7 @@ void swiglu_backward(const T* dg, const T* h13, int n, int F, T* dh13) {
     T* db = da + F;
 #pragma omp simd
     for (int j = 0; j < F; ++j) {
-      T s = T(1) / (T(1) + std::exp(-a[j]));
+      T s = T(1) / (T(1) + vexp<T>(-a[j]));
       T silu = a[j] * s;
       db[j] = dgi[j] * silu;
       da[j] = dgi[j] * b[j] * s * (T(1) + a[j] * (T(1) - s));  // silu'(a) = s (1 + a (1 - s))
