@@ -329,6 +329,28 @@ void Model<T>::routed_backward(int l, const T* x, const T* dy, T* dx) {
   }
 }
 
+template <typename T>
+std::vector<typename Model<T>::RoutingTrace> Model<T>::routing_trace() const {
+  std::vector<RoutingTrace> out;
+  const bool predictor = cfg_.routing.causal == "predictor";
+  for (int l = 0; l < cfg_.n_layers && n_ > 0; ++l) {
+    if (!cfg_.routed(l)) continue;
+    const RoutedState& S = route_[l];
+    RoutingTrace tr;
+    tr.layer = l;
+    tr.router_logit.resize(n_);
+    tr.decision_logit.resize(n_);
+    tr.processed.assign(n_, 0);
+    for (int i = 0; i < n_; ++i) {
+      tr.router_logit[i] = (float)S.r[i];
+      tr.decision_logit[i] = (float)(predictor ? S.plog[i] : S.r[i]);
+    }
+    for (int i : S.sel) tr.processed[i] = 1;
+    out.push_back(std::move(tr));
+  }
+  return out;
+}
+
 template class Model<float>;
 template class Model<double>;
 

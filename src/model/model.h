@@ -68,6 +68,16 @@ class Model {
   // [B*T, V] logits of the last forward without targets.
   const T* logits() const { return logits_.data(); }
 
+  // Routing of the last forward, for inspection (modlm demo's routing picture): per routed layer
+  // in layer order, one entry per row (sequence after sequence).
+  struct RoutingTrace {
+    int layer = 0;
+    std::vector<float> router_logit;    // r_t
+    std::vector<float> decision_logit;  // the causal decision's logit (predictor, or r_t)
+    std::vector<uint8_t> processed;     // 1 if the block processed the row in that pass
+  };
+  std::vector<RoutingTrace> routing_trace() const;
+
  private:
   struct RoutedState {
     TensorT<T> r;           // router logits [n]
