@@ -208,3 +208,21 @@ TEST(Cli, FlopsMatchesHandComputedCounts) {
   EXPECT_EQ(j["dense_twin"]["total"], dense);
   EXPECT_EQ(run_modlm("flops " + dir + "/c.json --seq-len 0").code, 2);
 }
+
+TEST(Cli, TokenizerTrainThenInitAndEvalWithIt) {
+  auto dir = temp_dir("spm");
+  auto text = small_text(dir, 200000);
+  auto r = run_modlm("tokenizer train --input " + text + " --vocab-size 400 --out " + dir + "/tok");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_modlm("init " + dir + "/m --tokenizer " + dir + "/tok/tokenizer.model --d-model 32 --n-layers 1 --n-heads 2 --d-ff 48");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(ModelConfig::load(dir + "/m/config.json").vocab_size, 400);
+  EXPECT_TRUE(fs::exists(dir + "/m/tokenizer.model"));
+  r = run_modlm("eval " + dir + "/m --data " + text + " --seq-len 32 --max-windows 4 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NEAR(json::parse(r.out)["loss"].get<double>(), std::log(400.0), 0.3);
+  // A vocabulary smaller than the tokenizer's is refused; bad vocab sizes for training too.
+  EXPECT_EQ(run_modlm("init " + dir + "/m2 --tokenizer " + dir + "/tok/tokenizer.model --vocab 300 --d-model 32 --n-heads 2").code, 2);
+  EXPECT_EQ(run_modlm("tokenizer train --input " + text + " --vocab-size 10 --out " + dir + "/tok2").code, 3);
+  EXPECT_NE(run_modlm("tokenizer train --input " + dir + "/nope.txt --vocab-size 400 --out " + dir + "/tok3").code, 0);
+}

@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/model_flags.h"
 #include "io/model_dir.h"
+#include "io/tokenizer.h"
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -49,7 +50,17 @@ Command add_init(CLI::App& app) {
             } else if (!o->flags.vocab && !base.contains("vocab_size")) {
               throw usage_error("give --vocab bytes, --vocab N with --tokenizer, or --tokenizer FILE");
             }
+            int spm_vocab = 0;
+            if (!o->tokenizer.empty()) {
+              // The tokenizer decides the vocabulary unless --vocab says otherwise (then it must fit).
+              spm_vocab = io::SentencePieceTokenizer(o->tokenizer).vocab_size();
+              if (!o->flags.vocab) base["vocab_size"] = spm_vocab;
+              base.erase("tokenizer");
+            }
             ModelConfig cfg = o->flags.apply(base, o->config.empty() ? "flags" : o->config);
+            if (cfg.vocab_size < spm_vocab)
+              throw usage_error("--vocab " + std::to_string(cfg.vocab_size) + " is smaller than the tokenizer's " +
+                                std::to_string(spm_vocab) + " ids");
             if (!o->tokenizer.empty()) cfg.tokenizer.clear();
             else if (cfg.tokenizer.empty())
               throw usage_error("a model without the byte tokenizer needs --tokenizer tokenizer.model");
