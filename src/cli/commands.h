@@ -11,6 +11,8 @@ struct Command {
   std::function<int()> run;
 };
 
+Command add_demo(CLI::App& app);   // the main job: dense vs MoD at equal FLOPs, report.html
+Command add_sweep(CLI::App& app);  // iso-FLOP sweep, sweep.html
 Command add_init(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_flops(CLI::App& app);

@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "modlm 0.1.0");
   std::vector<modlm::cli::Command> commands = {
+      modlm::cli::add_demo(app),
+      modlm::cli::add_sweep(app),
       modlm::cli::add_init(app),
       modlm::cli::add_eval(app),
       modlm::cli::add_flops(app),

@@ -1,0 +1,542 @@
+#include "demo/demo.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+
+#include "demo/decode.h"
+#include "demo/report.h"
+#include "demo/runs.h"
+#include "demo/svg.h"
+#include "io/model_dir.h"
+#include "model/flops.h"
+#include "model/model.h"
+#include "util/error.h"
+#include "util/fs.h"
+#include "util/progress.h"
+
+namespace modlm::demo {
+
+namespace fs = std::filesystem;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+double since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+
+json read_json(const std::string& path) {
+  try {
+    return json::parse(read_text_file(path));
+  } catch (const json::parse_error& e) {
+    throw bad_input(path + ": not valid JSON: " + e.what());
+  }
+}
+
+std::string abs_path(const std::string& p) {
+  std::error_code ec;
+  auto a = fs::weakly_canonical(fs::absolute(p), ec);
+  return ec ? p : a.string();
+}
+
+ModelConfig make_config(const DemoOptions& o, bool routed) {
+  json m{{"format", "modlm-1"},          {"vocab_size", o.vocab_size}, {"d_model", o.d_model},
+         {"n_layers", o.n_layers},       {"n_heads", o.n_heads},       {"d_ff", o.d_ff},
+         {"max_seq_len", o.seq_len},     {"rope_theta", 10000.0},      {"norm_eps", 1e-5},
+         {"tie_embeddings", false}};
+  if (routed)
+    m["routing"] = {{"layers", o.routed_layers}, {"capacity", o.capacity}, {"method", "expert_choice"},
+                    {"gate", "sigmoid"},          {"causal", "predictor"},  {"predictor_hidden", 128},
+                    {"aux_weight", 1.0}};
+  ModelConfig c = ModelConfig::from_json(m, routed ? "demo MoD model" : "demo dense model");
+  c.validate(routed ? "demo MoD model" : "demo dense model");
+  return c;
+}
+
+RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, const std::string& tokenizer) {
+  json t{{"steps", steps},
+         {"batch_size", o.batch_size},
+         {"seq_len", o.seq_len},
+         {"lr", o.lr},
+         {"min_lr", o.min_lr},
+         {"warmup_steps", std::max<int64_t>(1, std::llround(o.warmup_fraction * steps))},
+         {"seed", o.seed},
+         {"log_every", std::max<int64_t>(1, steps / 150)},
+         {"eval_every", std::max<int64_t>(1, steps / std::max(1, o.evals))},
+         {"eval_windows", o.eval_windows},
+         {"ckpt_every", std::max<int64_t>(1, steps / 4)},
+         {"keep_checkpoints", 1},
+         {"tokenizer", tokenizer}};
+  RunConfig r = RunConfig::from_json(json{{"model", mc.to_json()}, {"train", t}}, "demo run");
+  r.train.validate(r.model, "demo run");
+  return r;
+}
+
+json eval_json(const EvalResult& r) {
+  json layers = json::array();
+  for (const auto& s : r.routed)
+    layers.push_back({{"layer", s.layer},
+                      {"processed_fraction", s.processed_fraction},
+                      {"mean_gate", s.mean_gate},
+                      {"decision_accuracy", s.decision_accuracy},
+                      {"decision_loss", s.decision_loss}});
+  return {{"loss", r.loss}, {"tokens", r.tokens}, {"windows", r.windows}, {"seconds", r.seconds}, {"routed", layers}};
+}
+
+double mean_of(const json& routed, const char* key) {
+  if (!routed.is_array() || routed.empty()) return std::nan("");
+  double s = 0;
+  for (const auto& l : routed) s += l.value(key, 0.0);
+  return s / routed.size();
+}
+
+// A passage of the validation text that starts at the beginning of a line, for the routing
+// picture and the prompts.
+size_t passage_start(const Tokens& val, const io::Tokenizer& tok, int T) {
+  const size_t n = val.span.size;
+  if (n < (size_t)T + 1) return 0;
+  const size_t from = std::min<size_t>(n - T - 1, n / 3), limit = std::min<size_t>(n - T - 1, from + 20000);
+  std::vector<int32_t> ids(limit - from + 2);
+  val.span.copy(from, ids.size(), ids.data());
+  for (size_t i = 1; i + 1 < ids.size(); ++i) {
+    // After a blank line, at a line that starts with a letter: a paragraph of prose.
+    std::string a = tok.decode({ids[i - 1]}), b = tok.decode({ids[i]});
+    if (a.size() >= 1 && a.back() == '\n' && !b.empty() && std::isupper((unsigned char)b[0])) {
+      if (i >= 2 && tok.decode({ids[i - 2]}) == "\n") return from + i;
+    }
+  }
+  return from;
+}
+
+struct Curves {
+  json val{{"step", json::array()}, {"flops", json::array()}, {"time", json::array()}, {"loss", json::array()}};
+  json train{{"step", json::array()}, {"flops", json::array()}, {"time", json::array()}, {"loss", json::array()}};
+  json accuracy{{"step", json::array()}, {"layers", json::array()}};
+};
+
+Curves curves_of(const std::vector<json>& log) {
+  Curves c;
+  std::vector<int> layer_ids;
+  for (const auto& l : log) {
+    const int64_t step = l.value("step", (int64_t)0);
+    const double flops = l.value("flops", 0.0), time = l.value("time", 0.0);
+    c.train["step"].push_back(step);
+    c.train["flops"].push_back(flops);
+    c.train["time"].push_back(time);
+    c.train["loss"].push_back(l.value("lm_loss", 0.0));
+    if (l.contains("val_loss")) {
+      c.val["step"].push_back(step);
+      c.val["flops"].push_back(flops);
+      c.val["time"].push_back(time);
+      c.val["loss"].push_back(l["val_loss"]);
+    }
+    if (l.contains("routed") && l["routed"].is_array()) {
+      const json& r = l["routed"];
+      if (layer_ids.empty()) {
+        for (const auto& x : r) {
+          layer_ids.push_back(x.value("layer", 0));
+          c.accuracy["layers"].push_back({{"layer", x.value("layer", 0)}, {"accuracy", json::array()}});
+        }
+      }
+      if (r.size() != layer_ids.size()) continue;
+      c.accuracy["step"].push_back(step);
+      for (size_t i = 0; i < r.size(); ++i) c.accuracy["layers"][i]["accuracy"].push_back(r[i].value("decision_accuracy", 0.0));
+    }
+  }
+  return c;
+}
+
+// Linear interpolation of y(x) on a polyline at x (nullopt outside its range).
+std::optional<double> interp(const json& xs, const json& ys, double x) {
+  for (size_t i = 0; i + 1 < xs.size(); ++i) {
+    double x0 = xs[i], x1 = xs[i + 1];
+    if (x >= x0 && x <= x1) {
+      double y0 = ys[i], y1 = ys[i + 1];
+      return x1 > x0 ? y0 + (y1 - y0) * (x - x0) / (x1 - x0) : y1;
+    }
+  }
+  if (xs.size() == 1 && (double)xs[0] == x) return (double)ys[0];
+  return std::nullopt;
+}
+
+// Everything measured on a finished model: final evaluation, decode, sample, routing.
+json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const DemoOptions& o, const Tokens& val,
+                    const io::Tokenizer& tok, size_t passage) {
+  Model<float> model = io::load_model(ckpt);
+  const bool routed = cfg.n_routed() > 0;
+  const int T = o.seq_len;
+  json r = json::object();
+  const int64_t W = std::min<int64_t>(o.final_windows, count_windows(val.span.size, T));
+  {
+    Progress bar(std::string("eval ") + (routed ? "MoD" : "dense") + " top-k", W, "win", o.progress);
+    r["topk"] = eval_json(evaluate(model, val.span, T, W, RouteMode::TopK, o.batch_size, &bar));
+    bar.finish();
+  }
+  check_stop();
+  if (routed) {
+    Progress bar("eval MoD causal", W, "win", o.progress);
+    r["causal"] = eval_json(evaluate(model, val.span, T, W, RouteMode::Causal, o.batch_size, &bar));
+    bar.finish();
+    check_stop();
+  }
+  // Decode: the passage's first tokens as the prompt.
+  {
+    std::vector<int32_t> prompt(std::min<size_t>(o.prompt_tokens, (size_t)T / 2));
+    if (prompt.empty()) prompt.resize(1);
+    val.span.copy(passage, prompt.size(), prompt.data());
+    const int n_new = std::max(1, std::min(o.new_tokens, T - (int)prompt.size()));
+    DecodeResult d = decode_sample(model, tok, prompt, n_new, o.temperature, o.top_k, o.seed);
+    if (d.available)
+      r["decode"] = {{"prompt", d.prompt},
+                     {"continuation", d.continuation},
+                     {"prompt_tokens", d.prompt_tokens},
+                     {"new_tokens", d.new_tokens},
+                     {"seconds", d.seconds},
+                     {"tokens_per_second", d.tokens_per_second},
+                     {"kv_cache_bytes", d.kv_cache_bytes},
+                     {"kv_cache_tokens", d.kv_cache_tokens},
+                     {"kv_dense_bytes", d.kv_dense_bytes},
+                     {"context_tokens", d.prompt_tokens + d.new_tokens - 1}};
+    else
+      r["decode"] = {{"prompt", d.prompt}};
+  }
+  check_stop();
+  if (routed) {
+    // Routing picture: one window of the passage, top-k routing (as in training).
+    std::vector<int32_t> ids(T);
+    val.span.copy(passage, T, ids.data());
+    ForwardOptions fo;
+    fo.mode = RouteMode::TopK;
+    model.forward(ids.data(), nullptr, 1, T, fo);
+    json tokens = json::array();
+    for (int32_t id : ids) tokens.push_back(tok.decode({id}));
+    json layers = json::array();
+    for (const auto& tr : model.routing_trace()) {
+      json rl = json::array(), pr = json::array(), pd = json::array();
+      for (int t = 0; t < T; ++t) {
+        rl.push_back(std::round(tr.router_logit[t] * 1e4) / 1e4);
+        pr.push_back((int)tr.processed[t]);
+        pd.push_back(tr.decision_logit[t] > 0 ? 1 : 0);
+      }
+      layers.push_back({{"layer", tr.layer}, {"router_logit", rl}, {"processed", pr}, {"predicted", pd}});
+    }
+    r["routing"] = {{"passage_start", passage}, {"tokens", tokens}, {"layers", layers}};
+    // Router-weight histogram over a few windows.
+    const int HW = (int)std::min<int64_t>(8, count_windows(val.span.size, T));
+    std::vector<int32_t> win((size_t)HW * (T + 1)), tk((size_t)HW * T);
+    val.span.copy(0, win.size(), win.data());
+    for (int b = 0; b < HW; ++b)
+      for (int t = 0; t < T; ++t) tk[(size_t)b * T + t] = win[(size_t)b * (T + 1) + t];
+    model.forward(tk.data(), nullptr, HW, T, fo);
+    const int bins = 20;
+    json edges = json::array();
+    for (int i = 0; i <= bins; ++i) edges.push_back((double)i / bins);
+    json hl = json::array();
+    for (const auto& tr : model.routing_trace()) {
+      std::vector<int64_t> proc(bins, 0), skip(bins, 0);
+      for (size_t i = 0; i < tr.router_logit.size(); ++i) {
+        double g = 1.0 / (1.0 + std::exp(-(double)tr.router_logit[i]));
+        int b = std::min(bins - 1, std::max(0, (int)(g * bins)));
+        (tr.processed[i] ? proc : skip)[b]++;
+      }
+      hl.push_back({{"layer", tr.layer}, {"processed", proc}, {"skipped", skip}});
+    }
+    r["router_histogram"] = {{"edges", edges}, {"tokens_per_layer", (int64_t)HW * T}, {"layers", hl}};
+  }
+  return r;
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& o) {
+  const auto t_start = clk::now();
+  install_stop_handlers();
+  if (o.data.empty() != o.val.empty()) throw usage_error("give both --data TRAIN and --val VAL (or neither, for the shipped corpus)");
+  if (o.budget_flops < 0 || !std::isfinite(o.budget_flops)) throw usage_error("--budget-flops must be > 0");
+  if (!(o.minutes > 0) || !std::isfinite(o.minutes)) throw usage_error("--minutes must be > 0");
+  if (o.out.empty()) throw usage_error("--out must name a folder");
+  Corpus corpus;
+  if (o.data.empty()) corpus = default_corpus();
+  else corpus = {abs_path(o.data), abs_path(o.val)};
+  for (const auto& p : {corpus.train, corpus.val})
+    if (!file_exists(p)) throw io_error(p + ": no such file");
+  const std::string out = o.out;
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) throw io_error(out + ": cannot create: " + ec.message());
+
+  const ModelConfig dense = make_config(o, false), mod = make_config(o, true);
+  if (mod.n_routed() == 0) throw usage_error("the MoD model has no routed layer (n_layers " + std::to_string(o.n_layers) + ")");
+  const int T = o.seq_len, B = o.batch_size;
+  const int64_t F_d = analytic_forward_flops(dense, T).total(), F_m = analytic_forward_flops(mod, T).total();
+  const double step_d = 3.0 * B * F_d, step_m = 3.0 * B * F_m;
+
+  // Tokenizer and tokens.
+  const std::string tok_path = prepare_tokenizer(out + "/tokenizer", corpus.train, o.vocab_size);
+  check_stop();
+  io::SentencePieceTokenizer tok(tok_path);
+  std::fprintf(stderr, "tokenizing (cached after the first time) ...\n");
+  Tokens train_tokens = load_tokens(corpus.train, tok), val_tokens = load_tokens(corpus.val, tok);
+  if (count_windows(val_tokens.span.size, T) < 1) throw bad_input(corpus.val + ": fewer tokens than one window of seq-len + 1");
+  if (count_windows(train_tokens.span.size, T) < 1) throw bad_input(corpus.train + ": fewer tokens than one window of seq-len + 1");
+  check_stop();
+
+  // The plan: budget and steps, reused by a rerun with the same settings.
+  json key{{"data", corpus.train},          {"val", corpus.val},       {"dense", dense.to_json()},
+           {"mod", mod.to_json()},          {"seq_len", T},            {"batch_size", B},
+           {"lr", o.lr},                    {"min_lr", o.min_lr},      {"warmup_fraction", o.warmup_fraction},
+           {"seed", o.seed},                {"evals", o.evals},        {"eval_windows", o.eval_windows}};
+  if (o.budget_flops > 0) key["budget_flops"] = o.budget_flops;
+  else key["minutes"] = o.minutes;
+  const std::string plan_path = out + "/plan.json";
+  json plan;
+  if (file_exists(plan_path)) {
+    json have = read_json(plan_path);
+    if (have.contains("key") && have["key"] == key) {
+      plan = have;
+      std::fprintf(stderr, "reusing the plan in %s (budget %s FLOPs per model)\n", plan_path.c_str(),
+                   short_number(plan["budget_flops"].get<double>()).c_str());
+    } else if (file_exists(out + "/dense/run.json") || file_exists(out + "/mod/run.json")) {
+      throw usage_error(out + " holds a demo made with other settings (see " + plan_path +
+                        "); use another --out, or remove that folder");
+    }
+  }
+  if (plan.is_null()) {
+    double budget = o.budget_flops;
+    json calib = nullptr;
+    if (budget <= 0) {
+      std::fprintf(stderr, "calibrating: timing %d training steps of each model ...\n", o.calibration_steps);
+      const double t_d = time_train_step(dense, B, T, train_tokens.span, o.calibration_steps, o.progress);
+      const double t_m = time_train_step(mod, B, T, train_tokens.span, o.calibration_steps, o.progress);
+      // The rest of the demo after training: final evaluations (a forward is ~1/3 of a step),
+      // decoding, routing pictures; validation passes and checkpoints during training.
+      const double fwd_d = t_d / (3.0 * B), fwd_m = t_m / (3.0 * B);
+      const double post = o.final_windows * (fwd_d + 2 * fwd_m) + 8 * fwd_m * 2 +
+                          2.0 * (o.prompt_tokens + o.new_tokens) * 6 * (fwd_d + fwd_m) / T + 4.0;
+      const double during = (o.evals + 1) * o.eval_windows * (fwd_d + fwd_m) + 10 * 0.4;
+      const double elapsed = since(t_start), total = o.minutes * 60;
+      double avail = total - elapsed - post - during;
+      if (avail < 0.25 * (total - elapsed)) {
+        std::fprintf(stderr,
+                     "warning: --minutes %.3g leaves little time to train models of this size (%.0f s); training for %.0f s anyway\n",
+                     o.minutes, avail, 0.25 * (total - elapsed));
+        avail = std::max(0.25 * (total - elapsed), 1.0);
+      }
+      // avail = steps_d t_d + steps_m t_m with steps_x = budget / step_x.
+      budget = avail / (t_d / step_d + t_m / step_m);
+      calib = {{"dense_step_seconds", t_d}, {"mod_step_seconds", t_m}, {"elapsed_before", elapsed},
+               {"post_estimate", post},     {"during_estimate", during}, {"train_seconds_target", avail}};
+    }
+    const int64_t steps_d = std::max<int64_t>(1, (int64_t)std::floor(budget / step_d));
+    const int64_t steps_m = std::max<int64_t>(1, (int64_t)std::floor(budget / step_m));
+    plan = {{"key", key}, {"budget_flops", budget}, {"dense_steps", steps_d}, {"mod_steps", steps_m}, {"calibration", calib}};
+    write_text(plan_path, plan.dump(2) + "\n");
+  }
+  const double budget = plan["budget_flops"];
+  const int64_t steps_d = plan["dense_steps"], steps_m = plan["mod_steps"];
+  std::fprintf(stderr,
+               "iso-FLOP budget %s FLOPs per model: dense %lld steps x %s FLOPs, MoD %lld steps x %s FLOPs "
+               "(%d threads)\n",
+               short_number(budget).c_str(), (long long)steps_d, short_number(step_d).c_str(), (long long)steps_m,
+               short_number(step_m).c_str(), omp_get_max_threads());
+  const RunConfig run_d = make_run(o, dense, steps_d, tok_path), run_m = make_run(o, mod, steps_m, tok_path);
+
+  // Train (or reuse / resume) both.
+  struct Side {
+    const char* name;
+    const char* label;
+    const RunConfig* run;
+    RunOutcome outcome;
+  };
+  Side sides[2] = {{"dense", "dense", &run_d, {}}, {"mod", "MoD", &run_m, {}}};
+  for (auto& s : sides) {
+    const std::string dir = out + "/" + s.name;
+    check_stop();
+    RunStatus st = run_status(dir);
+    if (st.finished) std::fprintf(stderr, "%s: reusing the finished run in %s\n", s.label, dir.c_str());
+    else if (st.exists) std::fprintf(stderr, "%s: resuming %s at step %lld of %lld\n", s.label, dir.c_str(), (long long)st.step, (long long)s.run->train.steps);
+    else std::fprintf(stderr, "%s: training %lld steps in %s\n", s.label, (long long)s.run->train.steps, dir.c_str());
+    s.outcome = train_or_resume(dir, *s.run, corpus.train, corpus.val, o.progress);
+    if (s.outcome.interrupted) {
+      std::fprintf(stderr, "interrupted: %s is checkpointed at step %lld; run the same command again to continue\n", dir.c_str(),
+                   (long long)s.outcome.progress.step);
+      return kExitInterrupted;
+    }
+  }
+
+  // Final evaluation, decoding and routing (cached per checkpoint).
+  const size_t passage = passage_start(val_tokens, tok, T);
+  json results[2];
+  for (int i = 0; i < 2; ++i) {
+    Side& s = sides[i];
+    const std::string cache = out + "/" + s.name + "/demo_eval.json";
+    json ekey{{"checkpoint", s.outcome.checkpoint}, {"step", s.outcome.progress.step}, {"final_windows", o.final_windows},
+              {"prompt_tokens", o.prompt_tokens}, {"new_tokens", o.new_tokens}, {"temperature", o.temperature},
+              {"top_k", o.top_k}, {"passage", passage}, {"val", corpus.val}, {"format", 1}};
+    if (file_exists(cache)) {
+      json have = read_json(cache);
+      if (have.contains("key") && have["key"] == ekey) results[i] = have;
+    }
+    if (results[i].is_null()) {
+      check_stop();
+      std::fprintf(stderr, "%s: evaluating %s\n", s.label, s.outcome.checkpoint.c_str());
+      results[i] = evaluate_model(s.outcome.checkpoint, s.run->model, o, val_tokens, tok, passage);
+      results[i]["key"] = ekey;
+      write_text(cache, results[i].dump() + "\n");
+    }
+  }
+
+  // summary.json
+  json summary;
+  summary["format"] = "modlm-demo-1";
+  {
+    std::time_t now = std::time(nullptr);
+    char b[64];
+    std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+    summary["created"] = b;
+  }
+  summary["settings"] = {{"data", corpus.train},
+                         {"val", corpus.val},
+                         {"tokenizer", tok_path},
+                         {"vocab_size", o.vocab_size},
+                         {"seq_len", T},
+                         {"batch_size", B},
+                         {"lr", o.lr},
+                         {"min_lr", o.min_lr},
+                         {"capacity", o.capacity},
+                         {"routed_layers", o.routed_layers},
+                         {"minutes", o.budget_flops > 0 ? json(nullptr) : json(o.minutes)},
+                         {"final_windows", results[0]["topk"]["windows"]},
+                         {"eval_windows", o.eval_windows},
+                         {"threads", omp_get_max_threads()},
+                         {"calibration", plan["calibration"]}};
+  summary["budget_flops"] = budget;
+  for (int i = 0; i < 2; ++i) {
+    Side& s = sides[i];
+    const json& r = results[i];
+    const ModelConfig& mc = s.run->model;
+    const bool routed = mc.n_routed() > 0;
+    const TrainProgress& p = s.outcome.progress;
+    json m;
+    m["label"] = s.label;
+    m["run_dir"] = out + "/" + s.name;
+    m["checkpoint"] = s.outcome.checkpoint;
+    m["config"] = mc.to_json();
+    m["params"] = count_params(mc);
+    m["flops_per_forward"] = routed ? F_m : F_d;
+    m["flops_per_step"] = routed ? step_m : step_d;
+    m["train_flops"] = p.flops;
+    m["train_flops_executed"] = p.flops_executed;
+    m["steps"] = p.step;
+    m["tokens"] = p.tokens;
+    m["train_seconds"] = p.seconds;
+    m["train_tokens_per_second"] = p.seconds > 0 ? p.tokens / p.seconds : 0.0;
+    m["val_loss_topk"] = r["topk"]["loss"];
+    m["val_loss_causal"] = routed ? r["causal"]["loss"] : r["topk"]["loss"];
+    m["predictor_accuracy"] = routed ? json(mean_of(r["topk"]["routed"], "decision_accuracy")) : json(nullptr);
+    m["processed_fraction"] = routed ? json(mean_of(r["causal"]["routed"], "processed_fraction")) : json(1.0);
+    m["processed_fraction_topk"] = routed ? json(mean_of(r["topk"]["routed"], "processed_fraction")) : json(1.0);
+    m["eval"] = {{"topk", r["topk"]}};
+    if (routed) m["eval"]["causal"] = r["causal"];
+    // Decode (null where this build has no KV-cache decoder).
+    const json& d = r["decode"];
+    const bool dec = d.contains("tokens_per_second");
+    m["decode_tokens_per_second"] = dec ? d["tokens_per_second"] : json(nullptr);
+    m["kv_cache_bytes"] = dec ? d["kv_cache_bytes"] : json(nullptr);
+    m["kv_cache_context_tokens"] = dec ? d["context_tokens"] : json(nullptr);
+    m["sample"] = dec ? json{{"prompt", d["prompt"]}, {"continuation", d["continuation"]}, {"new_tokens", d["new_tokens"]},
+                             {"temperature", o.temperature}, {"top_k", o.top_k}, {"seed", o.seed}}
+                      : json(nullptr);
+    Curves c = curves_of(read_log(out + "/" + s.name));
+    m["curves"] = {{"val", c.val}, {"train", c.train}};
+    if (routed) {
+      m["predictor_accuracy_curve"] = c.accuracy;
+      json layers = json::array();
+      for (int l = 0; l < mc.n_layers; ++l)
+        if (mc.routed(l)) layers.push_back(l);
+      m["routed_layers"] = layers;
+    }
+    summary["models"][s.name] = m;
+    if (routed) {
+      summary["routing"] = r["routing"];
+      summary["router_histogram"] = r["router_histogram"];
+    }
+  }
+  // The comparison.
+  {
+    const json& d = summary["models"]["dense"];
+    const json& m = summary["models"]["mod"];
+    json cmp;
+    cmp["flops_per_forward_ratio"] = (double)F_m / F_d;
+    cmp["steps_ratio"] = m["steps"].get<double>() / std::max(1.0, d["steps"].get<double>());
+    cmp["train_flops_ratio"] = m["train_flops"].get<double>() / std::max(1.0, d["train_flops"].get<double>());
+    cmp["same_budget"] = std::fabs(m["train_flops"].get<double>() - d["train_flops"].get<double>()) <= std::max(step_d, step_m);
+    cmp["val_loss_diff_topk"] = m["val_loss_topk"].get<double>() - d["val_loss_topk"].get<double>();
+    cmp["val_loss_diff_causal"] = m["val_loss_causal"].get<double>() - d["val_loss_topk"].get<double>();
+    cmp["wall_clock_ratio"] = m["train_seconds"].get<double>() / std::max(1e-9, d["train_seconds"].get<double>());
+    const json& dv = d["curves"]["val"];
+    const json& mv = m["curves"]["val"];
+    json reach = {{"reached", false}, {"time", nullptr}, {"flops", nullptr}, {"step", nullptr}, {"speedup", nullptr}};
+    if (!dv["loss"].empty() && !mv["loss"].empty()) {
+      const double target = dv["loss"].back(), dense_time = dv["time"].back();
+      reach["dense_final_loss"] = target;
+      reach["dense_time"] = dense_time;
+      reach["dense_flops"] = dv["flops"].back();
+      const json& L = mv["loss"];
+      for (size_t i = 0; i < L.size(); ++i) {
+        if (L[i].get<double>() <= target) {
+          double f = 1.0;
+          if (i > 0) {
+            double a = L[i - 1], b = L[i];
+            f = a > b ? (a - target) / (a - b) : 1.0;
+          }
+          auto lerp = [&](const json& xs) {
+            double x1 = xs[i];
+            double x0 = i > 0 ? xs[i - 1].get<double>() : x1;
+            return x0 + f * (x1 - x0);
+          };
+          reach["reached"] = true;
+          reach["time"] = lerp(mv["time"]);
+          reach["flops"] = lerp(mv["flops"]);
+          reach["step"] = lerp(mv["step"]);
+          reach["speedup"] = dense_time / std::max(1e-9, reach["time"].get<double>());
+          break;
+        }
+      }
+      auto at = interp(mv["time"], mv["loss"], dense_time);
+      reach["mod_loss_at_dense_time"] = at ? json(*at) : json(nullptr);
+      reach["mod_final_loss"] = mv["loss"].back();
+      double best = mv["loss"][0];
+      for (const auto& v : mv["loss"]) best = std::min(best, v.get<double>());
+      reach["mod_best_loss"] = best;
+      reach["mod_time"] = mv["time"].back();
+    }
+    cmp["reach_dense_loss"] = reach;
+    summary["comparison"] = cmp;
+  }
+  const std::string table = demo_table_text(summary);
+  summary["table_text"] = table;
+  write_text(out + "/summary.json", summary.dump(2) + "\n");
+  write_text(out + "/report.html", render_demo_report(summary));
+
+  std::printf("\n%s\n", table.c_str());
+  const json& reach = summary["comparison"]["reach_dense_loss"];
+  const double dl = summary["comparison"]["val_loss_diff_topk"];
+  std::printf("At equal training FLOPs (%s), MoD's validation loss is %s dense's by %.3f nats (top-k routing).\n",
+              fmt_si(budget).c_str(), dl <= 0 ? "below" : "above", std::fabs(dl));
+  if (reach.value("reached", false))
+    std::printf("MoD reached dense's final validation loss (%.4f) after %s of training; dense took %s (%.2fx).\n",
+                reach["dense_final_loss"].get<double>(), fmt_seconds(reach["time"].get<double>()).c_str(),
+                fmt_seconds(reach["dense_time"].get<double>()).c_str(), reach["speedup"].get<double>());
+  else if (reach.contains("dense_final_loss"))
+    std::printf("MoD did not reach dense's final validation loss (%.4f) in its run (its best: %.4f).\n",
+                reach["dense_final_loss"].get<double>(), reach["mod_best_loss"].get<double>());
+  std::printf("summary: %s/summary.json\nreport:  %s/report.html  (%.0f s in all this time)\n", out.c_str(), out.c_str(), since(t_start));
+  return 0;
+}
+
+}  // namespace modlm::demo

@@ -1,0 +1,546 @@
+#include "demo/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "demo/svg.h"
+
+namespace modlm::demo {
+
+namespace {
+
+const char* kDense = "#3569b2";  // blue
+const char* kMod = "#e4761b";    // orange
+const char* kPalette[] = {"#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#e15759", "#76b7b2", "#edc948", "#9c755f"};
+
+std::string esc(const std::string& s) { return xml_escape(s); }
+
+double num(const json& j, const char* k, double dflt = std::nan("")) {
+  return j.is_object() && j.contains(k) && j[k].is_number() ? j[k].get<double>() : dflt;
+}
+
+std::vector<double> vec(const json& a) {
+  std::vector<double> v;
+  if (a.is_array())
+    for (const auto& x : a) v.push_back(x.is_number() ? x.get<double>() : std::nan(""));
+  return v;
+}
+
+std::string css() {
+  return R"CSS(
+:root { --ink: #1f2430; --muted: #5d6472; --line: #e3e5ea; --dense: #3569b2; --mod: #e4761b; --violet: #5b2bb5; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #f5f6f8; color: var(--ink);
+  font-family: -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", "Noto Sans", "DejaVu Sans", Arial, sans-serif;
+  font-size: 15px; line-height: 1.5; }
+main { max-width: 1260px; margin: 0 auto; padding: 34px 28px 64px; }
+header h1 { font-size: 30px; line-height: 1.2; margin: 0 0 6px; letter-spacing: -0.01em; }
+header p { margin: 0; color: var(--muted); }
+.tag { display: inline-block; font-size: 12px; font-weight: 600; letter-spacing: .04em; text-transform: uppercase;
+  color: var(--violet); background: #efe9fb; border-radius: 999px; padding: 2px 10px; margin-bottom: 10px; }
+.verdict { font-size: 17px; margin: 18px 0 0; max-width: 70em; }
+.verdict b.dense, .verdict b.mod { font-weight: 650; }
+.cards { display: grid; grid-template-columns: repeat(4, 1fr); gap: 14px; margin-top: 20px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 12px; padding: 14px 16px; }
+.card .k { font-size: 12.5px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.card .v { font-size: 27px; font-weight: 650; margin-top: 2px; font-variant-numeric: tabular-nums; }
+.card .s { font-size: 13px; color: var(--muted); }
+section { background: #fff; border: 1px solid var(--line); border-radius: 14px; padding: 20px 24px; margin-top: 18px; }
+section h2 { font-size: 19px; margin: 0 0 4px; }
+section p.lead { margin: 0 0 12px; color: var(--muted); font-size: 14px; }
+.grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
+.grid2 > section { margin-top: 0; }
+.row { margin-top: 18px; }
+figure { margin: 0; }
+svg.chart { max-width: 100%; height: auto; display: block; }
+svg text { font-family: inherit; }
+table.cmp { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; font-size: 14.5px; }
+table.cmp th, table.cmp td { padding: 7px 12px; border-bottom: 1px solid #eef0f3; text-align: right; }
+table.cmp th:first-child, table.cmp td:first-child { text-align: left; color: #363c48; }
+table.cmp thead th { font-size: 12.5px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); border-bottom: 2px solid var(--line); }
+table.cmp tbody tr:hover { background: #fafbfc; }
+.dense { color: var(--dense); } .mod { color: var(--mod); }
+.good { color: #1b7f3b; font-weight: 600; } .bad { color: #b3261e; font-weight: 600; }
+.legend-row { display: flex; gap: 18px; flex-wrap: wrap; font-size: 13px; color: var(--muted); margin: 6px 0 10px; }
+.sw { display: inline-block; width: 14px; height: 12px; border-radius: 3px; vertical-align: -1px; margin-right: 6px; }
+.passage { font-family: Georgia, "Times New Roman", serif; font-size: 15.5px; line-height: 1.9; margin-top: 14px; }
+.passage span { border-radius: 3px; padding: 1px 0; }
+.hists { display: flex; flex-wrap: wrap; gap: 6px 10px; }
+.samples { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
+.sample { border: 1px solid var(--line); border-radius: 10px; padding: 12px 16px; background: #fcfcfd; }
+.sample h3 { margin: 0 0 6px; font-size: 15px; }
+.sample .text { white-space: pre-wrap; font-family: Georgia, "Times New Roman", serif; font-size: 15px; line-height: 1.55; }
+.sample .prompt { color: #8a909c; }
+.sample .meta { font-size: 12.5px; color: var(--muted); margin-top: 8px; }
+footer { color: var(--muted); font-size: 13px; margin-top: 22px; }
+footer code, p code { font-size: 12.5px; background: #eef0f3; border-radius: 4px; padding: 1px 5px; }
+dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 8px 0 0; }
+dl.settings dt { color: var(--muted); } dl.settings dd { margin: 0; overflow-wrap: anywhere; }
+@media (max-width: 900px) { .grid2, .samples { grid-template-columns: 1fr; } .cards { grid-template-columns: 1fr 1fr; } }
+)CSS";
+}
+
+std::string page_head(const std::string& title) {
+  return "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n"
+         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n<title>" +
+         esc(title) + "</title>\n<style>" + css() + "</style>\n</head>\n<body>\n<main>\n";
+}
+
+std::string pad(const std::string& s, size_t w, bool right = false) {
+  size_t n = 0;  // width in UTF-8 code points
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  if (n >= w) return s;
+  return right ? std::string(w - n, ' ') + s : s + std::string(w - n, ' ');
+}
+
+// Colour between two hex colours, t in [0, 1].
+std::string mix(const char* a, const char* b, double t) {
+  auto hex = [](const char* s, int i) { return std::stoi(std::string(s + 1 + 2 * i, 2), nullptr, 16); };
+  t = std::max(0.0, std::min(1.0, t));
+  char o[8];
+  std::snprintf(o, sizeof o, "#%02x%02x%02x", (int)std::lround(hex(a, 0) + t * (hex(b, 0) - hex(a, 0))),
+                (int)std::lround(hex(a, 1) + t * (hex(b, 1) - hex(a, 1))), (int)std::lround(hex(a, 2) + t * (hex(b, 2) - hex(a, 2))));
+  return o;
+}
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// The routing picture: tokens along x (wrapped in rows of up to 64), routed layers along y.
+std::string routing_svg(const json& routing, const json& summary) {
+  const json& layers = routing["layers"];
+  const json& tokens = routing["tokens"];
+  const int T = (int)tokens.size(), R = (int)layers.size();
+  if (T == 0 || R == 0) return "";
+  const int per = std::min(T, 64);
+  const int chunks = (T + per - 1) / per;
+  const double cw = 17.5, ch = 15, gapc = 1.5, label = 66, chunk_gap = 26, top = 8;
+  const double W = label + per * cw + 10, H = top + chunks * (R * ch + chunk_gap) + 4;
+  double wmin = 1, wmax = 0;
+  for (const auto& l : layers)
+    for (const auto& r : l["router_logit"]) {
+      double w = sigmoid(r.get<double>());
+      wmin = std::min(wmin, w), wmax = std::max(wmax, w);
+    }
+  if (wmax <= wmin) wmax = wmin + 1e-6;
+  std::string o = "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" id=\"routing\" viewBox=\"0 0 " + fmt_fixed(W, 1) + " " +
+                  fmt_fixed(H, 1) + "\" width=\"" + fmt_fixed(W, 1) + "\" height=\"" + fmt_fixed(H, 1) + "\" role=\"img\">\n";
+  for (int c = 0; c < chunks; ++c) {
+    const double y0 = top + c * (R * ch + chunk_gap);
+    const int t0 = c * per, t1 = std::min(T, t0 + per);
+    o += "<text x=\"" + fmt_fixed(label + 0, 1) + "\" y=\"" + fmt_fixed(y0 + R * ch + 13, 1) +
+         "\" font-size=\"10.5\" fill=\"#8a909c\">token " + std::to_string(t0) + "</text>";
+    o += "<text x=\"" + fmt_fixed(label + (t1 - t0) * cw, 1) + "\" y=\"" + fmt_fixed(y0 + R * ch + 13, 1) +
+         "\" font-size=\"10.5\" fill=\"#8a909c\" text-anchor=\"end\">" + std::to_string(t1 - 1) + "</text>\n";
+    for (int j = 0; j < R; ++j) {
+      const json& L = layers[j];
+      const double y = y0 + j * ch;
+      o += "<text x=\"" + fmt_fixed(label - 8, 1) + "\" y=\"" + fmt_fixed(y + ch - 4, 1) + "\" font-size=\"11\" fill=\"#555\" text-anchor=\"end\">layer " +
+           std::to_string(L["layer"].get<int>()) + "</text>";
+      for (int t = t0; t < t1; ++t) {
+        const double r = L["router_logit"][t].get<double>(), w = sigmoid(r);
+        const bool p = L["processed"][t].get<int>() != 0, pred = L["predicted"][t].get<int>() != 0;
+        const double u = (w - wmin) / (wmax - wmin);
+        const std::string fill = p ? mix("#c9b6f2", "#3d1496", u) : mix("#f4f5f7", "#d3d6dc", u);
+        const double x = label + (t - t0) * cw;
+        o += "<rect x=\"" + fmt_fixed(x, 1) + "\" y=\"" + fmt_fixed(y, 1) + "\" width=\"" + fmt_fixed(cw - gapc, 1) + "\" height=\"" +
+             fmt_fixed(ch - gapc, 1) + "\" rx=\"2\" fill=\"" + fill + "\"><title>" + esc("\u201c" + tokens[t].get<std::string>() + "\u201d") +
+             " \u00b7 layer " + std::to_string(L["layer"].get<int>()) + " \u00b7 r = " + fmt_fixed(r, 3) + ", \u03c3(r) = " + fmt_fixed(w, 3) +
+             " \u00b7 " + (p ? "processed" : "skipped") + " \u00b7 predictor: " + (pred ? "process" : "skip") + "</title></rect>";
+        if (pred)
+          o += "<circle cx=\"" + fmt_fixed(x + (cw - gapc) / 2, 1) + "\" cy=\"" + fmt_fixed(y + (ch - gapc) / 2, 1) + "\" r=\"2.1\" fill=\"" +
+               (p ? "#ffffff" : "#3d1496") + "\"/>";
+      }
+      o += "\n";
+    }
+  }
+  o += "</svg>\n";
+  (void)summary;
+  return o;
+}
+
+// The passage as text, each token shaded by how many routed layers processed it.
+std::string passage_html(const json& routing) {
+  const json& layers = routing["layers"];
+  const json& tokens = routing["tokens"];
+  const int R = (int)layers.size();
+  std::string o = "<div class=\"passage\">";
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    int n = 0;
+    for (const auto& l : layers) n += l["processed"][t].get<int>() != 0;
+    std::string tok = tokens[t].get<std::string>();
+    std::string shown, rest = tok;
+    bool newline = false;
+    if (!rest.empty() && rest.back() == '\n') {
+      while (!rest.empty() && rest.back() == '\n') rest.pop_back();
+      newline = true;
+    }
+    const std::string bg = n == 0 ? "transparent" : mix("#e6dcfa", "#6a3fd0", R > 1 ? (n - 1.0) / (R - 1.0) : 1.0);
+    const std::string fg = n * 2 > R + 1 ? "#ffffff" : "inherit";
+    o += "<span style=\"background:" + bg + ";color:" + fg + "\" title=\"processed in " + std::to_string(n) + " of " + std::to_string(R) +
+         " routed layers\">" + esc(rest) + (newline ? "\u21b5" : "") + "</span>";
+    if (newline) o += "<br/>";
+  }
+  o += "</div>\n";
+  return o;
+}
+
+std::string card(const std::string& k, const std::string& v, const std::string& s, const std::string& cls = "") {
+  return "<div class=\"card\"><div class=\"k\">" + esc(k) + "</div><div class=\"v" + (cls.empty() ? "" : " " + cls) + "\">" + esc(v) +
+         "</div><div class=\"s\">" + esc(s) + "</div></div>\n";
+}
+
+}  // namespace
+
+std::string embed_json(const json& j) {
+  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace), o;
+  o.reserve(s.size());
+  for (char c : s) {
+    if (c == '<') o += "\\u003c";
+    else if (c == '>') o += "\\u003e";
+    else if (c == '&') o += "\\u0026";
+    else o += c;
+  }
+  return o;
+}
+
+std::vector<std::array<std::string, 4>> demo_table(const json& summary) {
+  const json& d = summary.at("models").at("dense");
+  const json& m = summary.at("models").at("mod");
+  auto ratio = [&](const char* k, int dec = 2) {
+    double a = num(d, k), b = num(m, k);
+    return std::isfinite(a) && std::isfinite(b) && a != 0 ? fmt_fixed(b / a, dec) + "\u00d7" : std::string("");
+  };
+  auto diff = [&](const char* k) {
+    double a = num(d, k), b = num(m, k);
+    if (!std::isfinite(a) || !std::isfinite(b)) return std::string("");
+    return std::string(b - a >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(b - a), 3);
+  };
+  auto or_na = [&](const json& j, const char* k, auto f) { return std::isfinite(num(j, k)) ? f(num(j, k)) : std::string("n/a"); };
+  auto si = [](double v) { return fmt_si(v, 3); };
+  auto secs = [](double v) { return fmt_seconds(v); };
+  auto f4 = [](double v) { return fmt_fixed(v, 4); };
+  auto f3 = [](double v) { return fmt_fixed(v, 3); };
+  auto pct = [](double v) { return fmt_fixed(100 * v, 1) + " %"; };
+  auto tps = [](double v) { return fmt_fixed(v, v < 100 ? 1 : 0); };
+  auto bytes = [](double v) { return fmt_bytes(v); };
+  auto integer = [](double v) { return fmt_fixed(v, 0); };
+  std::vector<std::array<std::string, 4>> rows;
+  rows.push_back({"parameters", or_na(d, "params", si), or_na(m, "params", si), ratio("params", 3)});
+  rows.push_back({"FLOPs per forward (one sequence)", or_na(d, "flops_per_forward", si), or_na(m, "flops_per_forward", si), ratio("flops_per_forward")});
+  rows.push_back({"training FLOPs", or_na(d, "train_flops", si), or_na(m, "train_flops", si), ratio("train_flops", 3)});
+  rows.push_back({"steps", or_na(d, "steps", integer), or_na(m, "steps", integer), ratio("steps")});
+  rows.push_back({"training tokens", or_na(d, "tokens", si), or_na(m, "tokens", si), ratio("tokens")});
+  rows.push_back({"training wall-clock", or_na(d, "train_seconds", secs), or_na(m, "train_seconds", secs), ratio("train_seconds")});
+  rows.push_back({"training tokens/s", or_na(d, "train_tokens_per_second", integer), or_na(m, "train_tokens_per_second", integer),
+                  ratio("train_tokens_per_second")});
+  rows.push_back({"validation loss, top-k routing", or_na(d, "val_loss_topk", f4), or_na(m, "val_loss_topk", f4), diff("val_loss_topk")});
+  rows.push_back({"validation loss, causal routing", or_na(d, "val_loss_causal", f4), or_na(m, "val_loss_causal", f4), diff("val_loss_causal")});
+  rows.push_back({"predictor accuracy", or_na(d, "predictor_accuracy", pct), or_na(m, "predictor_accuracy", pct), ""});
+  rows.push_back({"processed fraction (causal)", or_na(d, "processed_fraction", f3), or_na(m, "processed_fraction", f3), ""});
+  rows.push_back({"decode tokens/s (one stream)", or_na(d, "decode_tokens_per_second", tps), or_na(m, "decode_tokens_per_second", tps),
+                  ratio("decode_tokens_per_second")});
+  rows.push_back({"KV-cache bytes (sample)", or_na(d, "kv_cache_bytes", bytes), or_na(m, "kv_cache_bytes", bytes), ratio("kv_cache_bytes")});
+  return rows;
+}
+
+std::string demo_table_text(const json& summary) {
+  auto rows = demo_table(summary);
+  std::string s = pad("", 34) + pad("dense", 12, true) + pad("MoD", 12, true) + pad("MoD vs dense", 15, true) + "\n";
+  for (const auto& r : rows) s += pad(r[0], 34) + pad(r[1], 12, true) + pad(r[2], 12, true) + pad(r[3], 15, true) + "\n";
+  return s;
+}
+
+std::string render_demo_report(const json& S) {
+  const json& D = S.at("models").at("dense");
+  const json& M = S.at("models").at("mod");
+  const json& cmp = S.at("comparison");
+  const json& reach = cmp.at("reach_dense_loss");
+  const json& set = S.at("settings");
+  const double budget = num(S, "budget_flops");
+  std::string o = page_head("modlm demo: Mixture-of-Depths vs dense");
+
+  // Header and verdict.
+  const double ld = num(D, "val_loss_topk"), lm = num(M, "val_loss_topk"), lmc = num(M, "val_loss_causal");
+  const double cap = num(set, "capacity", 0.125);
+  o += "<header>\n<div class=\"tag\">modlm demo</div>\n<h1>Mixture-of-Depths vs its dense twin, at equal training FLOPs</h1>\n";
+  o += "<p>Both models: " + esc(std::to_string(D["config"]["n_layers"].get<int>())) + " layers, d<sub>model</sub> " +
+       esc(std::to_string(D["config"]["d_model"].get<int>())) + ", vocabulary " + esc(std::to_string(D["config"]["vocab_size"].get<int>())) +
+       ", sequences of " + esc(std::to_string(set["seq_len"].get<int>())) + " tokens. The MoD twin routes every other layer, processing " +
+       esc(fmt_fixed(100 * cap, 1)) + " % of the tokens there (top-k by a learned router); a small predictor learns the same decision causally. "
+       "Each model trained on the same text for " + esc(fmt_si(budget)) + "FLOPs.</p>\n";
+  {
+    std::string v = "At the same training compute, MoD reached a validation loss of <b class=\"mod\">" + esc(fmt_fixed(lm, 3)) +
+                    "</b> against <b class=\"dense\">" + esc(fmt_fixed(ld, 3)) + "</b> for dense (" +
+                    (lm <= ld ? "<span class=\"good\">" : "<span class=\"bad\">") + esc((lm - ld >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(lm - ld), 3)) +
+                    " nats</span>; " + esc(fmt_fixed(lmc, 3)) + " when it decides causally, as in generation), taking " +
+                    esc(fmt_fixed(num(cmp, "steps_ratio"), 2)) + "\u00d7 the steps in " + esc(fmt_fixed(num(cmp, "wall_clock_ratio"), 2)) +
+                    "\u00d7 the wall-clock. ";
+    if (reach.value("reached", false))
+      v += "It matched dense\u2019s final loss after <b>" + esc(fmt_seconds(num(reach, "time"))) + "</b> of training, where dense needed " +
+           esc(fmt_seconds(num(reach, "dense_time"))) + " (" + esc(fmt_fixed(num(reach, "speedup"), 2)) + "\u00d7 faster).";
+    else if (reach.contains("dense_final_loss"))
+      v += "It did not reach dense\u2019s final loss (" + esc(fmt_fixed(num(reach, "dense_final_loss"), 3)) + ") within its budget.";
+    o += "<p class=\"verdict\">" + v + "</p>\n</header>\n";
+  }
+  // Cards.
+  o += "<div class=\"cards\">\n";
+  o += card("validation loss, equal FLOPs", fmt_fixed(lm, 3) + " vs " + fmt_fixed(ld, 3), "MoD vs dense (top-k routing)", lm <= ld ? "good" : "bad");
+  o += card("compute per forward", fmt_fixed(100 * num(cmp, "flops_per_forward_ratio"), 0) + " %",
+            "of dense: " + fmt_si(num(M, "flops_per_forward")) + " vs " + fmt_si(num(D, "flops_per_forward")) + "FLOPs");
+  if (reach.value("reached", false))
+    o += card("time to dense\u2019s final loss", fmt_seconds(num(reach, "time")),
+              "dense: " + fmt_seconds(num(reach, "dense_time")) + " (" + fmt_fixed(num(reach, "speedup"), 2) + "\u00d7)", "good");
+  else
+    o += card("time to dense\u2019s final loss", "not reached", "MoD best " + fmt_fixed(num(reach, "mod_best_loss"), 3) + " vs " +
+              fmt_fixed(num(reach, "dense_final_loss"), 3), "bad");
+  if (std::isfinite(num(M, "decode_tokens_per_second")))
+    o += card("decode speed, one stream", fmt_fixed(num(M, "decode_tokens_per_second") / std::max(1e-9, num(D, "decode_tokens_per_second")), 2) + "\u00d7",
+              fmt_fixed(num(M, "decode_tokens_per_second"), 0) + " vs " + fmt_fixed(num(D, "decode_tokens_per_second"), 0) + " tokens/s; KV cache " +
+                  fmt_fixed(100 * num(M, "kv_cache_bytes") / std::max(1.0, num(D, "kv_cache_bytes")), 0) + " %");
+  else
+    o += card("decode speed, one stream", "n/a", "this build has no KV-cache decoder");
+  o += "</div>\n";
+
+  // Table.
+  o += "<section>\n<h2>Side by side</h2>\n<p class=\"lead\">Validation losses are mean next-token cross-entropy (nats) over " +
+       esc(std::to_string(num(set, "final_windows", 0) > 0 ? (int)num(set, "final_windows") : 0)) +
+       " held-out windows. Wall-clock includes the periodic validation passes (the same number for both). Decode: " +
+       "a KV-cache decoder, one sequence, sampling.</p>\n";
+  o += "<table class=\"cmp\">\n<thead><tr><th></th><th class=\"dense\">dense</th><th class=\"mod\">MoD</th><th>MoD vs dense</th></tr></thead>\n<tbody>\n";
+  for (const auto& r : demo_table(S))
+    o += "<tr><td>" + esc(r[0]) + "</td><td>" + esc(r[1]) + "</td><td>" + esc(r[2]) + "</td><td>" + esc(r[3]) + "</td></tr>\n";
+  o += "</tbody>\n</table>\n</section>\n";
+
+  // Loss curves.
+  auto loss_chart = [&](const std::string& id, const char* xkey, const Axis& xa) {
+    LineChart c;
+    c.id = id;
+    c.x = xa;
+    c.y.label = "validation loss (nats)";
+    c.width = 590, c.height = 350;
+    for (int i = 0; i < 2; ++i) {
+      const json& m = i == 0 ? D : M;
+      const char* name = i == 0 ? "dense" : "mod";
+      const char* col = i == 0 ? kDense : kMod;
+      Series tr;
+      tr.key = std::string("train-") + xkey + "-" + name;
+      tr.label = "";
+      tr.color = col;
+      tr.x = vec(m["curves"]["train"][xkey]);
+      tr.y = vec(m["curves"]["train"]["loss"]);
+      tr.markers = false;
+      tr.width = 1.2;
+      tr.opacity = 0.28;
+      c.series.push_back(tr);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const json& m = i == 0 ? D : M;
+      const char* name = i == 0 ? "dense" : "mod";
+      Series s;
+      s.key = std::string("val-") + xkey + "-" + name;
+      s.label = i == 0 ? "dense (validation)" : "MoD (validation)";
+      s.color = i == 0 ? kDense : kMod;
+      s.x = vec(m["curves"]["val"][xkey]);
+      s.y = vec(m["curves"]["val"]["loss"]);
+      c.series.push_back(s);
+    }
+    // y range from the validation curves (the first training losses would squash the plot).
+    double lo = 1e300, hi = -1e300;
+    for (size_t i = 2; i < c.series.size(); ++i)
+      for (double v : c.series[i].y)
+        if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+    if (hi > lo) {
+      double d = (hi - lo) * 0.08;
+      c.y.lo = lo - d, c.y.hi = hi + d;
+    }
+    if (reach.contains("dense_final_loss"))
+      c.refs.push_back({false, num(reach, "dense_final_loss"), "dense final " + fmt_fixed(num(reach, "dense_final_loss"), 3), "#7a8190"});
+    if (std::string(xkey) == "time" && reach.value("reached", false))
+      c.refs.push_back({true, num(reach, "time"), "MoD matches dense at " + fmt_seconds(num(reach, "time")), kMod});
+    // Clip the faint training curves to the plotted y range.
+    for (int i = 0; i < 2; ++i)
+      for (auto& v : c.series[i].y)
+        if (c.y.hi > c.y.lo) v = std::max(c.y.lo, std::min(c.y.hi, v));
+    return render_line_chart(c);
+  };
+  Axis ax_f{"training FLOPs", false, AxisFormat::SI, 0, 0};
+  Axis ax_t{"training wall-clock", false, AxisFormat::Seconds, 0, 0};
+  o += "<div class=\"grid2 row\">\n<section>\n<h2>Loss against training FLOPs</h2>\n<p class=\"lead\">Same budget: MoD spends it on more, cheaper "
+       "steps. Faint lines: training loss of each batch.</p>\n<figure>" +
+       loss_chart("loss-flops", "flops", ax_f) + "</figure>\n</section>\n";
+  o += "<section>\n<h2>Loss against wall-clock</h2>\n<p class=\"lead\">What the saved FLOPs buy on this machine (" +
+       esc(std::to_string((int)num(set, "threads", 0))) + " threads).</p>\n<figure>" + loss_chart("loss-time", "time", ax_t) +
+       "</figure>\n</section>\n</div>\n";
+
+  // Routing picture.
+  if (S.contains("routing") && S["routing"].is_object()) {
+    o += "<section>\n<h2>Which tokens each routed layer processed</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
+         "each row a routed layer; a violet cell was processed by that layer\u2019s block (top-k routing, as in training; darker = larger router weight "
+         "\u03c3(r)), a grey cell skipped it and went round on the residual stream. A dot marks the tokens the causal predictor would process. "
+         "Hover a cell for the token and its router logit.</p>\n";
+    o += "<div class=\"legend-row\"><span><span class=\"sw\" style=\"background:#c9b6f2\"></span><span class=\"sw\" style=\"background:#3d1496\"></span>"
+         "processed (low \u2192 high router weight)</span><span><span class=\"sw\" style=\"background:#eceef1\"></span>skipped</span>"
+         "<span>\u25cf predictor says process</span></div>\n";
+    o += "<figure>" + routing_svg(S["routing"], S) + "</figure>\n";
+    o += "<p class=\"lead\" style=\"margin-top:14px\">The same passage as text: the darker a token, the more routed layers processed it.</p>\n";
+    o += passage_html(S["routing"]);
+    o += "</section>\n";
+  }
+
+  // Histograms and predictor accuracy.
+  o += "<div class=\"grid2 row\">\n";
+  if (S.contains("router_histogram") && S["router_histogram"].is_object()) {
+    const json& H = S["router_histogram"];
+    o += "<section>\n<h2>Router weights per routed layer</h2>\n<p class=\"lead\">\u03c3(r) of every token of " +
+         esc(std::to_string((int)num(H, "tokens_per_layer", 0))) + " validation tokens; the top-k chosen ones in violet.</p>\n<div class=\"hists\">\n";
+    bool first = true;
+    for (const auto& l : H["layers"]) {
+      Histogram h;
+      h.id = "hist-layer-" + std::to_string(l["layer"].get<int>());
+      h.title = "layer " + std::to_string(l["layer"].get<int>());
+      h.edges = vec(H["edges"]);
+      h.stacks.push_back({"processed", "processed", "#5b2bb5", vec(l["processed"])});
+      h.stacks.push_back({"skipped", "skipped", "#c5c9d1", vec(l["skipped"])});
+      h.x_label = "router weight \u03c3(r)";
+      h.width = 262, h.height = 180;
+      h.legend = first;
+      first = false;
+      o += render_histogram(h);
+    }
+    o += "</div>\n</section>\n";
+  }
+  if (M.contains("predictor_accuracy_curve")) {
+    const json& A = M["predictor_accuracy_curve"];
+    LineChart c;
+    c.id = "predictor-accuracy";
+    c.x = {"training step (MoD)", false, AxisFormat::Number, 0, 0};
+    c.y = {"predictor accuracy", false, AxisFormat::Number, 0, 0};
+    c.width = 590, c.height = 330;
+    int i = 0;
+    double lo = 1;
+    for (const auto& l : A["layers"]) {
+      Series s;
+      s.key = "accuracy-layer-" + std::to_string(l["layer"].get<int>());
+      s.label = "layer " + std::to_string(l["layer"].get<int>());
+      s.color = kPalette[i++ % 8];
+      s.x = vec(A["step"]);
+      s.y = vec(l["accuracy"]);
+      s.markers = false;
+      s.width = 1.8;
+      for (double v : s.y) lo = std::min(lo, v);
+      c.series.push_back(s);
+    }
+    c.y.lo = std::max(0.0, std::min(lo, 1 - cap) - 0.02), c.y.hi = 1.0;
+    c.refs.push_back({false, 1 - cap, "always \u201cskip\u201d: " + fmt_fixed(100 * (1 - cap), 1) + " %", "#7a8190"});
+    o += "<section>\n<h2>Causal predictor accuracy during training</h2>\n<p class=\"lead\">How often the predictor, which sees only the past, "
+         "makes the same decision as top-k routing (training batches). Final, on validation: " +
+         esc(fmt_fixed(100 * num(M, "predictor_accuracy"), 1)) + " %.</p>\n<figure>" + render_line_chart(c) + "</figure>\n</section>\n";
+  }
+  o += "</div>\n";
+
+  // Samples.
+  o += "<section class=\"row\">\n<h2>Samples</h2>\n<p class=\"lead\">The same prompt (grey, from the validation text), continued by each model "
+       "with the KV-cache decoder (temperature " +
+       esc(fmt_fixed(num(M["sample"], "temperature", 0.8), 2)) + ", top-k " + esc(std::to_string((int)num(M["sample"], "top_k", 40))) +
+       ", same seed). MoD decides causally, token by token.</p>\n<div class=\"samples\">\n";
+  for (int i = 0; i < 2; ++i) {
+    const json& m = i == 0 ? D : M;
+    o += "<div class=\"sample\"><h3 class=\"" + std::string(i == 0 ? "dense" : "mod") + "\">" + (i == 0 ? "dense" : "MoD") + "</h3>";
+    if (m["sample"].is_object()) {
+      o += "<div class=\"text\"><span class=\"prompt\">" + esc(m["sample"]["prompt"].get<std::string>()) + "</span>" +
+           esc(m["sample"]["continuation"].get<std::string>()) + "</div>";
+      o += "<div class=\"meta\">" + esc(fmt_fixed(num(m, "decode_tokens_per_second"), 1)) + " tokens/s \u00b7 KV cache " +
+           esc(fmt_bytes(num(m, "kv_cache_bytes"))) + " for " + esc(std::to_string((int)num(m, "kv_cache_context_tokens", 0))) + " tokens</div>";
+    } else {
+      o += "<div class=\"text\">(no KV-cache decoder in this build)</div>";
+    }
+    o += "</div>\n";
+  }
+  o += "</div>\n</section>\n";
+
+  // Settings.
+  o += "<footer>\n<dl class=\"settings\">";
+  auto dd = [&](const std::string& k, const std::string& v) { o += "<dt>" + esc(k) + "</dt><dd>" + esc(v) + "</dd>"; };
+  dd("training text", set.value("data", ""));
+  dd("validation text", set.value("val", ""));
+  dd("tokenizer", set.value("tokenizer", ""));
+  dd("budget", fmt_si(budget) + "FLOPs per model (" + json(budget).dump() + ")");
+  dd("batch", std::to_string((int)num(set, "batch_size", 0)) + " \u00d7 " + std::to_string((int)num(set, "seq_len", 0)) + " tokens, lr " +
+                  json(num(set, "lr")).dump() + " (cosine to " + json(num(set, "min_lr")).dump() + ")");
+  dd("created", S.value("created", ""));
+  o += "</dl>\n<p>Made by <code>modlm demo</code>; the numbers are in <code>summary.json</code> beside this page and in the block below.</p>\n</footer>\n";
+  o += "</main>\n<script type=\"application/json\" id=\"modlm-data\">" + embed_json(S) + "</script>\n</body>\n</html>\n";
+  return o;
+}
+
+std::string render_sweep_report(const std::vector<json>& records, const json& meta) {
+  std::string o = page_head("modlm sweep: iso-FLOP curves");
+  o += "<header>\n<div class=\"tag\">modlm sweep</div>\n<h1>Iso-FLOP analysis: dense vs Mixture-of-Depths</h1>\n"
+       "<p>For each training-FLOP budget, models of several sizes trained with exactly that budget; the final validation loss against "
+       "the parameter count. The bottom of each curve is the best model size for that budget. Dense: solid lines; MoD: dashed.</p>\n</header>\n";
+  // Group: (budget, family) -> points sorted by params.
+  std::map<std::pair<double, std::string>, std::vector<const json*>> groups;
+  std::set<double> budgets;
+  for (const auto& r : records) {
+    groups[{r.value("budget", 0.0), r.value("family", std::string("?"))}].push_back(&r);
+    budgets.insert(r.value("budget", 0.0));
+  }
+  std::map<double, int> bidx;
+  for (double b : budgets) bidx[b] = (int)bidx.size();
+  LineChart c;
+  c.id = "isoflop";
+  c.x = {"parameters", true, AxisFormat::SI, 0, 0};
+  c.y = {"final validation loss (nats, top-k)", false, AxisFormat::Number, 0, 0};
+  c.width = 1150, c.height = 520;
+  for (auto& [k, v] : groups) {
+    std::sort(v.begin(), v.end(), [](const json* a, const json* b) { return a->value("params", 0.0) < b->value("params", 0.0); });
+    Series s;
+    s.key = "b" + json(k.first).dump() + "-" + k.second;
+    s.label = fmt_si(k.first) + "FLOPs, " + (k.second == "mod" ? "MoD" : k.second);
+    s.color = kPalette[bidx[k.first] % 8];
+    s.dashed = k.second == "mod";
+    for (const json* r : v) {
+      s.x.push_back(r->value("params", 0.0));
+      s.y.push_back(r->value("val_loss", 0.0));
+    }
+    c.series.push_back(s);
+  }
+  o += "<section>\n<h2>Final loss against parameters, one curve per budget and family</h2>\n<figure>" + render_line_chart(c) +
+       "</figure>\n</section>\n";
+  // Table.
+  o += "<section>\n<h2>Runs</h2>\n<table class=\"cmp\">\n<thead><tr><th>run</th><th>budget</th><th>family</th><th>d_model \u00d7 layers</th>"
+       "<th>parameters</th><th>steps</th><th>training FLOPs</th><th>wall-clock</th><th>val loss (top-k)</th><th>val loss (causal)</th></tr></thead>\n<tbody>\n";
+  std::vector<const json*> sorted;
+  for (const auto& r : records) sorted.push_back(&r);
+  std::sort(sorted.begin(), sorted.end(), [](const json* a, const json* b) {
+    auto ka = std::make_tuple(a->value("budget", 0.0), a->value("family", std::string()), a->value("params", 0.0));
+    auto kb = std::make_tuple(b->value("budget", 0.0), b->value("family", std::string()), b->value("params", 0.0));
+    return ka < kb;
+  });
+  for (const json* r : sorted) {
+    const bool mod = r->value("family", std::string()) == "mod";
+    o += "<tr><td>" + esc(r->value("name", std::string())) + "</td><td>" + esc(fmt_si(r->value("budget", 0.0))) + "</td><td class=\"" +
+         (mod ? "mod" : "dense") + "\">" + (mod ? "MoD" : "dense") + "</td><td>" + std::to_string(r->value("d_model", 0)) + " \u00d7 " +
+         std::to_string(r->value("n_layers", 0)) + "</td><td>" + esc(fmt_si(r->value("params", 0.0))) + "</td><td>" +
+         std::to_string(r->value("steps", (int64_t)0)) + "</td><td>" + esc(fmt_si(r->value("train_flops", 0.0))) + "</td><td>" +
+         esc(fmt_seconds(r->value("train_seconds", 0.0))) + "</td><td>" + esc(fmt_fixed(r->value("val_loss", 0.0), 4)) + "</td><td>" +
+         (r->contains("val_loss_causal") && (*r)["val_loss_causal"].is_number() ? esc(fmt_fixed((*r)["val_loss_causal"].get<double>(), 4))
+                                                                                 : std::string("\u2013")) +
+         "</td></tr>\n";
+  }
+  o += "</tbody>\n</table>\n</section>\n";
+  o += "<footer>\n<dl class=\"settings\">";
+  for (auto it = meta.begin(); it != meta.end(); ++it)
+    o += "<dt>" + esc(it.key()) + "</dt><dd>" + esc(it.value().is_string() ? it.value().get<std::string>() : it.value().dump()) + "</dd>";
+  o += "</dl>\n<p>Made by <code>modlm sweep</code>; every run is a line of <code>sweep.jsonl</code> beside this page (and in the block below).</p>\n</footer>\n";
+  json data = json::array();
+  for (const auto& r : records) data.push_back(r);
+  o += "</main>\n<script type=\"application/json\" id=\"modlm-data\">" + embed_json(json{{"meta", meta}, {"records", data}}) +
+       "</script>\n</body>\n</html>\n";
+  return o;
+}
+
+}  // namespace modlm::demo
