@@ -22,7 +22,9 @@ int main(int argc, char** argv) {
       modlm::cli::add_train(app),
       modlm::cli::add_tokenizer(app),
       modlm::cli::add_bench(app),
+      modlm::cli::add_generate(app),
   };
+  commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,390 @@
+#include "infer/decoder.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "infer/matvec.h"
+#include "model/routing.h"
+#include "ops/gemm.h"
+#include "ops/rmsnorm.h"
+#include "ops/swiglu.h"
+#include "util/error.h"
+
+namespace modlm::infer {
+
+using namespace ops;
+
+namespace {
+// The same expression as Model::routed_forward, so the gate is bit for bit the model's.
+float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+}  // namespace
+
+Decoder::Decoder(const Model<float>& model, int max_batch, int max_len)
+    : cfg_(model.config()), dims_(LayerDims::of(model.config())), max_batch_(max_batch), max_len_(max_len) {
+  if (max_batch < 1) throw bad_input("decoder: batch must be >= 1");
+  if (max_len < 1 || max_len > cfg_.max_seq_len)
+    throw bad_input("decoder: sequence length " + std::to_string(max_len) + " outside [1, max_seq_len = " +
+                    std::to_string(cfg_.max_seq_len) + "]");
+  // The weights are only read; ModelWeights holds mutable pointers because training shares it.
+  w_ = ModelWeights<float>::bind(model.layout(), cfg_, const_cast<float*>(model.params().data()));
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    if (!w_.layers[l].w13 || !w_.layers[l].w2)
+      throw bad_input("generation supports dense and MoD layers; layer " + std::to_string(l) +
+                      " has no dense MLP (Mixture-of-Experts is not supported by the decoder yet)");
+  rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
+  routed_index_.assign(cfg_.n_layers, -1);
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
+  cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.n_heads, cfg_.head_dim());
+  length_.assign(max_batch, 0);
+
+  const size_t B = max_batch, D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size;
+  const size_t Hp = cfg_.routing.predictor_hidden;
+  for (auto* v : {&sx_, &sy_, &sxn_, &satt_, &sa_, &sxg_, &syg_}) v->assign(B * D, 0.f);
+  sinv_.assign(B, 0.f);
+  sqkv_.assign(B * 3 * D, 0.f);
+  sh13_.assign(B * 2 * F, 0.f);
+  sg_.assign(B * F, 0.f);
+  sr_.assign(B, 0.f);
+  sdec_.assign(B, 0.f);
+  sz_.assign(B * Hp, 0.f);
+  sscore_.assign((size_t)omp_get_max_threads() * max_len, 0.f);
+  logits_.assign(B * V, 0.f);
+  ssel_.reserve(B);
+  sslot_.reserve(B);
+  spos_.reserve(B);
+  ssel_pos_.reserve(B);
+  routes_.reserve(B * routed_.size());
+}
+
+void Decoder::check_ids(const int32_t* ids, size_t n) const {
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      throw bad_input("token id " + std::to_string(ids[i]) + " outside the vocabulary [0, " +
+                      std::to_string(cfg_.vocab_size) + ")");
+}
+
+void Decoder::release(int slot) {
+  cache_.clear_slot(slot);
+  length_[slot] = 0;
+}
+
+double Decoder::block_bytes(int l) const {
+  const double D = cfg_.d_model, F = cfg_.d_ff;
+  return 4.0 * (2 * D + 4 * D * D + 3 * D * F);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: packed rows through the model's own layer code.
+
+void Decoder::prefill(const std::vector<std::vector<int32_t>>& prompts, bool all_logits) {
+  for (int s = 0; s < max_batch_; ++s) release(s);
+  std::vector<int> slots(prompts.size());
+  for (size_t i = 0; i < slots.size(); ++i) slots[i] = (int)i;
+  prefill(slots, prompts, all_logits);
+}
+
+void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vector<int32_t>>& prompts, bool all_logits) {
+  const int P = (int)prompts.size(), D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+  if (P < 1 || (int)slots.size() != P) throw bad_input("prefill: need one slot per prompt and at least one prompt");
+  std::vector<bool> used(max_batch_, false);
+  for (int s : slots) {
+    if (s < 0 || s >= max_batch_ || used[s]) throw bad_input("prefill: slot " + std::to_string(s) + " invalid or repeated");
+    used[s] = true;
+  }
+  for (const auto& p : prompts) {
+    if (p.empty()) throw bad_input("prefill: empty prompt");
+    if ((int)p.size() > max_len_)
+      throw bad_input("prompt of " + std::to_string(p.size()) + " tokens exceeds the sequence limit " + std::to_string(max_len_));
+    check_ids(p.data(), p.size());
+  }
+  for (int s : slots) release(s);
+
+  // Packed rows: prompt after prompt, positions from 0.
+  ptok_.clear();
+  row_slot_.clear();
+  row_pos_.clear();
+  pseqs_.assign(1, 0);
+  for (int i = 0; i < P; ++i) {
+    for (size_t t = 0; t < prompts[i].size(); ++t) {
+      ptok_.push_back(prompts[i][t]);
+      row_slot_.push_back(slots[i]);
+      row_pos_.push_back((int32_t)t);
+    }
+    pseqs_.push_back((int)ptok_.size());
+  }
+  const int n = (int)ptok_.size();
+  token_rows_ = n;
+  routes_.assign((size_t)n * routed_.size(), RouteRecord{});
+  weight_bytes_ = 0;
+
+  px_.resize({n, D});
+  py_.resize({n, D});
+  float* x = px_.data();
+  float* y = py_.data();
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (int i = 0; i < n; ++i) std::memcpy(x + (size_t)i * D, w_.tok_embeddings + (size_t)ptok_[i] * D, sizeof(float) * D);
+  weight_bytes_ += 4.0 * n * D;
+
+  for (int l = 0; l < L; ++l) {
+    if (cfg_.routed(l)) {
+      routed_prefill(l, x, y, n);
+    } else {
+      layer_forward<float>(w_.layers[l], dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y);
+      for (int i = 0; i < n; ++i) {
+        const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
+        cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + 2 * D);
+      }
+      weight_bytes_ += block_bytes(l);
+    }
+    std::swap(x, y);
+  }
+
+  // Final norm and LM head on the rows whose logits are wanted.
+  const int rows = all_logits ? n : P;
+  pxf_.resize({rows, D});
+  pinv_.resize({rows});
+  if (all_logits) {
+    rmsnorm_forward<float>(x, D, w_.norm, n, D, float(cfg_.norm_eps), pxf_.data(), D, pinv_.data());
+  } else {
+    for (int i = 0; i < P; ++i)
+      rmsnorm_forward<float>(x + (size_t)(pseqs_[i + 1] - 1) * D, D, w_.norm, 1, D, float(cfg_.norm_eps),
+                             pxf_.data() + (size_t)i * D, D, pinv_.data() + i);
+  }
+  if ((size_t)rows * V > logits_.size()) logits_.resize((size_t)rows * V);
+  if (rows <= 32)
+    matvec(w_.output, V, D, pxf_.data(), D, rows, logits_.data(), V);
+  else
+    linear_forward<float>(pxf_.data(), D, w_.output, rows, D, V, logits_.data(), V);
+  weight_bytes_ += 4.0 * ((double)V * D + D);
+  logit_rows_ = rows;
+  for (int i = 0; i < P; ++i) length_[slots[i]] = (int)prompts[i].size();
+}
+
+void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
+  const LayerWeights<float>& W = w_.layers[l];
+  const RoutingConfig& rc = cfg_.routing;
+  const int D = cfg_.d_model, j = routed_index_[l], R = (int)routed_.size();
+  const bool predictor = rc.causal == "predictor";
+  // Router logits and the causal decision, as Model::routed_forward computes them.
+  pr_.resize({n});
+  linear_forward<float>(x, D, W.router, n, D, 1, pr_.data(), 1);
+  weight_bytes_ += 4.0 * D;
+  const float* decision = pr_.data();
+  if (predictor) {
+    const int Hp = rc.predictor_hidden;
+    pz_.resize({n, Hp});
+    pdec_.resize({n});
+    linear_forward<float>(x, D, W.pred_fc1_w, n, D, Hp, pz_.data(), Hp);
+#pragma omp parallel for schedule(static) if (n > 64)
+    for (int i = 0; i < n; ++i)
+      for (int k = 0; k < Hp; ++k) {
+        float& z = pz_[(size_t)i * Hp + k];
+        z = std::max(z + W.pred_fc1_b[k], 0.0f);
+      }
+    linear_forward<float>(pz_.data(), Hp, W.pred_fc2_w, n, Hp, 1, pdec_.data(), 1);
+    for (int i = 0; i < n; ++i) pdec_[i] += W.pred_fc2_b[0];
+    decision = pdec_.data();
+    weight_bytes_ += 4.0 * ((double)Hp * D + 2 * Hp + 1);
+  }
+  psel_.clear();
+  psel_pos_.clear();
+  psel_off_.assign(1, 0);
+  const int P = (int)pseqs_.size() - 1;
+  for (int b = 0; b < P; ++b) {
+    const int base = pseqs_[b];
+    for (int t : select_causal<float>(decision + base, pseqs_[b + 1] - base)) {
+      psel_.push_back(base + t);
+      psel_pos_.push_back(row_pos_[base + t]);
+    }
+    psel_off_.push_back((int)psel_.size());
+  }
+  const int m = (int)psel_.size();
+  auto gate_of = [&](float r) { return rc.method == "stochastic" ? 1.0f : rc.gate == "sigmoid" ? sigmoid(r) : r; };
+  for (int i = 0; i < n; ++i) {
+    RouteRecord& rec = routes_[(size_t)i * R + j];
+    rec.router_logit = pr_[i];
+    rec.gate = gate_of(pr_[i]);
+    rec.decision_logit = decision[i];
+  }
+  std::memcpy(y, x, sizeof(float) * (size_t)n * D);
+  if (m == 0) return;
+  pxg_.resize({m, D});
+  pyg_.resize({m, D});
+  for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
+  layer_forward<float>(W, dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data());
+  weight_bytes_ += block_bytes(l);
+  for (int i = 0; i < m; ++i) {
+    const int row = psel_[i];
+    RouteRecord& rec = routes_[(size_t)row * R + j];
+    rec.processed = true;
+    const float g = rec.gate;
+    float* yr = y + (size_t)row * D;
+    const float* xr = pxg_.data() + (size_t)i * D;
+    const float* br = pyg_.data() + (size_t)i * D;
+    for (int k = 0; k < D; ++k) yr[k] = g * br[k] + (1.0f - g) * xr[k];
+    const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
+    cache_.append(l, row_slot_[row], row_pos_[row], q + D, q + 2 * D);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode step: one token per sequence, matrix-vector products, attention over the cache.
+
+void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& tokens) {
+  const int B = (int)slots.size(), D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+  if (B < 1 || B > max_batch_ || (int)tokens.size() != B) throw bad_input("step: need 1..max_batch slots, one token each");
+  check_ids(tokens.data(), tokens.size());
+  row_slot_.assign(slots.begin(), slots.end());
+  row_pos_.resize(B);
+  for (int i = 0; i < B; ++i) {
+    const int s = slots[i];
+    if (s < 0 || s >= max_batch_ || length_[s] == 0) throw bad_input("step: slot " + std::to_string(s) + " holds no sequence");
+    for (int k = 0; k < i; ++k)
+      if (slots[k] == s) throw bad_input("step: slot " + std::to_string(s) + " given twice");
+    if (length_[s] >= max_len_)
+      throw bad_input("sequence in slot " + std::to_string(s) + " reached the length limit of " + std::to_string(max_len_) +
+                      " tokens");
+    row_pos_[i] = length_[s];
+  }
+  token_rows_ = B;
+  routes_.assign((size_t)B * routed_.size(), RouteRecord{});
+  weight_bytes_ = 4.0 * B * D;
+
+  float* x = sx_.data();
+  float* y = sy_.data();
+  for (int i = 0; i < B; ++i) std::memcpy(x + (size_t)i * D, w_.tok_embeddings + (size_t)tokens[i] * D, sizeof(float) * D);
+  for (int l = 0; l < L; ++l) {
+    if (cfg_.routed(l)) {
+      routed_step(l, B, x, y);
+    } else {
+      block_step(l, B, x, row_slot_.data(), row_pos_.data(), y);
+      weight_bytes_ += block_bytes(l);
+    }
+    std::swap(x, y);
+  }
+  rmsnorm_forward<float>(x, D, w_.norm, B, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
+  matvec(w_.output, V, D, sxn_.data(), D, B, logits_.data(), V);
+  weight_bytes_ += 4.0 * ((double)V * D + D);
+  logit_rows_ = B;
+  for (int i = 0; i < B; ++i) ++length_[slots[i]];
+}
+
+void Decoder::routed_step(int l, int B, const float* x, float* y) {
+  const LayerWeights<float>& W = w_.layers[l];
+  const RoutingConfig& rc = cfg_.routing;
+  const int D = cfg_.d_model, j = routed_index_[l], R = (int)routed_.size();
+  matvec(W.router, 1, D, x, D, B, sr_.data(), 1);
+  weight_bytes_ += 4.0 * D;
+  const float* decision = sr_.data();
+  if (rc.causal == "predictor") {
+    const int Hp = rc.predictor_hidden;
+    matvec(W.pred_fc1_w, Hp, D, x, D, B, sz_.data(), Hp);
+    for (int i = 0; i < B; ++i)
+      for (int k = 0; k < Hp; ++k) {
+        float& z = sz_[(size_t)i * Hp + k];
+        z = std::max(z + W.pred_fc1_b[k], 0.0f);
+      }
+    matvec(W.pred_fc2_w, 1, Hp, sz_.data(), Hp, B, sdec_.data(), 1);
+    for (int i = 0; i < B; ++i) sdec_[i] += W.pred_fc2_b[0];
+    decision = sdec_.data();
+    weight_bytes_ += 4.0 * ((double)Hp * D + 2 * Hp + 1);
+  }
+  std::memcpy(y, x, sizeof(float) * (size_t)B * D);
+  ssel_.clear();
+  sslot_.clear();
+  ssel_pos_.clear();
+  for (int i = 0; i < B; ++i) {
+    RouteRecord& rec = routes_[(size_t)i * R + j];
+    const float r = sr_[i];
+    rec.router_logit = r;
+    rec.gate = rc.method == "stochastic" ? 1.0f : rc.gate == "sigmoid" ? sigmoid(r) : r;
+    rec.decision_logit = decision[i];
+    if (decision[i] > 0.0f) {  // p > 0.5
+      rec.processed = true;
+      std::memcpy(sxg_.data() + ssel_.size() * D, x + (size_t)i * D, sizeof(float) * D);
+      ssel_.push_back(i);
+      sslot_.push_back(row_slot_[i]);
+      ssel_pos_.push_back(row_pos_[i]);
+    }
+  }
+  const int m = (int)ssel_.size();
+  if (m == 0) return;  // nobody processes this block: its weights are not read at all
+  block_step(l, m, sxg_.data(), sslot_.data(), ssel_pos_.data(), syg_.data());
+  weight_bytes_ += block_bytes(l);
+  for (int i = 0; i < m; ++i) {
+    const float g = routes_[(size_t)ssel_[i] * R + j].gate;
+    float* yr = y + (size_t)ssel_[i] * D;
+    const float* xr = sxg_.data() + (size_t)i * D;
+    const float* br = syg_.data() + (size_t)i * D;
+    for (int k = 0; k < D; ++k) yr[k] = g * br[k] + (1.0f - g) * xr[k];
+  }
+}
+
+// The dense layer of SPEC §1 for m single-token rows (x [m, D] -> y [m, D]); each row's key and
+// value are appended to layer l's cache of its slot before attending over that cache.
+void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
+  const LayerWeights<float>& W = w_.layers[l];
+  const int D = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, Dh = cfg_.head_dim();
+  const float eps = float(cfg_.norm_eps);
+  float* xn = sxn_.data();
+  float* qkv = sqkv_.data();
+  float* att = satt_.data();
+  float* a = sa_.data();
+  // Attention half.
+  rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
+  matvec(W.wqkv, 3 * D, D, xn, D, m, qkv, 3 * D);
+  rope_forward<float>(qkv, 3 * D, m, H, Dh, pos, rope_);
+  rope_forward<float>(qkv + D, 3 * D, m, H, Dh, pos, rope_);
+  for (int i = 0; i < m; ++i) cache_.append(l, slots[i], pos[i], qkv + (size_t)i * 3 * D + D, qkv + (size_t)i * 3 * D + 2 * D);
+  const float scale = float(1.0 / std::sqrt((double)Dh));
+  int64_t pairs = 0;
+  for (int i = 0; i < m; ++i) pairs += cache_.count(l, slots[i]);
+  FlopCounter::add(pairs * 4 * Dh * H);
+  const int cap = max_len_;
+  if ((size_t)omp_get_max_threads() * cap > sscore_.size()) sscore_.resize((size_t)omp_get_max_threads() * cap);
+#pragma omp parallel for collapse(2) schedule(static) if (pairs * H * Dh >= 8192)
+  for (int i = 0; i < m; ++i)
+    for (int h = 0; h < H; ++h) {
+      float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
+      const int n = cache_.count(l, slots[i]);
+      const float* q = qkv + (size_t)i * 3 * D + h * Dh;
+      const float* K = cache_.keys(l, slots[i], h);
+      const float* Vv = cache_.values(l, slots[i], h);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int t = 0; t < n; ++t) {
+        const float* k = K + (size_t)t * Dh;
+        float dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < Dh; ++d) dot += q[d] * k[d];
+        s[t] = dot * scale;
+        mx = std::max(mx, s[t]);
+      }
+      float sum = 0;
+      for (int t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - mx));
+      float* o = att + (size_t)i * D + h * Dh;
+      for (int d = 0; d < Dh; ++d) o[d] = 0;
+      for (int t = 0; t < n; ++t) {
+        const float p = s[t];
+        const float* v = Vv + (size_t)t * Dh;
+#pragma omp simd
+        for (int d = 0; d < Dh; ++d) o[d] += p * v[d];
+      }
+      const float inv = 1.0f / sum;
+      for (int d = 0; d < Dh; ++d) o[d] *= inv;
+    }
+  std::memcpy(a, x, sizeof(float) * (size_t)m * D);
+  matvec(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);
+  // MLP half.
+  rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
+  matvec(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
+  swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
+  std::memcpy(y, a, sizeof(float) * (size_t)m * D);
+  matvec(W.w2, D, F, sg_.data(), F, m, y, D, /*accumulate=*/true);
+}
+
+}  // namespace modlm::infer

@@ -1,0 +1,117 @@
+// Autoregressive decoding with a KV cache (SPEC §1-§2), for dense and Mixture-of-Depths models.
+//
+//  - prefill: all prompt tokens of several sequences in ONE packed forward (the model's own
+//    layer_forward on packed rows, GEMMs), keeping each layer's post-RoPE keys and values;
+//  - step: one new token for each of several sequences: matrix-vector products that read each
+//    weight once for the whole batch (infer/matvec.h), attention over the cache.
+//
+// Routed layers decide causally (SPEC §2 "Causal decision"): token t is processed in routed
+// layer l iff its decision probability > 0.5 (the predictor's p_t for causal = "predictor",
+// else sigmoid(r_t)), i.e. iff the decision logit > 0. A processed token becomes
+// h + gate(r_t) * (Block(h) - h) (gate: sigmoid(r), r for "linear", 1 for "stochastic"), computed
+// exactly as Model::routed_forward does, and is appended to that layer's cache at its original
+// position; a skipped token passes unchanged and is not a key/value of that layer. The result
+// equals Model::forward with RouteMode::Causal on the whole sequence (tests/test_generate.cpp).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "infer/kv_cache.h"
+#include "model/layer.h"
+#include "model/model.h"
+#include "model/params.h"
+#include "ops/rope.h"
+#include "tensor/tensor.h"
+
+namespace modlm::infer {
+
+// What one routed layer decided for one token.
+struct RouteRecord {
+  bool processed = false;
+  float router_logit = 0;    // r_t = w_r . h_t
+  float gate = 0;            // gate(r_t): the scale a processed token's block output gets
+  float decision_logit = 0;  // the predictor's logit (causal = "predictor"), else r_t
+  double decision_prob() const { return 1.0 / (1.0 + std::exp(-(double)decision_logit)); }
+};
+
+class Decoder {
+ public:
+  // The model must outlive the decoder; its weights are read, never written. max_batch
+  // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
+  // them is allocated here, once.
+  Decoder(const Model<float>& model, int max_batch, int max_len);
+
+  const ModelConfig& config() const { return cfg_; }
+  int max_batch() const { return max_batch_; }
+  int max_len() const { return max_len_; }
+  const std::vector<int>& routed_layers() const { return routed_; }  // layer indices, increasing
+
+  // (Re)starts prompts[i] in slot slots[i] (distinct slots < max_batch; other slots are left as
+  // they are), all in one packed forward. Each prompt needs 1..max_len ids inside the vocabulary
+  // (bad_input otherwise). Logits afterwards: row i = the next-token logits after prompt i; with
+  // all_logits, one row per prompt token, prompt after prompt (as Model::forward gives them).
+  void prefill(const std::vector<int>& slots, const std::vector<std::vector<int32_t>>& prompts, bool all_logits = false);
+  // Clears every slot and starts prompt i in slot i.
+  void prefill(const std::vector<std::vector<int32_t>>& prompts, bool all_logits = false);
+
+  // Feeds tokens[i] to the sequence in slots[i] (distinct, started slots) at position length(slot)
+  // and produces its next-token logits in row i. A sequence of max_len tokens cannot take another
+  // (bad_input); check length() first.
+  void step(const std::vector<int>& slots, const std::vector<int32_t>& tokens);
+
+  void release(int slot);  // forgets the sequence in a slot
+
+  // Outputs of the last prefill/step.
+  int logit_rows() const { return logit_rows_; }
+  const float* logits(int row) const { return logits_.data() + (size_t)row * cfg_.vocab_size; }
+  // Routing of every token fed by the last call (prefill: prompt after prompt; step: row i =
+  // slots[i]) in routed layer routed_layers()[j].
+  int token_rows() const { return token_rows_; }
+  const RouteRecord& route(int token_row, int j) const { return routes_[(size_t)token_row * routed_.size() + j]; }
+  // Bytes of weights the last call read (each matrix counted once per call, as a bandwidth-bound
+  // decode step reads it; a routed block nobody processed is not read).
+  double weight_bytes_read() const { return weight_bytes_; }
+
+  int length(int slot) const { return length_[slot]; }  // tokens of the sequence in the slot
+  const KvCache& cache() const { return cache_; }
+
+ private:
+  void check_ids(const int32_t* ids, size_t n) const;
+  void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
+  void routed_prefill(int l, const float* x, float* y, int n);
+  void routed_step(int l, int B, const float* x, float* y);
+  double block_bytes(int l) const;
+
+  ModelConfig cfg_;
+  LayerDims dims_;
+  ModelWeights<float> w_;
+  ops::RopeTable<float> rope_;
+  int max_batch_ = 0, max_len_ = 0;
+  std::vector<int> routed_;          // routed layer indices
+  std::vector<int> routed_index_;    // layer -> index in routed_, or -1
+  KvCache cache_;
+  std::vector<int> length_;
+
+  // Per-call state.
+  int logit_rows_ = 0, token_rows_ = 0;
+  double weight_bytes_ = 0;
+  AlignedVector<float> logits_;
+  std::vector<RouteRecord> routes_;
+  std::vector<int> row_slot_;      // slot of each token row of the current call
+  std::vector<int32_t> row_pos_;   // position of each token row
+
+  // Prefill buffers (grow to the largest prompt batch, then reused).
+  TensorT<float> px_, py_, pxg_, pyg_, pr_, pz_, pdec_, pxf_, pinv_;
+  LayerActs<float> acts_;
+  std::vector<int32_t> ptok_, psel_pos_;
+  std::vector<int> pseqs_, psel_, psel_off_;
+
+  // Step buffers, sized for max_batch once.
+  AlignedVector<float> sx_, sy_, sxn_, sinv_, sqkv_, satt_, sa_, sh13_, sg_, sscore_;
+  AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
+  std::vector<int> ssel_, sslot_;
+  std::vector<int32_t> spos_, ssel_pos_;
+};
+
+}  // namespace modlm::infer

@@ -1,0 +1,19 @@
+// Decode-time matrix products: a few rows (one per sequence) against a weight matrix.
+//
+// Decoding reads every weight once per step, so it is bound by memory bandwidth, not FLOPs.
+// A BLAS gemm with M = 1..16 packs the weight first (an extra copy of every byte) and a BLAS
+// gemv reads the weight once per sequence; this kernel reads each weight row once for the
+// whole batch and multiplies it with all B inputs while it is in registers/L1.
+#pragma once
+#include <cstddef>
+
+namespace modlm::infer {
+
+// Y[b, j] (+)= sum_k W[j, k] X[b, k] for b < B, j < out.  W: [out, in] row-major (SPEC §6
+// layout), X: [B, in] with row stride ldx, Y: [B, out] with row stride ldy. Parallel (OpenMP)
+// over output rows; each weight row is read from memory once for all B inputs. Adds
+// 2 * B * out * in to the FlopCounter.
+void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
+            bool accumulate = false);
+
+}  // namespace modlm::infer

@@ -1,0 +1,687 @@
+// Generation: the KV-cache decoder against full forward passes (dense and MoD causal routing),
+// batching, the routed layers' caches, sampling, streaming text, and `modlm generate` end to end.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "cli_helpers.h"
+#include "infer/decoder.h"
+#include "infer/matvec.h"
+#include "infer/sampler.h"
+#include "infer/text_stream.h"
+#include "io/model_dir.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
+#include "util/error.h"
+
+using namespace modlm;
+using namespace modlm::infer;
+using namespace modlm::testing;
+
+namespace {
+
+struct Variant {
+  std::string routing = "none", method = "expert_choice", gate = "sigmoid", causal = "predictor";
+  int d_model = 64;
+};
+
+ModelConfig tiny_config(const Variant& v, int max_seq_len = 96) {
+  json j{{"vocab_size", 256}, {"d_model", v.d_model}, {"n_layers", 4},        {"n_heads", 4},
+         {"d_ff", 96},        {"max_seq_len", max_seq_len}, {"tokenizer", "bytes"}};
+  if (v.routing != "none")
+    j["routing"] = {{"layers", v.routing}, {"capacity", 0.5}, {"method", v.method},
+                    {"gate", v.gate},      {"causal", v.causal}, {"predictor_hidden", 32}};
+  return ModelConfig::from_json(j, "test");
+}
+
+std::vector<int32_t> bytes_of(const std::string& s) { return io::ByteTokenizer().encode(s); }
+
+// A random model whose causal decisions are far from the 0.5 threshold (so float rounding
+// between a GEMM and a matrix-vector product cannot flip one), with a mix of processed and
+// skipped tokens: the decision weights are scaled up and, for the predictor, its bias moved to
+// the middle of the widest gap between the decision logits of a calibration text, layer by layer.
+std::unique_ptr<Model<float>> make_model(const Variant& v, uint64_t seed = 1, int max_seq_len = 96) {
+  auto m = std::make_unique<Model<float>>(tiny_config(v, max_seq_len));
+  m->init_weights(seed);
+  const ModelConfig& c = m->config();
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!c.routed(l)) continue;
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (size_t i = 0; i < (size_t)c.d_model; ++i) m->param(p + "router.weight")[i] *= 300.0f;  // r ~ +-1
+    if (c.routing.causal == "predictor") {
+      float* w2 = m->param(p + "predictor.fc2.weight");
+      for (int i = 0; i < c.routing.predictor_hidden; ++i) w2[i] *= 5000.0f;
+    }
+  }
+  if (c.routing.causal != "predictor" || c.n_routed() == 0) return m;
+  const std::vector<int32_t> text = bytes_of("Calibration text: the quick brown fox jumps over the lazy dog 0123456789.");
+  for (int j = 0; j < c.n_routed(); ++j) {
+    Decoder dec(*m, 1, (int)text.size());
+    dec.prefill({text});
+    std::vector<float> z;
+    for (int t = 0; t < dec.token_rows(); ++t) z.push_back(dec.route(t, j).decision_logit);
+    std::sort(z.begin(), z.end());
+    const size_t n = z.size();
+    size_t best = n / 4;
+    for (size_t i = n / 4; i + 1 < 3 * n / 4; ++i)
+      if (z[i + 1] - z[i] > z[best + 1] - z[best]) best = i;
+    m->param("layers." + std::to_string(dec.routed_layers()[j]) + ".predictor.fc2.bias")[0] -= 0.5f * (z[best] + z[best + 1]);
+  }
+  return m;
+}
+
+// max |a - b| relative to max(1, max |b|).
+double rel_diff(const float* a, const float* b, int n) {
+  double d = 0, m = 0;
+  for (int i = 0; i < n; ++i) {
+    d = std::max(d, (double)std::abs(a[i] - b[i]));
+    m = std::max(m, (double)std::abs(b[i]));
+  }
+  return d / std::max(1.0, m);
+}
+
+// Full-sequence logits [T, V] from Model::forward.
+std::vector<float> forward_logits(Model<float>& m, const std::vector<int32_t>& toks, RouteMode mode, ForwardResult* res = nullptr) {
+  ForwardOptions fo;
+  fo.mode = mode;
+  ForwardResult r = m.forward(toks.data(), nullptr, 1, (int)toks.size(), fo);
+  if (res) *res = r;
+  return std::vector<float>(m.logits(), m.logits() + toks.size() * m.config().vocab_size);
+}
+
+// Top-1 minus top-2 of a row: ties this close could legitimately break either way.
+double top_gap(const float* x, int V) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int i = 0; i < V; ++i) {
+    if (x[i] > a) b = a, a = x[i];
+    else if (x[i] > b) b = x[i];
+  }
+  return a - b;
+}
+
+// Greedy decode of `n` tokens after `prompt` on a batch-1 decoder; logits of every fed token
+// (the prefill's last row first) go to *rows.
+std::vector<int32_t> greedy_decode(Decoder& dec, const std::vector<int32_t>& prompt, int n, std::vector<std::vector<float>>* rows) {
+  const int V = dec.config().vocab_size;
+  dec.prefill({prompt});
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    if (rows) rows->emplace_back(dec.logits(0), dec.logits(0) + V);
+    out.push_back(argmax(dec.logits(0), V));
+    dec.step({0}, {out.back()});
+  }
+  if (rows) rows->emplace_back(dec.logits(0), dec.logits(0) + V);
+  return out;
+}
+
+const std::vector<Variant> kRouted = {
+    {"every_other", "expert_choice", "sigmoid", "predictor", 64},
+    {"every_other", "token_choice", "linear", "aux_loss", 48},
+    {"all", "stochastic", "sigmoid", "predictor", 48},
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(GenerateKernels, MatvecMatchesReference) {
+  Rng r(3);
+  for (int in : {1, 16, 37, 64}) {
+    for (int out : {1, 5, 29, 100}) {
+      for (int B : {1, 3, 8, 11}) {
+        std::vector<float> W((size_t)out * in), X((size_t)B * (in + 2)), Y((size_t)B * (out + 1), 0.5f);
+        for (auto& v : W) v = float(r.normal());
+        for (auto& v : X) v = float(r.normal());
+        for (bool acc : {false, true}) {
+          std::vector<float> Y0 = Y;
+          matvec(W.data(), out, in, X.data(), in + 2, B, Y.data(), out + 1, acc);
+          for (int b = 0; b < B; ++b)
+            for (int j = 0; j < out; ++j) {
+              double s = acc ? Y0[(size_t)b * (out + 1) + j] : 0;
+              for (int k = 0; k < in; ++k) s += (double)W[(size_t)j * in + k] * X[(size_t)b * (in + 2) + k];
+              ASSERT_NEAR(Y[(size_t)b * (out + 1) + j], s, 1e-4 * (1 + std::abs(s))) << in << " " << out << " " << B;
+            }
+        }
+      }
+    }
+  }
+}
+
+TEST(Generate, GreedyWithKvCacheIsArgmaxOfFullForwardAtEveryStep) {
+  auto m = make_model(Variant{});
+  Decoder dec(*m, 1, 64);
+  const int V = 256;
+  std::vector<int32_t> seq = bytes_of("The cat ");
+  dec.prefill({seq});
+  for (int step = 0; step < 24; ++step) {
+    // A fresh full forward over the whole sequence so far, every step.
+    std::vector<float> full = forward_logits(*m, seq, RouteMode::TopK);
+    const float* want = full.data() + (seq.size() - 1) * V;
+    ASSERT_LT(rel_diff(dec.logits(0), want, V), 1e-4) << "step " << step;
+    const int32_t t = argmax(dec.logits(0), V);
+    if (top_gap(want, V) > 1e-5) {
+      ASSERT_EQ(t, argmax(want, V)) << "step " << step;
+    }
+    seq.push_back(t);
+    dec.step({0}, {t});
+  }
+  EXPECT_EQ(dec.length(0), (int)seq.size());
+  for (int l = 0; l < 4; ++l) EXPECT_EQ(dec.cache().count(l, 0), (int)seq.size());  // dense: every token
+}
+
+TEST(Generate, PrefillPlusDecodeLogitsEqualFullForward) {
+  // Dense and MoD (causal routing): prefill k tokens, feed the rest one by one; every row of
+  // logits equals the full-sequence forward's.
+  std::vector<Variant> variants = {Variant{}};
+  variants.insert(variants.end(), kRouted.begin(), kRouted.end());
+  for (const Variant& v : variants) {
+    auto m = make_model(v, 2);
+    const int V = 256;
+    Rng r(5);
+    std::vector<int32_t> toks(40);
+    for (auto& t : toks) t = (int32_t)r.below(V);
+    std::vector<float> full = forward_logits(*m, toks, RouteMode::Causal);
+    for (int k : {1, 9, 40}) {
+      Decoder dec(*m, 1, 40);
+      dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
+      ASSERT_EQ(dec.logit_rows(), k);
+      for (int t = 0; t < k; ++t) ASSERT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * V, V), 1e-4) << v.method << " prefill row " << t;
+      for (int t = k; t < 40; ++t) {
+        dec.step({0}, {toks[t]});
+        ASSERT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * V, V), 1e-4) << v.method << " k " << k << " step " << t;
+      }
+    }
+  }
+}
+
+TEST(Generate, CausalRoutedDecodeEqualsCausalForward) {
+  // Token-by-token MoD decoding (decision p > 0.5 per routed layer, processed tokens cached at
+  // their original positions) gives the logits and greedy tokens of Model::forward(Causal).
+  for (const Variant& v : kRouted) {
+    auto m = make_model(v, 3);
+    const int V = 256, R = m->config().n_routed();
+    Decoder dec(*m, 1, 80);
+    std::vector<std::vector<float>> rows;
+    const std::vector<int32_t> prompt = bytes_of("Mixture of depths 🌍 ");
+    std::vector<int32_t> gen = greedy_decode(dec, prompt, 30, &rows);
+    std::vector<int32_t> seq = prompt;
+    seq.insert(seq.end(), gen.begin(), gen.end());
+    ForwardResult res;
+    std::vector<float> full = forward_logits(*m, seq, RouteMode::Causal, &res);
+    const size_t np = prompt.size();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const float* want = full.data() + (np - 1 + i) * V;
+      ASSERT_LT(rel_diff(rows[i].data(), want, V), 1e-4) << v.method << " row " << i;
+      if (i < gen.size() && top_gap(want, V) > 1e-5) {
+        ASSERT_EQ(gen[i], argmax(want, V)) << v.method << " token " << i;
+      }
+    }
+    // Both decisions occur, far from the threshold; each routed layer's cache holds exactly
+    // the tokens with p > 0.5, as many as the full forward processed.
+    ASSERT_EQ((int)res.routed.size(), R);
+    for (int j = 0; j < R; ++j) {
+      const int l = dec.routed_layers()[j];
+      EXPECT_EQ(res.routed[j].layer, l);
+      EXPECT_GT(res.routed[j].processed, 0) << v.method << " layer " << l;
+      EXPECT_LT(res.routed[j].processed, (int64_t)seq.size()) << v.method << " layer " << l;
+      EXPECT_EQ(dec.cache().count(l, 0), res.routed[j].processed) << v.method << " layer " << l;
+    }
+  }
+}
+
+TEST(KvCache, RoutedLayerHoldsExactlyTheProcessedTokensAtTheirPositions) {
+  auto m = make_model(kRouted[0], 4);
+  const ModelConfig& c = m->config();
+  const int R = c.n_routed();
+  Decoder dec(*m, 1, 64);
+  const std::vector<int32_t> prompt = bytes_of("routing decides, layer by layer");
+  dec.prefill({prompt});
+  // Decisions of every token, prompt and generated, per routed layer.
+  std::vector<std::vector<int32_t>> processed_pos(R);
+  std::vector<int> skipped(R, 0);
+  double min_margin = 1e9;
+  auto collect = [&](int rows, int32_t first_pos) {
+    for (int t = 0; t < rows; ++t)
+      for (int j = 0; j < R; ++j) {
+        const RouteRecord& rr = dec.route(t, j);
+        EXPECT_EQ(rr.processed, rr.decision_prob() > 0.5);
+        min_margin = std::min(min_margin, (double)std::abs(rr.decision_logit));
+        if (rr.processed) processed_pos[j].push_back(first_pos + t);
+        else ++skipped[j];
+      }
+  };
+  collect(dec.token_rows(), 0);
+  for (int i = 0; i < 20; ++i) {
+    const int32_t pos = dec.length(0);
+    dec.step({0}, {argmax(dec.logits(0), c.vocab_size)});
+    collect(1, pos);
+  }
+  EXPECT_GT(min_margin, 1e-5);  // no decision sits on the threshold
+  const int T = dec.length(0);
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!c.routed(l)) {
+      EXPECT_EQ(dec.cache().count(l, 0), T);
+      EXPECT_EQ(dec.cache().bytes_used(l), (size_t)T * 2 * c.d_model * sizeof(float));
+      continue;
+    }
+    int j = 0;
+    while (dec.routed_layers()[j] != l) ++j;
+    EXPECT_GT(processed_pos[j].size(), 0u);
+    EXPECT_GT(skipped[j], 0);
+    ASSERT_EQ(dec.cache().count(l, 0), (int)processed_pos[j].size()) << "layer " << l;
+    const int32_t* pos = dec.cache().positions(l, 0);
+    for (size_t k = 0; k < processed_pos[j].size(); ++k) EXPECT_EQ(pos[k], processed_pos[j][k]);
+    EXPECT_EQ(dec.cache().bytes_used(l), processed_pos[j].size() * 2 * c.d_model * sizeof(float));
+  }
+}
+
+TEST(Generate, BatchDecodingEqualsOneByOne) {
+  for (const Variant& v : {Variant{}, kRouted[0], kRouted[1]}) {
+    auto m = make_model(v, 6);
+    const int V = 256, steps = 15;
+    const std::vector<std::vector<int32_t>> prompts = {bytes_of("a"), bytes_of("Sequences of different lengths"),
+                                                       bytes_of("and positions.")};
+    Decoder batch(*m, 3, 48);
+    batch.prefill(prompts);
+    std::vector<std::vector<int32_t>> got(3);
+    std::vector<std::vector<std::vector<float>>> logits(3);
+    for (int s = 0; s < steps; ++s) {
+      std::vector<int32_t> toks;
+      for (int i = 0; i < 3; ++i) {
+        logits[i].emplace_back(batch.logits(i), batch.logits(i) + V);
+        toks.push_back(argmax(batch.logits(i), V));
+        got[i].push_back(toks.back());
+      }
+      batch.step({0, 1, 2}, toks);
+    }
+    for (int i = 0; i < 3; ++i) {
+      Decoder one(*m, 1, 48);
+      std::vector<std::vector<float>> rows;
+      EXPECT_EQ(greedy_decode(one, prompts[i], steps, &rows), got[i]) << v.method << " prompt " << i;
+      for (int s = 0; s < steps; ++s) EXPECT_LT(rel_diff(logits[i][s].data(), rows[s].data(), V), 1e-5);
+      for (int l = 0; l < 4; ++l) EXPECT_EQ(one.cache().count(l, 0), batch.cache().count(l, i));
+    }
+    // A slot restarted with a new prompt while the others go on (a server's pattern) leaves
+    // the others untouched, and a subset of slots can step.
+    Decoder d2(*m, 3, 48);
+    d2.prefill(prompts);
+    d2.step({0, 1, 2}, {got[0][0], got[1][0], got[2][0]});
+    d2.prefill({1}, {bytes_of("new")});
+    d2.step({2, 0}, {got[2][1], got[0][1]});
+    EXPECT_LT(rel_diff(d2.logits(0), logits[2][2].data(), V), 1e-5);
+    EXPECT_LT(rel_diff(d2.logits(1), logits[0][2].data(), V), 1e-5);
+    EXPECT_EQ(d2.length(1), 3);
+  }
+}
+
+TEST(Generate, DecoderRejectsWhatItCannotDo) {
+  auto m = make_model(Variant{}, 1, 16);
+  EXPECT_THROW(Decoder(*m, 1, 17), Error);  // beyond max_seq_len
+  Decoder dec(*m, 2, 16);
+  EXPECT_THROW(dec.prefill({std::vector<int32_t>{}}), Error);
+  EXPECT_THROW(dec.prefill({std::vector<int32_t>(17, 1)}), Error);
+  EXPECT_THROW(dec.prefill({{1, 2, 300}}), Error);  // outside the vocabulary
+  dec.prefill({std::vector<int32_t>(15, 1)});
+  dec.step({0}, {2});
+  EXPECT_EQ(dec.length(0), 16);
+  EXPECT_THROW(dec.step({0}, {2}), Error);  // no wrap-around at the length limit
+  EXPECT_THROW(dec.step({1}, {2}), Error);  // empty slot
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Sampler, ArgmaxTiesGoToTheLowerId) {
+  std::vector<float> x = {0.f, 3.f, 1.f, 3.f, NAN};
+  EXPECT_EQ(argmax(x.data(), 5), 1);
+  x[0] = NAN;
+  EXPECT_EQ(argmax(x.data(), 5), 1);
+  SamplingParams p;
+  p.greedy = true;
+  EXPECT_EQ(Sampler(p, 1).sample(x.data(), 5), 1);
+}
+
+TEST(Sampler, GreedyEquivalents) {
+  Rng r(11);
+  std::vector<float> x(1000);
+  for (int trial = 0; trial < 50; ++trial) {
+    for (auto& v : x) v = float(3 * r.normal());
+    const int32_t best = argmax(x.data(), (int)x.size());
+    SamplingParams t0, k1, ptiny;
+    t0.temperature = 0;
+    k1.top_k = 1;
+    k1.temperature = 1.7;
+    ptiny.top_p = 1e-9;
+    ptiny.temperature = 1.7;
+    EXPECT_EQ(Sampler(t0, trial).sample(x.data(), 1000), best);
+    EXPECT_EQ(Sampler(k1, trial).sample(x.data(), 1000), best);
+    EXPECT_EQ(Sampler(ptiny, trial).sample(x.data(), 1000), best);
+  }
+}
+
+TEST(Sampler, FixedSeedGivesTheSameSamples) {
+  Rng r(2);
+  std::vector<float> x(300);
+  for (auto& v : x) v = float(r.normal());
+  SamplingParams p;
+  p.temperature = 0.9;
+  p.top_k = 50;
+  p.top_p = 0.9;
+  Sampler a(p, 42), b(p, 42), c(p, 43);
+  int differ = 0;
+  for (int i = 0; i < 200; ++i) {
+    const int32_t sa = a.sample(x.data(), 300), sb = b.sample(x.data(), 300), sc = c.sample(x.data(), 300);
+    EXPECT_EQ(sa, sb);
+    differ += sa != sc;
+  }
+  EXPECT_GT(differ, 20);
+}
+
+TEST(Sampler, TemperatureTopKTopPGiveTheirDistributions) {
+  const std::vector<float> logits = {1.0f, 2.0f, 0.0f, 1.5f, -1.0f};
+  const int V = 5, N = 200000;
+  auto freqs = [&](const SamplingParams& p) {
+    Sampler s(p, 7);
+    std::vector<double> f(V, 0);
+    for (int i = 0; i < N; ++i) f[s.sample(logits.data(), V)] += 1.0 / N;
+    return f;
+  };
+  auto expect = [&](const SamplingParams& p, const std::vector<int>& allowed) {
+    std::vector<double> want(V, 0);
+    double z = 0;
+    for (int i : allowed) z += (want[i] = std::exp(logits[i] / p.temperature));
+    for (auto& w : want) w /= z;
+    std::vector<double> got = freqs(p);
+    for (int i = 0; i < V; ++i)  // 5 standard deviations of a binomial frequency
+      EXPECT_NEAR(got[i], want[i], 5 * std::sqrt(want[i] * (1 - want[i]) / N) + 1e-12)
+          << "T " << p.temperature << " k " << p.top_k << " p " << p.top_p << " id " << i;
+  };
+  for (double T : {0.5, 1.0, 2.5}) {
+    SamplingParams p;
+    p.temperature = T;
+    expect(p, {0, 1, 2, 3, 4});
+  }
+  SamplingParams k2;
+  k2.top_k = 2;
+  expect(k2, {1, 3});
+  // At T = 1 the probabilities are .463 (id 1), .281 (id 3), .170 (id 0), .063, .023: top-p 0.55
+  // keeps ids 1 and 3 (.463 < .55 <= .744); top-p 0.8 adds id 0 (.744 < .8 <= .914).
+  SamplingParams p55;
+  p55.top_p = 0.55;
+  expect(p55, {1, 3});
+  SamplingParams p80;
+  p80.top_p = 0.8;
+  expect(p80, {1, 3, 0});
+  // Lower temperature concentrates the mass.
+  SamplingParams cold;
+  cold.temperature = 0.1;
+  EXPECT_GT(freqs(cold)[1], 0.99);
+}
+
+TEST(Sampler, BadValuesAreUsageErrors) {
+  auto code = [](SamplingParams p) {
+    try {
+      validate(p);
+      return 0;
+    } catch (const Error& e) {
+      return e.exit_code();
+    }
+  };
+  SamplingParams p;
+  EXPECT_EQ(code(p), 0);
+  p.temperature = -0.1;
+  EXPECT_EQ(code(p), 2);
+  p = {};
+  p.temperature = NAN;
+  EXPECT_EQ(code(p), 2);
+  p = {};
+  p.top_k = -1;
+  EXPECT_EQ(code(p), 2);
+  p = {};
+  p.top_p = 0;
+  EXPECT_EQ(code(p), 2);
+  p.top_p = 1.01;
+  EXPECT_EQ(code(p), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Generate, TextStreamNeverSplitsACharacter) {
+  io::ByteTokenizer tok;
+  const std::string text = "héllo 🌍 wörld ✓ \xFF end";  // includes an invalid byte, passed through
+  std::vector<int32_t> ids = tok.encode(text);
+  TextStream ts(tok);
+  std::string out;
+  for (int32_t id : ids) {
+    std::string piece = ts.push(id);
+    EXPECT_EQ(utf8_complete_prefix(piece), piece.size());
+    out += piece;
+  }
+  out += ts.finish();
+  EXPECT_EQ(out, text);
+  // An incomplete tail is held back until finish().
+  TextStream t2(tok);
+  EXPECT_EQ(t2.push(0xF0), "");
+  EXPECT_EQ(t2.push(0x9F), "");
+  EXPECT_EQ(t2.finish(), "\xF0\x9F");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `modlm generate` end to end.
+
+namespace {
+
+json parse_json_out(const std::string& out) {
+  const size_t a = out.find('{'), b = out.rfind('}');
+  if (a == std::string::npos || b == std::string::npos) return json();
+  return json::parse(out.substr(a, b - a + 1));
+}
+
+class GenerateCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(temp_dir("generate_cli"));
+    ASSERT_EQ(run_modlm("init " + *dir_ + "/m --d-model 64 --n-layers 4 --n-heads 4 --d-ff 96 --vocab bytes "
+                        "--max-seq-len 40 --routing every_other --capacity 0.5 --predictor-hidden 32 --seed 3")
+                  .code,
+              0);
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+  static std::string model() { return *dir_ + "/m"; }
+  static std::string file(const std::string& name, const std::string& body) {
+    std::string p = *dir_ + "/" + name;
+    std::ofstream(p, std::ios::binary) << body;
+    return p;
+  }
+  static std::string* dir_;
+};
+std::string* GenerateCli::dir_ = nullptr;
+
+}  // namespace
+
+TEST_F(GenerateCli, GreedyJsonMatchesTheDecoderAndReportsCacheAndRouting) {
+  auto r = run_modlm("generate " + model() + " --prompt 'Hi 🌍!' --max-new 12 --greedy --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  json j = parse_json_out(r.out);
+  const std::vector<int32_t> ids = j["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(ids.size(), 12u);
+  EXPECT_EQ(j["generated_tokens"], 12);
+  EXPECT_EQ(j["prompt_tokens"], (int)std::string("Hi 🌍!").size());  // bytes: the emoji is 4 ids
+  EXPECT_EQ(j["stop_reason"], "max_new");
+  EXPECT_GT(j["prompt_tokens_per_second"].get<double>(), 0);
+  EXPECT_GT(j["generated_tokens_per_second"].get<double>(), 0);
+  // The same tokens as the in-process decoder on the saved model.
+  Model<float> m = io::load_model(model());
+  Decoder dec(m, 1, 40);
+  EXPECT_EQ(greedy_decode(dec, bytes_of("Hi 🌍!"), 12, nullptr), ids);
+  // KV cache: per layer, dense layers hold every token, routed ones what they processed.
+  const int T = 8 + 12;
+  ASSERT_EQ(j["kv_cache"]["layers"].size(), 4u);
+  int64_t total = 0;
+  for (const auto& l : j["kv_cache"]["layers"]) {
+    const int layer = l["layer"];
+    total += l["bytes"].get<int64_t>();
+    EXPECT_EQ(l["tokens"].get<int>(), dec.cache().count(layer, 0));
+    if (layer % 2 == 0) {
+      EXPECT_EQ(l["tokens"].get<int>(), T);
+    }
+    EXPECT_EQ(l["bytes"].get<int64_t>(), l["tokens"].get<int64_t>() * 2 * 64 * 4);
+  }
+  EXPECT_EQ(j["kv_cache"]["bytes"].get<int64_t>(), total);
+  ASSERT_EQ(j["routed_layers"].size(), 2u);
+  EXPECT_EQ(j["routed_layers"][0]["layer"], 1);
+  const double f = j["routed_layers"][0]["processed_fraction"];
+  EXPECT_GE(f, 0.0);
+  EXPECT_LE(f, 1.0);
+}
+
+TEST_F(GenerateCli, SamplingFlagsBehave) {
+  auto ids = [&](const std::string& flags) {
+    auto r = run_modlm("generate " + model() + " --prompt 'Once upon' --max-new 10 --json " + flags);
+    EXPECT_EQ(r.code, 0) << r.out;
+    return parse_json_out(r.out)["ids"];
+  };
+  const json greedy = ids("--greedy");
+  EXPECT_EQ(ids("--top-k 1 --temperature 2"), greedy);
+  EXPECT_EQ(ids("--temperature 0"), greedy);
+  EXPECT_EQ(ids("--top-p 0.000001"), greedy);
+  EXPECT_EQ(ids("--seed 5 --temperature 1.2"), ids("--seed 5 --temperature 1.2"));
+  EXPECT_NE(ids("--seed 5 --temperature 3"), ids("--seed 6 --temperature 3"));
+}
+
+TEST_F(GenerateCli, PromptSources) {
+  const std::string p = "a prompt\nwith a newline ✓";
+  const std::string f = file("prompt.txt", p);
+  auto run = [&](const std::string& args) {
+    auto r = run_modlm("generate " + model() + " --max-new 5 --greedy --json " + args);
+    EXPECT_EQ(r.code, 0) << args << "\n" << r.out;
+    json j = parse_json_out(r.out);
+    EXPECT_EQ(j["sequences"][0]["prompt"], p) << args;
+    return j["ids"];
+  };
+  const json a = run("--prompt-file " + f);
+  EXPECT_EQ(run("--prompt - < " + f), a);
+  EXPECT_EQ(run("< " + f), a);  // no prompt flag, stdin not a terminal
+  // Human mode streams the text to stdout and the rates to stderr.
+  auto r = run_modlm("generate " + model() + " --max-new 5 --greedy --prompt-file " + f);
+  ASSERT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("tok/s"), std::string::npos) << r.out;
+}
+
+TEST_F(GenerateCli, PromptsFileDecodesAsABatch) {
+  const std::vector<std::string> ps = {"first", "the second prompt", "3rd 🌍"};
+  const std::string f = file("prompts.txt", ps[0] + "\n" + ps[1] + "\n\n" + ps[2] + "\n");
+  for (const char* batch : {"8", "2"}) {
+    auto r = run_modlm("generate " + model() + " --prompts-file " + f + " --max-new 6 --seed 9 --temperature 0.8 --json --batch " + batch);
+    ASSERT_EQ(r.code, 0) << r.out;
+    json j = parse_json_out(r.out);
+    ASSERT_EQ(j["sequences"].size(), 3u);
+    EXPECT_EQ(j["generated_tokens"], 18);
+    EXPECT_GT(j["generated_tokens_per_second"].get<double>(), 0);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(j["sequences"][i]["prompt"], ps[i]);
+      // Prompt i of a batch samples with seed + i: the same as decoding it alone.
+      auto one = run_modlm("generate " + model() + " --prompt '" + ps[i] + "' --max-new 6 --temperature 0.8 --json --seed " +
+                           std::to_string(9 + i));
+      EXPECT_EQ(parse_json_out(one.out)["ids"], j["sequences"][i]["ids"]) << "batch " << batch << " prompt " << i;
+    }
+  }
+}
+
+TEST_F(GenerateCli, StopsAtMaxSeqLenAndRejectsLongPrompts) {
+  auto r = run_modlm("generate " + model() + " --prompt '" + std::string(30, 'x') + "' --max-new 50 --greedy --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  json j = parse_json_out(r.out);
+  EXPECT_EQ(j["generated_tokens"], 10);  // max_seq_len 40
+  EXPECT_EQ(j["stop_reason"], "max_seq_len");
+  EXPECT_NE(r.out.find("max_seq_len"), std::string::npos);
+  r = run_modlm("generate " + model() + " --prompt '" + std::string(41, 'x') + "' --max-new 5");
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("max_seq_len"), std::string::npos) << r.out;
+}
+
+TEST_F(GenerateCli, BadValuesAreUsageErrors) {
+  const std::string g = "generate " + model() + " ";
+  const std::map<std::string, std::string> cases = {
+      {"--prompt hi --temperature -1", "--temperature"},
+      {"--prompt hi --top-p 0", "--top-p"},
+      {"--prompt hi --top-p 1.5", "--top-p"},
+      {"--prompt hi --top-k -1", "--top-k"},
+      {"--prompt hi --max-new -1", "--max-new"},
+      {"--prompt hi --max-new 2000000", "--max-new"},
+      {"--prompt ''", "empty"},
+      {"< /dev/null", "empty"},
+      {"--prompt hi --prompt-file x", "only one"},
+      {"--prompt hi --batch 0", "--batch"},
+  };
+  for (const auto& [args, needle] : cases) {
+    auto r = run_modlm(g + args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << args << "\n" << r.out;
+  }
+  EXPECT_EQ(run_modlm("generate " + *dir_ + "/missing --prompt hi").code, 4);
+}
+
+TEST_F(GenerateCli, TraceRecordsEveryTokenAndRoutingDecision) {
+  const std::string trace = *dir_ + "/trace.json";
+  auto r = run_modlm("generate " + model() + " --prompt 'trace me ✓' --max-new 8 --greedy --json --trace " + trace);
+  ASSERT_EQ(r.code, 0) << r.out;
+  json out = parse_json_out(r.out);
+  json t = json::parse(std::ifstream(trace));
+  EXPECT_EQ(t["routed_layers"], json({1, 3}));
+  const json& toks = t["sequences"][0]["tokens"];
+  const size_t np = std::string("trace me ✓").size();
+  ASSERT_EQ(toks.size(), np + 8);
+  std::vector<int> processed(2, 0);
+  for (size_t k = 0; k < toks.size(); ++k) {
+    EXPECT_EQ(toks[k]["position"], k);
+    EXPECT_EQ(toks[k]["generated"], k >= np);
+    if (k >= np) {
+      EXPECT_EQ(toks[k]["id"], out["ids"][k - np]);
+    }
+    ASSERT_EQ(toks[k]["routing"].size(), 2u);
+    for (int j = 0; j < 2; ++j) {
+      const json& rr = toks[k]["routing"][j];
+      EXPECT_EQ(rr["processed"].get<bool>(), rr["decision_prob"].get<double>() > 0.5);
+      EXPECT_NEAR(rr["gate"].get<double>(), 1 / (1 + std::exp(-rr["router_logit"].get<double>())), 1e-6);
+      processed[j] += rr["processed"].get<bool>();
+    }
+  }
+  // The routed layers' caches hold exactly the processed tokens.
+  for (int j = 0; j < 2; ++j) EXPECT_EQ(out["kv_cache"]["layers"][1 + 2 * j]["tokens"], processed[j]);
+}
+
+TEST_F(GenerateCli, SentencePieceModelStreamsEmojiPromptsExactly) {
+  // A SentencePiece tokenizer (byte fallback) trained on a little text: a prompt with
+  // characters it never saw works, and the streamed stdout equals decode(generated ids).
+  const std::string d = *dir_ + "/spm";
+  std::filesystem::create_directories(d);
+  {
+    const std::vector<std::string> words = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then",
+                                            "runs", "away", "from", "a", "big", "red", "house", "near", "river", "bank"};
+    Rng r(1);
+    std::string text;
+    for (int i = 0; i < 6000; ++i) text += words[r.below(words.size())] + (i % 12 == 11 ? ".\n" : " ");
+    file("spm/t.txt", text);
+  }
+  ASSERT_EQ(run_modlm("tokenizer train --input " + d + "/t.txt --vocab-size 400 --out " + d + "/tok").code, 0);
+  ASSERT_EQ(run_modlm("init " + d + "/m --tokenizer " + d + "/tok/tokenizer.model --vocab 400 --d-model 32 --n-layers 2 "
+                      "--n-heads 2 --d-ff 48 --routing every_other")
+                .code,
+            0);
+  const std::string args = "generate " + d + "/m --prompt 'Hello 🌍 wörld ✓' --max-new 40 --seed 4 --temperature 1.5";
+  auto js = run_modlm(args + " --json");
+  ASSERT_EQ(js.code, 0) << js.out;
+  const std::vector<int32_t> ids = parse_json_out(js.out)["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(ids.size(), 40u);
+  io::SentencePieceTokenizer tok(d + "/tok/tokenizer.model");
+  EXPECT_GT(parse_json_out(js.out)["prompt_tokens"].get<int>(), 10);  // the emoji and ✓ fall back to bytes
+  auto streamed = run_modlm(args + " 2>/dev/null | cat");  // stdout only
+  ASSERT_EQ(streamed.code, 0);
+  EXPECT_EQ(streamed.out, tok.decode(ids));
+}
