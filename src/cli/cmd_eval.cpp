@@ -27,6 +27,7 @@ static json eval_json(const EvalResult& r) {
                       {"decision_accuracy", s.decision_accuracy},
                       {"decision_loss", s.decision_loss}});
   j["routed_layers"] = layers;
+  if (!r.moe.empty()) j["moe_layers"] = moe_stats_json(r.moe);
   return j;
 }
 
@@ -36,6 +37,10 @@ static void print_eval(const char* mode, const EvalResult& r) {
   for (const auto& s : r.routed)
     std::printf("       layer %-3d processed %.4f  mean gate %.4f  decision accuracy %.4f\n", s.layer,
                 s.processed_fraction, s.mean_gate, s.decision_accuracy);
+  for (const auto& s : r.moe)
+    std::printf("       layer %-3d MoE dropped %.4f  no-op %.4f  balance %.4f\n", s.layer,
+                s.assignments ? (double)s.dropped / s.assignments : 0.0, s.assignments ? (double)s.noop / s.assignments : 0.0,
+                s.balance);
   std::printf("       forward FLOPs executed %lld, analytic (top-k) %lld\n", (long long)r.flops_executed,
               (long long)r.flops_analytic);
 }
@@ -67,7 +72,9 @@ Command add_eval(CLI::App& app) {
             LoadedTokens data = load_text_tokens(o->data, o->dir, model.config());
             int64_t W = count_windows(data.span.size, o->seq_len);
             if (o->max_windows > 0) W = std::min(W, o->max_windows);
-            const bool routed = model.config().n_routed() > 0;
+            // Causal differs from top-k with routed layers, or with an MoE capacity (none at generation).
+            const bool routed = model.config().n_routed() > 0 ||
+                                (model.config().n_moe() > 0 && model.config().moe.capacity_factor > 0);
             std::vector<std::pair<std::string, RouteMode>> modes;
             if (o->mode != "causal") modes.push_back({"topk", RouteMode::TopK});
             if (o->mode != "topk" && routed) modes.push_back({"causal", RouteMode::Causal});

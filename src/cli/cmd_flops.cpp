@@ -10,7 +10,8 @@ namespace modlm::cli {
 
 static json breakdown_json(const FlopBreakdown& f) {
   return json{{"projections", f.projections}, {"mlp", f.mlp},   {"attention", f.attention},
-              {"router", f.router},           {"head", f.head}, {"total", f.total()}};
+              {"router", f.router},           {"head", f.head}, {"moe_gate", f.moe_gate},
+              {"total", f.total()}};
 }
 
 Command add_flops(CLI::App& app) {
@@ -53,6 +54,7 @@ Command add_flops(CLI::App& app) {
             row("attention", m.attention, d.attention);
             row("router", m.router, d.router);
             row("head", m.head, d.head);
+            if (m.moe_gate) row("moe gate", m.moe_gate, d.moe_gate);
             row("total", m.total(), d.total());
             return 0;
           }};

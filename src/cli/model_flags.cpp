@@ -23,6 +23,36 @@ void ModelFlags::add_to(CLI::App& app) {
   app.add_option("--predictor-hidden", predictor_hidden, "hidden size of the causal predictor");
   app.add_option("--aux-weight", aux_weight, "weight of the predictor / aux BCE loss");
   app.add_option("--balance-weight", balance_weight, "weight of token_choice's balancing loss");
+  app.add_option("--moe-layers", moe_layers, "Mixture-of-Experts layers: all, every_other, none, or a list like 1,3,5");
+  app.add_option("--n-experts", n_experts, "MoE: number of experts E");
+  app.add_option("--d-expert", d_expert, "MoE: experts' hidden size");
+  app.add_option("--moe-top-k", moe_top_k, "MoE: experts per token (default 1)");
+  app.add_option("--capacity-factor", capacity_factor, "MoE: capacity factor (0 = no capacity, the default)");
+  app.add_option("--n-noop", n_noop, "MoE: no-op experts (integrated MoDE)");
+  app.add_option("--moe-balance-weight", moe_balance_weight, "MoE: weight of the Switch load-balancing loss (default 0.01)");
+}
+
+// "all" | "every_other" | "none" | "1,3,5" as config.json's layer-set value.
+static json layer_set_flag(const std::string& s, const char* flag) {
+  if (s == "every_other" || s == "all" || s == "none") return s;
+  json list = json::array();
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    try {
+      size_t used = 0;
+      int v = std::stoi(item, &used);
+      if (used != item.size()) throw std::invalid_argument("");
+      list.push_back(v);
+    } catch (const std::exception&) {
+      throw usage_error(std::string(flag) + " must be every_other, all, none or a comma list of layer indices, got \"" +
+                        s + "\"");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return list;
 }
 
 ModelConfig ModelFlags::apply(json j, const std::string& source) const {
@@ -91,6 +121,17 @@ ModelConfig ModelFlags::apply(json j, const std::string& source) const {
     if (aux_weight) r["aux_weight"] = *aux_weight;
     if (balance_weight) r["balance_weight"] = *balance_weight;
     j["routing"] = r;
+  }
+  if (moe_layers || n_experts || d_expert || moe_top_k || capacity_factor || n_noop || moe_balance_weight) {
+    json m = j.contains("moe") && j["moe"].is_object() ? j["moe"] : json::object();
+    if (moe_layers) m["layers"] = layer_set_flag(*moe_layers, "--moe-layers");
+    if (n_experts) m["n_experts"] = *n_experts;
+    if (d_expert) m["d_expert"] = *d_expert;
+    if (moe_top_k) m["top_k"] = *moe_top_k;
+    if (capacity_factor) m["capacity_factor"] = *capacity_factor;
+    if (n_noop) m["n_noop"] = *n_noop;
+    if (moe_balance_weight) m["balance_weight"] = *moe_balance_weight;
+    j["moe"] = m;
   }
   return ModelConfig::from_json(j, source);
 }

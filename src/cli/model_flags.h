@@ -14,6 +14,10 @@ struct ModelFlags {
   std::optional<double> rope_theta, norm_eps, capacity, aux_weight, balance_weight;
   std::optional<std::string> vocab, routing, method, gate, causal;
   bool tie = false, untie = false;
+  // Mixture-of-Experts (SPEC §3): written into the config's "moe" object.
+  std::optional<std::string> moe_layers;
+  std::optional<int> n_experts, d_expert, moe_top_k, n_noop;
+  std::optional<double> capacity_factor, moe_balance_weight;
 
   void add_to(CLI::App& app);
   // Applies the given flags onto cfg (json form, so unknown keys survive) and validates.

@@ -55,6 +55,19 @@ int ModelConfig::n_routed() const {
   return n;
 }
 
+int ModelConfig::n_moe() const {
+  int n = 0;
+  for (int l = 0; l < n_layers; ++l) n += has_moe(l);
+  return n;
+}
+
+int moe_capacity(double capacity_factor, int n, int top_k, int n_gate) {
+  double c = std::ceil(capacity_factor * n * top_k / n_gate - 1e-9);
+  if (!(c >= 1)) return 1;
+  if (c > (double)n * top_k) c = (double)n * top_k;  // no expert can receive more (and no overflow)
+  return std::max(1, (int)c);
+}
+
 int routed_capacity(double capacity, int T) {
   long k = (long)std::ceil(capacity * T - 1e-9);
   if (k < 1) k = 1;
@@ -102,9 +115,11 @@ void check_one_of(const std::string& v, std::initializer_list<const char*> allow
 
 const std::set<std::string> kTopKeys = {"format",       "vocab_size", "d_model",  "n_layers",  "n_heads",
                                         "d_ff",         "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings",
-                                        "tokenizer",    "routing"};
+                                        "tokenizer",    "routing",    "moe"};
 const std::set<std::string> kRoutingKeys = {"layers", "capacity",         "method",     "gate",
                                             "causal", "predictor_hidden", "aux_weight", "balance_weight"};
+const std::set<std::string> kMoeKeys = {"layers",          "n_experts", "d_expert",      "top_k",
+                                        "capacity_factor", "n_noop",    "balance_weight"};
 
 }  // namespace
 
@@ -146,6 +161,24 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
     for (auto it = r.begin(); it != r.end(); ++it)
       if (!kRoutingKeys.count(it.key())) rc.extra[it.key()] = it.value();
   }
+  if (j.contains("moe") && !j.at("moe").is_null()) {
+    const json& m = j.at("moe");
+    const std::string ms = src + ": moe";
+    if (!m.is_object()) throw bad_input(ms + " must be an object");
+    MoeConfig& mc = c.moe;
+    mc.present = true;
+    mc.layers = LayerSet::parse(m.contains("layers") ? m.at("layers") : json("all"), std::max(c.n_layers, 0),
+                                ms + ".layers");
+    mc.n_experts = get_int(m, "n_experts", mc.n_experts, ms);
+    mc.d_expert = get_int(m, "d_expert", mc.d_expert, ms);
+    mc.top_k = get_int(m, "top_k", mc.top_k, ms);
+    if (m.contains("capacity_factor") && !m.at("capacity_factor").is_null())
+      mc.capacity_factor = get_num(m, "capacity_factor", mc.capacity_factor, ms);
+    mc.n_noop = get_int(m, "n_noop", mc.n_noop, ms);
+    mc.balance_weight = get_num(m, "balance_weight", mc.balance_weight, ms);
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (!kMoeKeys.count(it.key())) mc.extra[it.key()] = it.value();
+  }
   c.validate(src);
   return c;
 }
@@ -179,10 +212,21 @@ void ModelConfig::validate(const std::string& src) const {
     for (int l : r.layers.list)
       need(l >= 0 && l < n_layers, "routing.layers index " + std::to_string(l) + " out of range");
   }
-  if (extra.contains("moe") && !extra.at("moe").is_null()) {
-    const json& m = extra.at("moe");
-    bool off = m.is_object() && m.contains("layers") && m.at("layers") == "none";
-    need(off, "\"moe\" (Mixture-of-Experts) is not supported by this build of modlm yet");
+  if (moe.present) {
+    const MoeConfig& m = moe;
+    const bool used = n_moe() > 0;
+    need(!used || m.n_experts >= 1, "moe.n_experts (the number of experts E) must be given and >= 1");
+    need(!used || m.d_expert >= 1, "moe.d_expert (the experts' hidden size) must be given and >= 1");
+    need(m.n_experts >= 0 && m.n_experts <= 65536, "moe.n_experts must be in [1, 65536], got " + std::to_string(m.n_experts));
+    need(m.d_expert >= 0 && m.d_expert <= 1 << 20, "moe.d_expert must be in [1, 1048576], got " + std::to_string(m.d_expert));
+    need(m.n_noop >= 0 && m.n_noop <= 65536, "moe.n_noop must be in [0, 65536], got " + std::to_string(m.n_noop));
+    need(m.top_k >= 1 && m.top_k <= std::max(1, m.n_experts + m.n_noop),
+         "moe.top_k must be in [1, n_experts + n_noop = " + std::to_string(m.n_experts + m.n_noop) + "], got " +
+             std::to_string(m.top_k));
+    need(std::isfinite(m.capacity_factor) && m.capacity_factor >= 0,
+         "moe.capacity_factor must be a finite number >= 0 (0 or null: no capacity)");
+    need(std::isfinite(m.balance_weight) && m.balance_weight >= 0, "moe.balance_weight must be >= 0");
+    for (int l : m.layers.list) need(l >= 0 && l < n_layers, "moe.layers index " + std::to_string(l) + " out of range");
   }
 }
 
@@ -211,6 +255,18 @@ json ModelConfig::to_json() const {
     if (routing.method == "token_choice" || routing.balance_weight != 0.01) r["balance_weight"] = routing.balance_weight;
     for (auto it = routing.extra.begin(); it != routing.extra.end(); ++it) r[it.key()] = it.value();
     j["routing"] = r;
+  }
+  if (moe.present) {
+    json m;
+    m["layers"] = moe.layers.to_json();
+    if (moe.n_experts) m["n_experts"] = moe.n_experts;
+    if (moe.d_expert) m["d_expert"] = moe.d_expert;
+    m["top_k"] = moe.top_k;
+    m["capacity_factor"] = moe.capacity_factor > 0 ? json(moe.capacity_factor) : json(nullptr);
+    m["n_noop"] = moe.n_noop;
+    m["balance_weight"] = moe.balance_weight;
+    for (auto it = moe.extra.begin(); it != moe.extra.end(); ++it) m[it.key()] = it.value();
+    j["moe"] = m;
   }
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   return j;

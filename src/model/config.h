@@ -30,6 +30,23 @@ struct RoutingConfig {
   bool present = false;                  // whether config.json had a "routing" object
 };
 
+// Mixture-of-Experts (SPEC §3): the MLP of the listed layers is replaced by E SwiGLU experts of
+// hidden size d_expert behind a softmax router over E + n_noop outputs (n_noop no-op experts,
+// which output 0: integrated MoDE). In a routed (MoD) layer the MoE sees only the routed rows
+// (staged MoDE).
+struct MoeConfig {
+  LayerSet layers;               // default "all" when config.json has a "moe" object
+  int n_experts = 0;             // E; required when some layer has an MoE (0 = not given)
+  int d_expert = 0;              // experts' hidden size; required likewise
+  int top_k = 1;                 // experts per token (token choice)
+  double capacity_factor = 0;    // 0 (or null in config.json): no capacity
+  int n_noop = 0;                // no-op experts
+  double balance_weight = 0.01;  // Switch load-balancing loss weight
+  json extra = json::object();   // unknown keys, kept on a round trip
+  bool present = false;          // whether config.json had a "moe" object
+  int n_gate() const { return n_experts + n_noop; }
+};
+
 struct ModelConfig {
   int vocab_size = 256;
   int d_model = 512;
@@ -42,11 +59,14 @@ struct ModelConfig {
   bool tie_embeddings = false;
   std::string tokenizer;  // "bytes", or empty when the folder carries tokenizer.model
   RoutingConfig routing;
-  json extra = json::object();  // unknown top-level keys (including a not-yet-supported "moe")
+  MoeConfig moe;
+  json extra = json::object();  // unknown top-level keys
 
   int head_dim() const { return d_model / n_heads; }
   bool routed(int layer) const { return routing.layers.contains(layer); }
   int n_routed() const;
+  bool has_moe(int layer) const { return moe.present && moe.layers.contains(layer); }
+  int n_moe() const;
 
   // Throws modlm::Error (bad input, exit 3) naming `source` and the offending key.
   static ModelConfig from_json(const json& j, const std::string& source);
@@ -57,5 +77,10 @@ struct ModelConfig {
 
 // k = ceil(c * T) computed as ceil(c*T - 1e-9), clamped to [1, T] (SPEC §2).
 int routed_capacity(double capacity, int T);
+
+// MoE capacity per expert and sequence (SPEC §3): C = ceil(capacity_factor * n * top_k / n_gate)
+// for the n rows of a sequence that reach the MoE, computed with the same 1e-9 guard against
+// float rounding as routed_capacity, and at least 1. Only meaningful for capacity_factor > 0.
+int moe_capacity(double capacity_factor, int n, int top_k, int n_gate);
 
 }  // namespace modlm

@@ -1,5 +1,7 @@
 #include "model/flops.h"
 
+#include <algorithm>
+
 namespace modlm {
 
 FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
@@ -16,7 +18,16 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
       }
     }
     f.projections += 2 * k * 4 * D * D;
-    f.mlp += 2 * k * 3 * D * F;
+    if (c.has_moe(l)) {
+      const int64_t G = c.moe.n_gate(), E = c.moe.n_experts, K = c.moe.top_k, De = c.moe.d_expert;
+      int64_t assignments = k * K;
+      if (c.moe.capacity_factor > 0)
+        assignments = std::min(assignments, E * moe_capacity(c.moe.capacity_factor, (int)k, (int)K, (int)G));
+      f.moe_gate += 2 * k * D * G;
+      f.mlp += 2 * assignments * 3 * D * De;
+    } else {
+      f.mlp += 2 * k * 3 * D * F;
+    }
     f.attention += 4 * Dh * H * (k * (k + 1) / 2);
   }
   f.head += 2 * (int64_t)T * D * V;
@@ -26,6 +37,7 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
 ModelConfig dense_twin(const ModelConfig& cfg) {
   ModelConfig d = cfg;
   d.routing = RoutingConfig{};
+  d.moe = MoeConfig{};
   return d;
 }
 

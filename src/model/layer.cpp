@@ -12,7 +12,7 @@ namespace modlm {
 using namespace ops;
 
 template <typename T>
-void LayerActs<T>::resize(int n_, const LayerDims& d) {
+void LayerActs<T>::resize(int n_, const LayerDims& d, bool dense_mlp) {
   n = n_;
   xn1.resize({n, d.D});
   inv1.resize({n});
@@ -22,8 +22,10 @@ void LayerActs<T>::resize(int n_, const LayerDims& d) {
   a.resize({n, d.D});
   xn2.resize({n, d.D});
   inv2.resize({n});
-  h13.resize({n, 2 * d.F});
-  g.resize({n, d.F});
+  if (dense_mlp) {
+    h13.resize({n, 2 * d.F});
+    g.resize({n, d.F});
+  }
 }
 
 template <typename T>
@@ -38,9 +40,9 @@ void LayerGradScratch<T>::resize(int n, const LayerDims& d) {
 
 template <typename T>
 void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable<T>& rope, const T* x, int n,
-                   const int32_t* pos, const std::vector<int>& seqs, LayerActs<T>& A, T* y) {
+                   const int32_t* pos, const std::vector<int>& seqs, LayerActs<T>& A, T* y, bool moe_capacity) {
   const int D = d.D, F = d.F;
-  A.resize(n, d);
+  A.resize(n, d, w.moe_gate == nullptr);
   // Attention half.
   {
     profile::Scope p("fwd.norm+rope+copy");
@@ -69,6 +71,11 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
     profile::Scope p("fwd.norm+rope+copy");
     rmsnorm_forward<T>(A.a.data(), D, w.mlp_norm, n, D, T(d.eps), A.xn2.data(), D, A.inv2.data());
   }
+  if (w.moe_gate) {
+    std::memcpy(y, A.a.data(), sizeof(T) * (size_t)n * D);
+    moe_forward<T>(w, d.moe, A.xn2.data(), n, seqs, moe_capacity, A.moe, y);
+    return;
+  }
   {
     profile::Scope p("fwd.gemm.w13");
     linear_forward<T>(A.xn2.data(), D, w.w13, n, D, 2 * F, A.h13.data(), 2 * F);
@@ -90,14 +97,18 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
   s.resize(n, d);
   // MLP half: y = a + W2 g, g = swiglu(W13 xn2), xn2 = norm(a).
   profile::Scope p_all("bwd.layer (total)");
-  linear_backward_weight<T>(dy, D, A.g.data(), F, n, F, D, gw.w2);
-  linear_backward_input<T>(dy, D, w.w2, n, F, D, s.dg.data(), F, false);
-  {
-    profile::Scope p("bwd.swiglu");
-    swiglu_backward<T>(s.dg.data(), A.h13.data(), n, F, s.dh13.data());
+  if (w.moe_gate) {
+    moe_backward<T>(w, gw, d.moe, A.xn2.data(), n, seqs, A.moe, dy, s.moe, s.dxn.data());
+  } else {
+    linear_backward_weight<T>(dy, D, A.g.data(), F, n, F, D, gw.w2);
+    linear_backward_input<T>(dy, D, w.w2, n, F, D, s.dg.data(), F, false);
+    {
+      profile::Scope p("bwd.swiglu");
+      swiglu_backward<T>(s.dg.data(), A.h13.data(), n, F, s.dh13.data());
+    }
+    linear_backward_weight<T>(s.dh13.data(), 2 * F, A.xn2.data(), D, n, D, 2 * F, gw.w13);
+    linear_backward_input<T>(s.dh13.data(), 2 * F, w.w13, n, D, 2 * F, s.dxn.data(), D, false);
   }
-  linear_backward_weight<T>(s.dh13.data(), 2 * F, A.xn2.data(), D, n, D, 2 * F, gw.w13);
-  linear_backward_input<T>(s.dh13.data(), 2 * F, w.w13, n, D, 2 * F, s.dxn.data(), D, false);
   std::memcpy(s.da.data(), dy, sizeof(T) * (size_t)n * D);  // residual path
   rmsnorm_backward<T>(s.dxn.data(), D, A.a.data(), D, w.mlp_norm, A.inv2.data(), n, D, s.da.data(), D, true,
                       gw.mlp_norm);
@@ -123,10 +134,10 @@ template struct LayerGradScratch<float>;
 template struct LayerGradScratch<double>;
 template void layer_forward<float>(const LayerWeights<float>&, const LayerDims&, const RopeTable<float>&,
                                    const float*, int, const int32_t*, const std::vector<int>&, LayerActs<float>&,
-                                   float*);
+                                   float*, bool);
 template void layer_forward<double>(const LayerWeights<double>&, const LayerDims&, const RopeTable<double>&,
                                     const double*, int, const int32_t*, const std::vector<int>&,
-                                    LayerActs<double>&, double*);
+                                    LayerActs<double>&, double*, bool);
 template void layer_backward<float>(const LayerWeights<float>&, const LayerWeights<float>&, const LayerDims&,
                                     const RopeTable<float>&, const float*, int, const int32_t*,
                                     const std::vector<int>&, const LayerActs<float>&, const float*,

@@ -47,7 +47,8 @@ void Model<T>::init_weights(uint64_t seed) {
     } else if (ends_with(".bias")) {
       std::fill(dst, dst + p.numel, T(0));
     } else {
-      double sd = (ends_with("attn.wo.weight") || ends_with("mlp.w2.weight")) ? std_resid : std_base;
+      const bool expert_w2 = n.find(".moe.experts.") != std::string::npos && ends_with(".w2.weight");
+      double sd = (ends_with("attn.wo.weight") || ends_with("mlp.w2.weight") || expert_w2) ? std_resid : std_base;
       Rng rng(seed ^ stable_hash(n));
       for (size_t i = 0; i < p.numel; ++i) dst[i] = T(sd * rng.normal());
     }
@@ -92,11 +93,19 @@ ForwardResult Model<T>::forward(const int32_t* tokens, const int32_t* targets, i
 
   ForwardResult res;
   res.tokens = n;
+  const bool moe_capacity = opt.moe_capacity && opt.mode == RouteMode::TopK;
   for (int l = 0; l < L; ++l) {
     if (cfg_.routed(l))
       routed_forward(l, h_[l].data(), h_[l + 1].data(), opt, res);
     else
-      layer_forward<T>(w_.layers[l], dims_, rope_, h_[l].data(), n, pos_.data(), seqs_, acts_[l], h_[l + 1].data());
+      layer_forward<T>(w_.layers[l], dims_, rope_, h_[l].data(), n, pos_.data(), seqs_, acts_[l], h_[l + 1].data(),
+                       moe_capacity);
+    if (cfg_.has_moe(l)) {  // its balance loss joins the auxiliary losses
+      MoeLayerStats& ms = acts_[l].moe.stats;
+      ms.layer = l;
+      res.aux_loss += ms.balance_loss;
+      res.moe.push_back(ms);
+    }
   }
   xnf_.resize({n, D});
   invf_.resize({n});
@@ -205,7 +214,8 @@ void Model<T>::routed_forward(int l, const T* x, T* y, const ForwardOptions& opt
     st.gate_sum += (double)S.gate[i];
     std::memcpy(S.xg.data() + (size_t)i * D, x + (size_t)S.sel[i] * D, sizeof(T) * D);
   }
-  layer_forward<T>(W, dims_, rope_, S.xg.data(), m, S.sel_pos.data(), S.sel_offsets, acts_[l], S.yg.data());
+  layer_forward<T>(W, dims_, rope_, S.xg.data(), m, S.sel_pos.data(), S.sel_offsets, acts_[l], S.yg.data(),
+                   opt.moe_capacity && opt.mode == RouteMode::TopK);
   std::memcpy(y, x, sizeof(T) * (size_t)n * D);
 #pragma omp parallel for schedule(static) if (m > 64)
   for (int i = 0; i < m; ++i) {

@@ -22,6 +22,7 @@ struct ForwardOptions {
   RouteMode mode = RouteMode::TopK;
   bool train = false;        // keep what backward needs and write dL/dlogits in place
   uint64_t noise_seed = 0;   // random scores of the "stochastic" method
+  bool moe_capacity = true;  // apply the MoE capacity (SPEC §3); never in Causal mode (as generation)
 };
 
 // Per routed layer, for one forward pass.
@@ -41,6 +42,7 @@ struct ForwardResult {
   double predictor_loss = 0;  // the predictor's part of aux_loss: it trains only the predictor
   int64_t tokens = 0;
   std::vector<RoutedLayerStats> routed;
+  std::vector<MoeLayerStats> moe;  // per MoE layer, in layer order (balance losses are in aux_loss)
 };
 
 template <typename T>

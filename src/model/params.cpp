@@ -15,9 +15,21 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
     add(p + "attn.wv.weight", {D, D}, true);
     add(p + "attn.wo.weight", {D, D}, true);
     add(p + "mlp_norm.weight", {D}, false);
-    add(p + "mlp.w1.weight", {F, D}, true, true, /*pad=*/false);  // w1, w3 adjacent: one fused [2F, D] product
-    add(p + "mlp.w3.weight", {F, D}, true);
-    add(p + "mlp.w2.weight", {D, F}, true);
+    if (c.has_moe(l)) {
+      // The experts replace the MLP; each expert's w1, w3 adjacent: one fused [2 d_expert, D] product.
+      const int64_t G = c.moe.n_gate(), De = c.moe.d_expert;
+      add(p + "moe.gate.weight", {G, D}, false);
+      for (int e = 0; e < c.moe.n_experts; ++e) {
+        const std::string q = p + "moe.experts." + std::to_string(e) + ".";
+        add(q + "w1.weight", {De, D}, true, true, /*pad=*/false);
+        add(q + "w3.weight", {De, D}, true);
+        add(q + "w2.weight", {D, De}, true);
+      }
+    } else {
+      add(p + "mlp.w1.weight", {F, D}, true, true, /*pad=*/false);  // w1, w3 adjacent: one fused [2F, D] product
+      add(p + "mlp.w3.weight", {F, D}, true);
+      add(p + "mlp.w2.weight", {D, F}, true);
+    }
     if (c.routed(l)) {
       add(p + "router.weight", {1, D}, false);
       if (c.routing.causal == "predictor") {
@@ -71,8 +83,17 @@ ModelWeights<T> ModelWeights<T>::bind(const ParamLayout& L, const ModelConfig& c
     lw.wqkv = at(p + "attn.wq.weight");
     lw.wo = at(p + "attn.wo.weight");
     lw.mlp_norm = at(p + "mlp_norm.weight");
-    lw.w13 = at(p + "mlp.w1.weight");
-    lw.w2 = at(p + "mlp.w2.weight");
+    if (c.has_moe(l)) {
+      lw.moe_gate = at(p + "moe.gate.weight");
+      for (int e = 0; e < c.moe.n_experts; ++e) {
+        const std::string q = p + "moe.experts." + std::to_string(e) + ".";
+        lw.expert_w13.push_back(at(q + "w1.weight"));
+        lw.expert_w2.push_back(at(q + "w2.weight"));
+      }
+    } else {
+      lw.w13 = at(p + "mlp.w1.weight");
+      lw.w2 = at(p + "mlp.w2.weight");
+    }
     if (c.routed(l)) {
       lw.router = at(p + "router.weight");
       if (c.routing.causal == "predictor") {

@@ -41,8 +41,11 @@ struct LayerWeights {
   T* wqkv = nullptr;  // [3D, D]: wq, wk, wv
   T* wo = nullptr;    // [D, D]
   T* mlp_norm = nullptr;
-  T* w13 = nullptr;  // [2F, D]: w1, w3
-  T* w2 = nullptr;   // [D, F]
+  T* w13 = nullptr;  // [2F, D]: w1, w3 (null in an MoE layer)
+  T* w2 = nullptr;   // [D, F] (null in an MoE layer)
+  T* moe_gate = nullptr;        // [E + n_noop, D], MoE layers only
+  std::vector<T*> expert_w13;   // E x [2 d_expert, D]: each expert's w1, w3 (one fused product)
+  std::vector<T*> expert_w2;    // E x [D, d_expert]
   T* router = nullptr;  // [1, D], routed layers only
   T* pred_fc1_w = nullptr, *pred_fc1_b = nullptr, *pred_fc2_w = nullptr, *pred_fc2_b = nullptr;
 };

@@ -56,6 +56,8 @@ EvalResult evaluate(Model<float>& model, const TokenSpan& ids, int T, int64_t ma
       acc[i].decision_correct += s.decision_correct;
       acc[i].decision_loss += s.decision_loss * s.tokens;
     }
+    if (r.moe.empty()) r.moe.resize(fr.moe.size());
+    for (size_t i = 0; i < fr.moe.size(); ++i) r.moe[i].merge(fr.moe[i]);
     if (progress) progress->update(w0 + B);
   }
   r.flops_executed = ops::FlopCounter::total().load() - before;

@@ -32,6 +32,7 @@ struct EvalResult {
   int64_t flops_analytic = 0;  // SPEC §5 static count for the same windows (top-k routing)
   double seconds = 0;
   std::vector<RoutedLayerSummary> routed;
+  std::vector<MoeLayerStats> moe;  // per MoE layer, summed over the windows (moe_stats_json)
 };
 
 // Windows available in a stream of `n_ids` tokens for sequence length T.

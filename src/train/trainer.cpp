@@ -183,6 +183,7 @@ TrainSummary train(const TrainOptions& o) {
     model.zero_grad();
     double loss = 0, lm_loss = 0;
     std::vector<RoutedLayerStats> rstats;
+    std::vector<MoeLayerStats> mstats;
     int64_t exec_before = ops::FlopCounter::total().load();
     for (int a = 0; a < A; ++a) {
       const int64_t g0 = (step * A + a) * (int64_t)B;
@@ -194,6 +195,8 @@ TrainSummary train(const TrainOptions& o) {
       model.backward();
       loss += fr.loss / A;
       lm_loss += fr.lm_loss / A;
+      if (mstats.empty()) mstats.resize(fr.moe.size());
+      for (size_t i = 0; i < fr.moe.size(); ++i) mstats[i].merge(fr.moe[i]);
       if (rstats.empty()) rstats = fr.routed;
       else
         for (size_t i = 0; i < rstats.size(); ++i) {
@@ -246,6 +249,7 @@ TrainSummary train(const TrainOptions& o) {
         line["predictor_grad_norm"] = pnorm;
         line["routed"] = routed_log(rstats);
       }
+      if (!mstats.empty()) line["moe"] = moe_stats_json(mstats);
       if (do_eval) line["val_loss"] = val;
       const std::string s = line.dump() + "\n";
       fwrite_checked(log, s.data(), s.size(), log_path);
