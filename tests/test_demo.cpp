@@ -416,8 +416,18 @@ TEST(Sweep, ResumedSweepSkipsFinishedRuns) {
       if (!line.empty()) all.push_back(json::parse(line));
     ASSERT_EQ(all.size(), 12u);
     EXPECT_EQ(page["data"]["records"], json(all));
-    // One curve per (budget, family), points sorted by parameters.
-    ASSERT_EQ(page["polylines"].size(), 6u);
+    // One curve per (budget, family), points sorted by parameters, and the two frontiers.
+    ASSERT_EQ(page["polylines"].size(), 8u);
+    for (const char* fam : {"dense", "mod"}) {
+      const json& fr = page["polylines"][std::string("frontier-") + fam];
+      ASSERT_EQ(fr["points"].get<int>(), 3) << fam;  // budgets 1e9, 2e9, 3e9
+      for (size_t i = 0; i < 3; ++i) {
+        double best = 1e300;
+        for (const auto& rec : all)
+          if (rec["family"] == fam && rec["budget"].get<double>() == fr["x"][i].get<double>()) best = std::min(best, rec["val_loss"].get<double>());
+        EXPECT_EQ(fr["y"][i].get<double>(), best) << fam << " " << i;
+      }
+    }
     for (const auto& rec : all) {
       const std::string key = "b" + json(rec["budget"].get<double>()).dump() + "-" + rec["family"].get<std::string>();
       ASSERT_TRUE(page["polylines"].contains(key)) << key;

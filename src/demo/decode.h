@@ -19,6 +19,7 @@ struct DecodeResult {
   int64_t kv_cache_bytes = 0;    // K and V held after prompt + continuation
   int64_t kv_cache_tokens = 0;   // token entries held over all layers
   int64_t kv_dense_bytes = 0;    // what a dense cache of the same layers would hold
+  int threads = 0;               // OpenMP threads used (the faster of all and one, by a short probe)
 };
 
 // Feeds `prompt` (ids), then samples `n_new` tokens (temperature / top-k, seeded) one at a time.

@@ -65,7 +65,7 @@ RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, c
          {"min_lr", o.min_lr},
          {"warmup_steps", std::max<int64_t>(1, std::llround(o.warmup_fraction * steps))},
          {"seed", o.seed},
-         {"log_every", std::max<int64_t>(1, steps / 150)},
+         {"log_every", 1},  // every step's step_seconds: the training time without validation passes
          {"eval_every", std::max<int64_t>(1, steps / std::max(1, o.evals))},
          {"eval_windows", o.eval_windows},
          {"ckpt_every", std::max<int64_t>(1, steps / 4)},
@@ -94,44 +94,78 @@ double mean_of(const json& routed, const char* key) {
   return s / routed.size();
 }
 
-// A passage of the validation text that starts at the beginning of a line, for the routing
-// picture and the prompts.
+// A passage of the validation text for the routing picture and the prompts: T tokens of prose
+// (a paragraph start after a blank line, mostly letters, long lines, no front matter), searched
+// from a third of the way in; the first window if none is found.
 size_t passage_start(const Tokens& val, const io::Tokenizer& tok, int T) {
   const size_t n = val.span.size;
-  if (n < (size_t)T + 1) return 0;
-  const size_t from = std::min<size_t>(n - T - 1, n / 3), limit = std::min<size_t>(n - T - 1, from + 20000);
-  std::vector<int32_t> ids(limit - from + 2);
-  val.span.copy(from, ids.size(), ids.data());
-  for (size_t i = 1; i + 1 < ids.size(); ++i) {
-    // After a blank line, at a line that starts with a letter: a paragraph of prose.
-    std::string a = tok.decode({ids[i - 1]}), b = tok.decode({ids[i]});
-    if (a.size() >= 1 && a.back() == '\n' && !b.empty() && std::isupper((unsigned char)b[0])) {
-      if (i >= 2 && tok.decode({ids[i - 2]}) == "\n") return from + i;
+  if (n < (size_t)T + 2) return 0;
+  const size_t from = n / 3, count = std::min<size_t>(n - from, 80000);
+  if (count < (size_t)T + 2) return 0;
+  std::vector<int32_t> ids(count);
+  val.span.copy(from, count, ids.data());
+  std::vector<std::string> piece(count);
+  for (size_t i = 0; i < count; ++i) piece[i] = tok.decode({ids[i]});
+  auto prose = [&](size_t i) {
+    std::string text;
+    for (size_t j = i; j < i + (size_t)T; ++j) text += piece[j];
+    for (const char* bad : {"http", "Produced", "Gutenberg", "CHAPTER", "[", "_", "*"})
+      if (text.find(bad) != std::string::npos) return false;
+    size_t letters = 0, digits = 0, lines = 0, long_lines = 0, len = 0;
+    for (char c : text) {
+      letters += std::isalpha((unsigned char)c) || c == ' ';
+      digits += std::isdigit((unsigned char)c) != 0;
+      if (c == '\n') {
+        ++lines, long_lines += len >= 50, len = 0;
+      } else {
+        ++len;
+      }
     }
+    return digits <= 2 && letters >= 0.9 * text.size() && lines >= 1 && long_lines * 10 >= lines * 8;
+  };
+  for (size_t i = 2; i + (size_t)T < count; ++i) {
+    const std::string& a = piece[i - 1];
+    const bool blank_before = !a.empty() && a.back() == '\n' && (a.size() >= 2 ? a[a.size() - 2] == '\n' : piece[i - 2] == "\n");
+    if (blank_before && !piece[i].empty() && std::isupper((unsigned char)piece[i][0]) && prose(i)) return from + i;
   }
-  return from;
+  return 0;
 }
 
 struct Curves {
   json val{{"step", json::array()}, {"flops", json::array()}, {"time", json::array()}, {"loss", json::array()}};
   json train{{"step", json::array()}, {"flops", json::array()}, {"time", json::array()}, {"loss", json::array()}};
   json accuracy{{"step", json::array()}, {"layers", json::array()}};
+  double train_seconds = 0;  // sum of step times: training only, without validation passes and checkpoints
 };
 
+// Curves from a run's log. Time is the cumulative step time (the "step_seconds" of each logged
+// step, times the steps it stands for), so validation passes and checkpoints do not count. The
+// training loss is averaged over bins of consecutive steps (at most ~160 points).
 Curves curves_of(const std::vector<json>& log) {
   Curves c;
   std::vector<int> layer_ids;
-  for (const auto& l : log) {
+  const size_t per_bin = std::max<size_t>(1, (log.size() + 159) / 160);
+  double cum = 0, bin_loss = 0;
+  size_t bin_n = 0;
+  int64_t prev = 0;
+  for (size_t li = 0; li < log.size(); ++li) {
+    const json& l = log[li];
     const int64_t step = l.value("step", (int64_t)0);
-    const double flops = l.value("flops", 0.0), time = l.value("time", 0.0);
-    c.train["step"].push_back(step);
-    c.train["flops"].push_back(flops);
-    c.train["time"].push_back(time);
-    c.train["loss"].push_back(l.value("lm_loss", 0.0));
+    const double flops = l.value("flops", 0.0);
+    cum += l.value("step_seconds", 0.0) * (double)std::max<int64_t>(1, step - prev);
+    prev = step;
+    bin_loss += l.value("lm_loss", 0.0), ++bin_n;
+    if (bin_n == per_bin || li + 1 == log.size()) {
+      c.train["step"].push_back(step);
+      c.train["flops"].push_back(flops);
+      c.train["time"].push_back(cum);
+      c.train["loss"].push_back(bin_loss / bin_n);
+      bin_loss = 0, bin_n = 0;
+    }
     if (l.contains("val_loss")) {
       c.val["step"].push_back(step);
       c.val["flops"].push_back(flops);
-      c.val["time"].push_back(time);
+      c.val["time"].push_back(cum);
       c.val["loss"].push_back(l["val_loss"]);
     }
     if (l.contains("routed") && l["routed"].is_array()) {
@@ -142,11 +176,12 @@ Curves curves_of(const std::vector<json>& log) {
           c.accuracy["layers"].push_back({{"layer", x.value("layer", 0)}, {"accuracy", json::array()}});
         }
       }
-      if (r.size() != layer_ids.size()) continue;
+      if (r.size() != layer_ids.size() || (li % per_bin != 0 && li + 1 != log.size())) continue;
       c.accuracy["step"].push_back(step);
       for (size_t i = 0; i < r.size(); ++i) c.accuracy["layers"][i]["accuracy"].push_back(r[i].value("decision_accuracy", 0.0));
     }
   }
+  c.train_seconds = cum;
   return c;
 }
 
@@ -200,6 +235,7 @@ json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const DemoO
                      {"kv_cache_bytes", d.kv_cache_bytes},
                      {"kv_cache_tokens", d.kv_cache_tokens},
                      {"kv_dense_bytes", d.kv_dense_bytes},
+                     {"threads", d.threads},
                      {"context_tokens", d.prompt_tokens + d.new_tokens - 1}};
     else
       r["decode"] = {{"prompt", d.prompt}};
@@ -232,15 +268,20 @@ json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const DemoO
     for (int b = 0; b < HW; ++b)
       for (int t = 0; t < T; ++t) tk[(size_t)b * T + t] = win[(size_t)b * (T + 1) + t];
     model.forward(tk.data(), nullptr, HW, T, fo);
-    const int bins = 20;
+    // Router logits r of every token, processed (top-k) and skipped, on shared bins.
+    const auto traces = model.routing_trace();
+    double lo = 1e300, hi = -1e300;
+    for (const auto& tr : traces)
+      for (float v : tr.router_logit) lo = std::min(lo, (double)v), hi = std::max(hi, (double)v);
+    if (!(hi > lo)) lo -= 1, hi += 1;
+    const int bins = 24;
     json edges = json::array();
-    for (int i = 0; i <= bins; ++i) edges.push_back((double)i / bins);
+    for (int i = 0; i <= bins; ++i) edges.push_back(lo + (hi - lo) * i / bins);
     json hl = json::array();
-    for (const auto& tr : model.routing_trace()) {
+    for (const auto& tr : traces) {
       std::vector<int64_t> proc(bins, 0), skip(bins, 0);
       for (size_t i = 0; i < tr.router_logit.size(); ++i) {
-        double g = 1.0 / (1.0 + std::exp(-(double)tr.router_logit[i]));
-        int b = std::min(bins - 1, std::max(0, (int)(g * bins)));
+        int b = std::min(bins - 1, std::max(0, (int)((tr.router_logit[i] - lo) / (hi - lo) * bins)));
         (tr.processed[i] ? proc : skip)[b]++;
       }
       hl.push_back({{"layer", tr.layer}, {"processed", proc}, {"skipped", skip}});
@@ -276,11 +317,20 @@ int run_demo(const DemoOptions& o) {
   const double step_d = 3.0 * B * F_d, step_m = 3.0 * B * F_m;
 
   // Tokenizer and tokens.
+  // Seconds of each phase of this invocation (a rerun shows what it redid).
+  json phases = json::object();
+  auto t_phase = clk::now();
+  auto phase = [&](const char* name) {
+    phases[name] = phases.value(name, 0.0) + since(t_phase);
+    t_phase = clk::now();
+  };
   const std::string tok_path = prepare_tokenizer(out + "/tokenizer", corpus.train, o.vocab_size);
+  phase("tokenizer");
   check_stop();
   io::SentencePieceTokenizer tok(tok_path);
   std::fprintf(stderr, "tokenizing (cached after the first time) ...\n");
   Tokens train_tokens = load_tokens(corpus.train, tok), val_tokens = load_tokens(corpus.val, tok);
+  phase("tokenize");
   if (count_windows(val_tokens.span.size, T) < 1) throw bad_input(corpus.val + ": fewer tokens than one window of seq-len + 1");
   if (count_windows(train_tokens.span.size, T) < 1) throw bad_input(corpus.train + ": fewer tokens than one window of seq-len + 1");
   check_stop();
@@ -333,6 +383,7 @@ int run_demo(const DemoOptions& o) {
     }
     const int64_t steps_d = std::max<int64_t>(1, (int64_t)std::floor(budget / step_d));
     const int64_t steps_m = std::max<int64_t>(1, (int64_t)std::floor(budget / step_m));
+    phase("calibrate");
     plan = {{"key", key}, {"budget_flops", budget}, {"dense_steps", steps_d}, {"mod_steps", steps_m}, {"calibration", calib}};
     write_text(plan_path, plan.dump(2) + "\n");
   }
@@ -353,6 +404,7 @@ int run_demo(const DemoOptions& o) {
     RunOutcome outcome;
   };
   Side sides[2] = {{"dense", "dense", &run_d, {}}, {"mod", "MoD", &run_m, {}}};
+  int i_side = 0;
   for (auto& s : sides) {
     const std::string dir = out + "/" + s.name;
     check_stop();
@@ -361,6 +413,7 @@ int run_demo(const DemoOptions& o) {
     else if (st.exists) std::fprintf(stderr, "%s: resuming %s at step %lld of %lld\n", s.label, dir.c_str(), (long long)st.step, (long long)s.run->train.steps);
     else std::fprintf(stderr, "%s: training %lld steps in %s\n", s.label, (long long)s.run->train.steps, dir.c_str());
     s.outcome = train_or_resume(dir, *s.run, corpus.train, corpus.val, o.progress);
+    phase(i_side++ == 0 ? "train dense" : "train MoD");
     if (s.outcome.interrupted) {
       std::fprintf(stderr, "interrupted: %s is checkpointed at step %lld; run the same command again to continue\n", dir.c_str(),
                    (long long)s.outcome.progress.step);
@@ -386,7 +439,8 @@ int run_demo(const DemoOptions& o) {
       std::fprintf(stderr, "%s: evaluating %s\n", s.label, s.outcome.checkpoint.c_str());
       results[i] = evaluate_model(s.outcome.checkpoint, s.run->model, o, val_tokens, tok, passage);
       results[i]["key"] = ekey;
-      write_text(cache, results[i].dump() + "\n");
+      write_text(cache, results[i].dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
+      phase(i == 0 ? "evaluate dense" : "evaluate MoD");
     }
   }
 
@@ -415,6 +469,8 @@ int run_demo(const DemoOptions& o) {
                          {"threads", omp_get_max_threads()},
                          {"calibration", plan["calibration"]}};
   summary["budget_flops"] = budget;
+  phases["total"] = since(t_start);
+  summary["phases"] = phases;
   for (int i = 0; i < 2; ++i) {
     Side& s = sides[i];
     const json& r = results[i];
@@ -433,8 +489,10 @@ int run_demo(const DemoOptions& o) {
     m["train_flops_executed"] = p.flops_executed;
     m["steps"] = p.step;
     m["tokens"] = p.tokens;
-    m["train_seconds"] = p.seconds;
-    m["train_tokens_per_second"] = p.seconds > 0 ? p.tokens / p.seconds : 0.0;
+    Curves c = curves_of(read_log(out + "/" + s.name));
+    m["train_seconds"] = c.train_seconds;  // steps only (validation passes and checkpoints excluded)
+    m["run_seconds"] = p.seconds;          // the run's whole wall-clock
+    m["train_tokens_per_second"] = c.train_seconds > 0 ? p.tokens / c.train_seconds : 0.0;
     m["val_loss_topk"] = r["topk"]["loss"];
     m["val_loss_causal"] = routed ? r["causal"]["loss"] : r["topk"]["loss"];
     m["predictor_accuracy"] = routed ? json(mean_of(r["topk"]["routed"], "decision_accuracy")) : json(nullptr);
@@ -448,10 +506,10 @@ int run_demo(const DemoOptions& o) {
     m["decode_tokens_per_second"] = dec ? d["tokens_per_second"] : json(nullptr);
     m["kv_cache_bytes"] = dec ? d["kv_cache_bytes"] : json(nullptr);
     m["kv_cache_context_tokens"] = dec ? d["context_tokens"] : json(nullptr);
+    m["decode_threads"] = dec ? d["threads"] : json(nullptr);
     m["sample"] = dec ? json{{"prompt", d["prompt"]}, {"continuation", d["continuation"]}, {"new_tokens", d["new_tokens"]},
                              {"temperature", o.temperature}, {"top_k", o.top_k}, {"seed", o.seed}}
                       : json(nullptr);
-    Curves c = curves_of(read_log(out + "/" + s.name));
     m["curves"] = {{"val", c.val}, {"train", c.train}};
     if (routed) {
       m["predictor_accuracy_curve"] = c.accuracy;
@@ -520,7 +578,7 @@ int run_demo(const DemoOptions& o) {
   }
   const std::string table = demo_table_text(summary);
   summary["table_text"] = table;
-  write_text(out + "/summary.json", summary.dump(2) + "\n");
+  write_text(out + "/summary.json", summary.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
   write_text(out + "/report.html", render_demo_report(summary));
 
   std::printf("\n%s\n", table.c_str());
@@ -535,7 +593,11 @@ int run_demo(const DemoOptions& o) {
   else if (reach.contains("dense_final_loss"))
     std::printf("MoD did not reach dense's final validation loss (%.4f) in its run (its best: %.4f).\n",
                 reach["dense_final_loss"].get<double>(), reach["mod_best_loss"].get<double>());
-  std::printf("summary: %s/summary.json\nreport:  %s/report.html  (%.0f s in all this time)\n", out.c_str(), out.c_str(), since(t_start));
+  std::string ph;
+  for (auto it = phases.begin(); it != phases.end(); ++it)
+    if (it.key() != "total" && it.value().get<double>() >= 0.5) ph += (ph.empty() ? "" : ", ") + it.key() + " " + fmt_seconds(it.value().get<double>());
+  std::printf("summary: %s/summary.json\nreport:  %s/report.html\ntime:    %s in all (%s)\n", out.c_str(), out.c_str(),
+              fmt_seconds(since(t_start)).c_str(), ph.c_str());
   return 0;
 }
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
+#include <tuple>
 #include <set>
 
 #include "demo/svg.h"
@@ -59,7 +61,7 @@ svg.chart { max-width: 100%; height: auto; display: block; }
 svg text { font-family: inherit; }
 table.cmp { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; font-size: 14.5px; }
 table.cmp th, table.cmp td { padding: 7px 12px; border-bottom: 1px solid #eef0f3; text-align: right; }
-table.cmp th:first-child, table.cmp td:first-child { text-align: left; color: #363c48; }
+table.cmp th:first-child, table.cmp td:first-child { text-align: left; color: #363c48; white-space: nowrap; }
 table.cmp thead th { font-size: 12.5px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); border-bottom: 2px solid var(--line); }
 table.cmp tbody tr:hover { background: #fafbfc; }
 .dense { color: var(--dense); } .mod { color: var(--mod); }
@@ -167,21 +169,24 @@ std::string passage_html(const json& routing) {
   const json& tokens = routing["tokens"];
   const int R = (int)layers.size();
   std::string o = "<div class=\"passage\">";
+  bool prev_paragraph = false;
   for (size_t t = 0; t < tokens.size(); ++t) {
     int n = 0;
     for (const auto& l : layers) n += l["processed"][t].get<int>() != 0;
-    std::string tok = tokens[t].get<std::string>();
-    std::string shown, rest = tok;
-    bool newline = false;
-    if (!rest.empty() && rest.back() == '\n') {
-      while (!rest.empty() && rest.back() == '\n') rest.pop_back();
-      newline = true;
-    }
+    // Hard-wrapped lines flow together; a blank line starts a new paragraph.
+    std::string rest = tokens[t].get<std::string>();
+    int newlines = 0;
+    while (!rest.empty() && rest.back() == '\n') rest.pop_back(), ++newlines;
+    const bool next_nl = t + 1 < tokens.size() && tokens[t + 1].get<std::string>() == "\n";
+    const bool paragraph = newlines >= 2 || (newlines == 1 && next_nl);
+    if (rest.empty() && newlines > 0 && prev_paragraph) continue;  // the rest of a blank line
+    prev_paragraph = paragraph;
+    if (newlines == 1 && !next_nl) rest += " ";
     const std::string bg = n == 0 ? "transparent" : mix("#e6dcfa", "#6a3fd0", R > 1 ? (n - 1.0) / (R - 1.0) : 1.0);
     const std::string fg = n * 2 > R + 1 ? "#ffffff" : "inherit";
     o += "<span style=\"background:" + bg + ";color:" + fg + "\" title=\"processed in " + std::to_string(n) + " of " + std::to_string(R) +
-         " routed layers\">" + esc(rest) + (newline ? "\u21b5" : "") + "</span>";
-    if (newline) o += "<br/>";
+         " routed layers\">" + esc(rest) + (paragraph ? "\u00b6" : "") + "</span>";
+    if (paragraph) o += "<br/>";
   }
   o += "</div>\n";
   return o;
@@ -307,8 +312,8 @@ std::string render_demo_report(const json& S) {
   // Table.
   o += "<section>\n<h2>Side by side</h2>\n<p class=\"lead\">Validation losses are mean next-token cross-entropy (nats) over " +
        esc(std::to_string(num(set, "final_windows", 0) > 0 ? (int)num(set, "final_windows") : 0)) +
-       " held-out windows. Wall-clock includes the periodic validation passes (the same number for both). Decode: " +
-       "a KV-cache decoder, one sequence, sampling.</p>\n";
+       " held-out windows. Training wall-clock is the time spent in training steps on this machine (validation passes and "
+       "checkpoints excluded). Decode: the KV-cache decoder, one sequence, sampling; KV-cache bytes after the sample.</p>\n";
   o += "<table class=\"cmp\">\n<thead><tr><th></th><th class=\"dense\">dense</th><th class=\"mod\">MoD</th><th>MoD vs dense</th></tr></thead>\n<tbody>\n";
   for (const auto& r : demo_table(S))
     o += "<tr><td>" + esc(r[0]) + "</td><td>" + esc(r[1]) + "</td><td>" + esc(r[2]) + "</td><td>" + esc(r[3]) + "</td></tr>\n";
@@ -394,8 +399,9 @@ std::string render_demo_report(const json& S) {
   o += "<div class=\"grid2 row\">\n";
   if (S.contains("router_histogram") && S["router_histogram"].is_object()) {
     const json& H = S["router_histogram"];
-    o += "<section>\n<h2>Router weights per routed layer</h2>\n<p class=\"lead\">\u03c3(r) of every token of " +
-         esc(std::to_string((int)num(H, "tokens_per_layer", 0))) + " validation tokens; the top-k chosen ones in violet.</p>\n<div class=\"hists\">\n";
+    o += "<section>\n<h2>Router logits per routed layer</h2>\n<p class=\"lead\">The router logit r of each of " +
+         esc(std::to_string((int)num(H, "tokens_per_layer", 0))) + " validation tokens (the block\u2019s output is scaled by \u03c3(r)); "
+         "violet: the " + esc(fmt_fixed(100 * cap, 1)) + " % top-k tokens the block processed, grey: skipped.</p>\n<div class=\"hists\">\n";
     bool first = true;
     for (const auto& l : H["layers"]) {
       Histogram h;
@@ -404,7 +410,7 @@ std::string render_demo_report(const json& S) {
       h.edges = vec(H["edges"]);
       h.stacks.push_back({"processed", "processed", "#5b2bb5", vec(l["processed"])});
       h.stacks.push_back({"skipped", "skipped", "#c5c9d1", vec(l["skipped"])});
-      h.x_label = "router weight \u03c3(r)";
+      h.x_label = "router logit r";
       h.width = 262, h.height = 180;
       h.legend = first;
       first = false;
@@ -452,7 +458,9 @@ std::string render_demo_report(const json& S) {
     if (m["sample"].is_object()) {
       o += "<div class=\"text\"><span class=\"prompt\">" + esc(m["sample"]["prompt"].get<std::string>()) + "</span>" +
            esc(m["sample"]["continuation"].get<std::string>()) + "</div>";
-      o += "<div class=\"meta\">" + esc(fmt_fixed(num(m, "decode_tokens_per_second"), 1)) + " tokens/s \u00b7 KV cache " +
+      const int th = (int)num(m, "decode_threads", 0);
+      o += "<div class=\"meta\">" + esc(fmt_fixed(num(m, "decode_tokens_per_second"), 1)) + " tokens/s" +
+           (th > 0 ? " on " + std::to_string(th) + (th == 1 ? " thread" : " threads") : std::string()) + " \u00b7 KV cache " +
            esc(fmt_bytes(num(m, "kv_cache_bytes"))) + " for " + esc(std::to_string((int)num(m, "kv_cache_context_tokens", 0))) + " tokens</div>";
     } else {
       o += "<div class=\"text\">(no KV-cache decoder in this build)</div>";
@@ -470,6 +478,13 @@ std::string render_demo_report(const json& S) {
   dd("budget", fmt_si(budget) + "FLOPs per model (" + json(budget).dump() + ")");
   dd("batch", std::to_string((int)num(set, "batch_size", 0)) + " \u00d7 " + std::to_string((int)num(set, "seq_len", 0)) + " tokens, lr " +
                   json(num(set, "lr")).dump() + " (cosine to " + json(num(set, "min_lr")).dump() + ")");
+  if (S.contains("phases") && S["phases"].is_object()) {
+    std::string ph;
+    for (auto it = S["phases"].begin(); it != S["phases"].end(); ++it)
+      if (it.key() != "total" && it.value().is_number() && it.value().get<double>() >= 0.5)
+        ph += (ph.empty() ? "" : ", ") + it.key() + " " + fmt_seconds(it.value().get<double>());
+    dd("this run took", fmt_seconds(num(S["phases"], "total", 0)) + (ph.empty() ? "" : " (" + ph + ")"));
+  }
   dd("created", S.value("created", ""));
   o += "</dl>\n<p>Made by <code>modlm demo</code>; the numbers are in <code>summary.json</code> beside this page and in the block below.</p>\n</footer>\n";
   o += "</main>\n<script type=\"application/json\" id=\"modlm-data\">" + embed_json(S) + "</script>\n</body>\n</html>\n";
@@ -506,10 +521,37 @@ std::string render_sweep_report(const std::vector<json>& records, const json& me
       s.x.push_back(r->value("params", 0.0));
       s.y.push_back(r->value("val_loss", 0.0));
     }
+    s.ring_min = s.x.size() > 1;
     c.series.push_back(s);
   }
-  o += "<section>\n<h2>Final loss against parameters, one curve per budget and family</h2>\n<figure>" + render_line_chart(c) +
-       "</figure>\n</section>\n";
+  o += "<section>\n<h2>Final loss against parameters, one curve per budget and family</h2>\n<p class=\"lead\">A ring marks the "
+       "best size of each curve.</p>\n<figure>" + render_line_chart(c) + "</figure>\n</section>\n";
+  // The frontier: the best loss of each family at each budget.
+  {
+    LineChart f;
+    f.id = "frontier";
+    f.x = {"training FLOPs", true, AxisFormat::SI, 0, 0};
+    f.y = {"best final validation loss (nats)", false, AxisFormat::Number, 0, 0};
+    f.width = 1150, f.height = 380;
+    for (const char* fam : {"dense", "mod"}) {
+      Series s;
+      s.key = std::string("frontier-") + fam;
+      s.label = std::string(fam == std::string("mod") ? "MoD" : "dense") + ": best size per budget";
+      s.color = fam == std::string("mod") ? kMod : kDense;
+      s.dashed = fam == std::string("mod");
+      for (double b : budgets) {
+        auto it = groups.find({b, fam});
+        if (it == groups.end()) continue;
+        double best = std::numeric_limits<double>::infinity();
+        for (const json* r : it->second) best = std::min(best, r->value("val_loss", best));
+        s.x.push_back(b);
+        s.y.push_back(best);
+      }
+      if (!s.x.empty()) f.series.push_back(s);
+    }
+    o += "<section>\n<h2>Best loss against compute</h2>\n<p class=\"lead\">For each budget, the lowest final loss over the sizes tried: "
+         "the compute frontier of each family.</p>\n<figure>" + render_line_chart(f) + "</figure>\n</section>\n";
+  }
   // Table.
   o += "<section>\n<h2>Runs</h2>\n<table class=\"cmp\">\n<thead><tr><th>run</th><th>budget</th><th>family</th><th>d_model \u00d7 layers</th>"
        "<th>parameters</th><th>steps</th><th>training FLOPs</th><th>wall-clock</th><th>val loss (top-k)</th><th>val loss (causal)</th></tr></thead>\n<tbody>\n";

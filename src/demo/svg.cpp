@@ -253,6 +253,13 @@ std::string render_line_chart(const LineChart& c) {
     o += "<polyline data-series=\"" + xml_escape(s.key) + "\" data-x=\"" + dx + "\" data-y=\"" + dy + "\" points=\"" + pts +
          "\" fill=\"none\" stroke=\"" + s.color + "\" stroke-width=\"" + px(s.width) + "\" stroke-linejoin=\"round\" stroke-linecap=\"round\"" +
          (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + (s.opacity < 1 ? " stroke-opacity=\"" + px(s.opacity) + "\"" : "") + "/>\n";
+    if (s.ring_min && !pp.empty()) {
+      size_t best = 0;
+      for (size_t i = 1; i < pp.size(); ++i)
+        if (pp[i].second > pp[best].second) best = i;  // pixel y grows downwards
+      o += "<circle class=\"best\" cx=\"" + px(pp[best].first) + "\" cy=\"" + px(pp[best].second) + "\" r=\"7\" fill=\"none\" stroke=\"" +
+           s.color + "\" stroke-width=\"2\"/>\n";
+    }
     if (s.markers) {
       o += "<g fill=\"" + s.color + "\" stroke=\"#fff\" stroke-width=\"1\">";
       for (size_t i = 0; i < pp.size(); ++i) o += "<circle cx=\"" + px(pp[i].first) + "\" cy=\"" + px(pp[i].second) + "\" r=\"3.2\"/>";

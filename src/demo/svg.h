@@ -42,6 +42,7 @@ struct Series {
   bool markers = true;
   double width = 2.2;
   double opacity = 1.0;
+  bool ring_min = false;  // a ring around the lowest point (e.g. the best size of an iso-FLOP curve)
 };
 
 struct RefLine {
