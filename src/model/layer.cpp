@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "ops/copy.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"
@@ -63,7 +64,7 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
   }
   {
     profile::Scope p("fwd.gemm.wo");
-    std::memcpy(A.a.data(), x, sizeof(T) * (size_t)n * D);
+    parallel_copy(x, A.a.data(), (size_t)n * D);
     linear_forward<T>(A.att.data(), D, w.wo, n, D, D, A.a.data(), D, /*accumulate=*/true);
   }
   // MLP half.
@@ -72,7 +73,7 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
     rmsnorm_forward<T>(A.a.data(), D, w.mlp_norm, n, D, T(d.eps), A.xn2.data(), D, A.inv2.data());
   }
   if (w.moe_gate) {
-    std::memcpy(y, A.a.data(), sizeof(T) * (size_t)n * D);
+    parallel_copy(A.a.data(), y, (size_t)n * D);
     moe_forward<T>(w, d.moe, A.xn2.data(), n, seqs, moe_capacity, A.moe, y);
     return;
   }
@@ -85,7 +86,7 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
     swiglu_forward<T>(A.h13.data(), n, F, A.g.data());
   }
   profile::Scope p("fwd.gemm.w2");
-  std::memcpy(y, A.a.data(), sizeof(T) * (size_t)n * D);
+  parallel_copy(A.a.data(), y, (size_t)n * D);
   linear_forward<T>(A.g.data(), F, w.w2, n, F, D, y, D, /*accumulate=*/true);
 }
 
@@ -109,7 +110,7 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
     linear_backward_weight<T>(s.dh13.data(), 2 * F, A.xn2.data(), D, n, D, 2 * F, gw.w13);
     linear_backward_input<T>(s.dh13.data(), 2 * F, w.w13, n, D, 2 * F, s.dxn.data(), D, false);
   }
-  std::memcpy(s.da.data(), dy, sizeof(T) * (size_t)n * D);  // residual path
+  parallel_copy(dy, s.da.data(), (size_t)n * D);  // residual path
   rmsnorm_backward<T>(s.dxn.data(), D, A.a.data(), D, w.mlp_norm, A.inv2.data(), n, D, s.da.data(), D, true,
                       gw.mlp_norm);
   // Attention half: a = x + Wo att, att = attn(rope(W13 xn1)), xn1 = norm(x).
@@ -124,7 +125,7 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
   rope_backward<T>(s.dqkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);
   linear_backward_weight<T>(s.dqkv.data(), 3 * D, A.xn1.data(), D, n, D, 3 * D, gw.wqkv);
   linear_backward_input<T>(s.dqkv.data(), 3 * D, w.wqkv, n, D, 3 * D, s.dxn.data(), D, false);
-  std::memcpy(dx, s.da.data(), sizeof(T) * (size_t)n * D);
+  parallel_copy(s.da.data(), dx, (size_t)n * D);
   rmsnorm_backward<T>(s.dxn.data(), D, x, D, w.attn_norm, A.inv1.data(), n, D, dx, D, true, gw.attn_norm);
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "model/routing.h"
+#include "ops/copy.h"
 #include "ops/cross_entropy.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
@@ -212,11 +213,12 @@ void Model<T>::routed_forward(int l, const T* x, T* y, const ForwardOptions& opt
     const T r = S.r[S.sel[i]];
     S.gate[i] = rc.method == "stochastic" ? T(1) : rc.gate == "sigmoid" ? sigmoid(r) : r;
     st.gate_sum += (double)S.gate[i];
-    std::memcpy(S.xg.data() + (size_t)i * D, x + (size_t)S.sel[i] * D, sizeof(T) * D);
   }
+#pragma omp parallel for schedule(static) if (m > 64)
+  for (int i = 0; i < m; ++i) std::memcpy(S.xg.data() + (size_t)i * D, x + (size_t)S.sel[i] * D, sizeof(T) * D);
   layer_forward<T>(W, dims_, rope_, S.xg.data(), m, S.sel_pos.data(), S.sel_offsets, acts_[l], S.yg.data(),
                    opt.moe_capacity && opt.mode == RouteMode::TopK);
-  std::memcpy(y, x, sizeof(T) * (size_t)n * D);
+  parallel_copy(x, y, (size_t)n * D);
 #pragma omp parallel for schedule(static) if (m > 64)
   for (int i = 0; i < m; ++i) {
     T* yr = y + (size_t)S.sel[i] * D;
@@ -269,12 +271,13 @@ void Model<T>::routed_backward(int l, const T* x, const T* dy, T* dx) {
   const LayerWeights<T>& GW = gw_.layers[l];
   const RoutingConfig& rc = cfg_.routing;
   const int n = n_, D = cfg_.d_model, m = (int)S.sel.size(), Tn = T_, B = B_;
-  std::memcpy(dx, dy, sizeof(T) * (size_t)n * D);  // skipped rows: identity
+  parallel_copy(dy, dx, (size_t)n * D);  // skipped rows: identity
   S.dr.resize({n});
   S.dr.zero();
   if (m > 0) {
     dyg_.resize({m, D});
     dxg_.resize({m, D});
+#pragma omp parallel for schedule(static) if (m > 64)
     for (int i = 0; i < m; ++i) {
       const T* src = dy + (size_t)S.sel[i] * D;
       T* dst = dyg_.data() + (size_t)i * D;
@@ -282,7 +285,8 @@ void Model<T>::routed_backward(int l, const T* x, const T* dy, T* dx) {
     }
     layer_backward<T>(W, GW, dims_, rope_, S.xg.data(), m, S.sel_pos.data(), S.sel_offsets, acts_[l], dyg_.data(),
                       scratch_, dxg_.data());
-    for (int i = 0; i < m; ++i) {
+#pragma omp parallel for schedule(static) if (m > 64)
+    for (int i = 0; i < m; ++i) {  // rows are distinct: no two iterations touch the same dx or dr
       const int row = S.sel[i];
       const T* dyr = dy + (size_t)row * D;
       const T* xr = S.xg.data() + (size_t)i * D;
@@ -328,13 +332,14 @@ void Model<T>::routed_backward(int l, const T* x, const T* dy, T* dx) {
     for (int i = 0; i < n; ++i) dplog[i] = scale * (sigmoid(S.plog[i]) - T(S.target[i]));
     linear_backward_weight<T>(dplog.data(), 1, S.pz1.data(), Hp, n, Hp, 1, GW.pred_fc2_w);
     for (int i = 0; i < n; ++i) GW.pred_fc2_b[0] += dplog[i];
+#pragma omp parallel for schedule(static) if (n > 256)
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < Hp; ++j) {
-        T a = S.pz1[(size_t)i * Hp + j];
-        T d = a > T(0) ? dplog[i] * W.pred_fc2_w[j] : T(0);
-        dz1[(size_t)i * Hp + j] = d;
-        GW.pred_fc1_b[j] += d;
+        const T a = S.pz1[(size_t)i * Hp + j];
+        dz1[(size_t)i * Hp + j] = a > T(0) ? dplog[i] * W.pred_fc2_w[j] : T(0);
       }
+    for (int i = 0; i < n; ++i)  // bias: a fixed-order sum, deterministic
+      for (int j = 0; j < Hp; ++j) GW.pred_fc1_b[j] += dz1[(size_t)i * Hp + j];
     linear_backward_weight<T>(dz1.data(), Hp, x, D, n, D, Hp, GW.pred_fc1_w);
   }
 }
