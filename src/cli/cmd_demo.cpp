@@ -13,7 +13,7 @@ Command add_demo(CLI::App& app) {
       "demo", "Train a dense model and its MoD twin with the same FLOPs, compare them, and draw report.html");
   CLI::Option* minutes = sub->add_option("--minutes", o->minutes, "about how long the whole demo should take; sets the FLOP budget by timing a few steps")
                              ->capture_default_str();
-  CLI::Option* budget = sub->add_option("--budget-flops", o->budget_flops, "training FLOPs per model (instead of --minutes), e.g. 3e14");
+  CLI::Option* budget = sub->add_option("--budget-flops", o->budget_flops, "training FLOPs per model (instead of --minutes), e.g. 2e13");
   sub->add_option("--out", o->out, "folder for the runs, summary.json and report.html (a rerun reuses what is finished)")->capture_default_str();
   sub->add_option("--data", o->data, "training text (plain or .gz; default: the shipped data/train.txt.gz)");
   sub->add_option("--val", o->val, "validation text (plain or .gz; default: data/valid.txt.gz)");

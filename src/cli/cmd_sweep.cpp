@@ -12,7 +12,7 @@ Command add_sweep(CLI::App& app) {
   auto sizes = std::make_shared<std::vector<std::string>>();
   auto no_progress = std::make_shared<bool>(false);
   CLI::App* sub = app.add_subcommand("sweep", "Iso-FLOP sweep: dense and MoD at several sizes and FLOP budgets (sweep.html)");
-  sub->add_option("--budgets", *budgets, "training FLOPs per run, comma separated, e.g. 1e14,3e14")->delimiter(',')->required();
+  sub->add_option("--budgets", *budgets, "training FLOPs per run, comma separated, e.g. 3e12,1e13")->delimiter(',')->required();
   sub->add_option("--sizes", *sizes, "model sizes DxL or DxLxHxF, comma separated, e.g. 128x4,192x6,256x8")->delimiter(',')->required();
   sub->add_option("--families", o->families, "dense, mod or both")->delimiter(',')->capture_default_str();
   sub->add_option("--out", o->out, "folder for the runs, sweep.jsonl and sweep.html")->capture_default_str();
