@@ -3,11 +3,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <optional>
 
 #include "demo/decode.h"
 #include "demo/report.h"
@@ -324,6 +326,23 @@ int run_demo(const DemoOptions& o) {
     phases[name] = phases.value(name, 0.0) + since(t_phase);
     t_phase = clk::now();
   };
+  // Time to make this report, over every invocation that worked on it (a rerun that only
+  // redraws adds just its own seconds): OUT/timings.json.
+  auto record_timings = [&]() {
+    phases["total"] = since(t_start);
+    json total = json::object();
+    const std::string tp = out + "/timings.json";
+    if (file_exists(tp)) {
+      try {
+        total = json::parse(read_text_file(tp));
+      } catch (const json::exception&) {
+      }
+      if (!total.is_object()) total = json::object();
+    }
+    for (auto it = phases.begin(); it != phases.end(); ++it) total[it.key()] = total.value(it.key(), 0.0) + it.value().get<double>();
+    write_text(tp, total.dump(2) + "\n");
+    return total;
+  };
   const std::string tok_path = prepare_tokenizer(out + "/tokenizer", corpus.train, o.vocab_size);
   phase("tokenizer");
   check_stop();
@@ -415,6 +434,7 @@ int run_demo(const DemoOptions& o) {
     s.outcome = train_or_resume(dir, *s.run, corpus.train, corpus.val, o.progress);
     phase(i_side++ == 0 ? "train dense" : "train MoD");
     if (s.outcome.interrupted) {
+      record_timings();
       std::fprintf(stderr, "interrupted: %s is checkpointed at step %lld; run the same command again to continue\n", dir.c_str(),
                    (long long)s.outcome.progress.step);
       return kExitInterrupted;
@@ -469,8 +489,9 @@ int run_demo(const DemoOptions& o) {
                          {"threads", omp_get_max_threads()},
                          {"calibration", plan["calibration"]}};
   summary["budget_flops"] = budget;
-  phases["total"] = since(t_start);
-  summary["phases"] = phases;
+  json total_phases = record_timings();
+  summary["phases"] = total_phases;
+  summary["phases_this_run"] = phases;
   for (int i = 0; i < 2; ++i) {
     Side& s = sides[i];
     const json& r = results[i];

@@ -310,7 +310,7 @@ std::string render_demo_report(const json& S) {
   o += "</div>\n";
 
   // Table.
-  o += "<section>\n<h2>Side by side</h2>\n<p class=\"lead\">Validation losses are mean next-token cross-entropy (nats) over " +
+  o += "<section id=\"table\">\n<h2>Side by side</h2>\n<p class=\"lead\">Validation losses are mean next-token cross-entropy (nats) over " +
        esc(std::to_string(num(set, "final_windows", 0) > 0 ? (int)num(set, "final_windows") : 0)) +
        " held-out windows. Training wall-clock is the time spent in training steps on this machine (validation passes and "
        "checkpoints excluded). Decode: the KV-cache decoder, one sequence, sampling; KV-cache bytes after the sample.</p>\n";
@@ -382,7 +382,7 @@ std::string render_demo_report(const json& S) {
 
   // Routing picture.
   if (S.contains("routing") && S["routing"].is_object()) {
-    o += "<section>\n<h2>Which tokens each routed layer processed</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
+    o += "<section id=\"routing-picture\">\n<h2>Which tokens each routed layer processed</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
          "each row a routed layer; a violet cell was processed by that layer\u2019s block (top-k routing, as in training; darker = larger router weight "
          "\u03c3(r)), a grey cell skipped it and went round on the residual stream. A dot marks the tokens the causal predictor would process. "
          "Hover a cell for the token and its router logit.</p>\n";
@@ -448,7 +448,7 @@ std::string render_demo_report(const json& S) {
   o += "</div>\n";
 
   // Samples.
-  o += "<section class=\"row\">\n<h2>Samples</h2>\n<p class=\"lead\">The same prompt (grey, from the validation text), continued by each model "
+  o += "<section class=\"row\" id=\"samples\">\n<h2>Samples</h2>\n<p class=\"lead\">The same prompt (grey, from the validation text), continued by each model "
        "with the KV-cache decoder (temperature " +
        esc(fmt_fixed(num(M["sample"], "temperature", 0.8), 2)) + ", top-k " + esc(std::to_string((int)num(M["sample"], "top_k", 40))) +
        ", same seed). MoD decides causally, token by token.</p>\n<div class=\"samples\">\n";
@@ -483,7 +483,7 @@ std::string render_demo_report(const json& S) {
     for (auto it = S["phases"].begin(); it != S["phases"].end(); ++it)
       if (it.key() != "total" && it.value().is_number() && it.value().get<double>() >= 0.5)
         ph += (ph.empty() ? "" : ", ") + it.key() + " " + fmt_seconds(it.value().get<double>());
-    dd("this run took", fmt_seconds(num(S["phases"], "total", 0)) + (ph.empty() ? "" : " (" + ph + ")"));
+    dd("made in", fmt_seconds(num(S["phases"], "total", 0)) + (ph.empty() ? "" : " (" + ph + ")"));
   }
   dd("created", S.value("created", ""));
   o += "</dl>\n<p>Made by <code>modlm demo</code>; the numbers are in <code>summary.json</code> beside this page and in the block below.</p>\n</footer>\n";
