@@ -26,6 +26,7 @@ namespace {
 struct Variant {
   std::string routing = "none", method = "expert_choice", gate = "sigmoid", causal = "predictor";
   int d_model = 64;
+  json moe = nullptr;  // the config's "moe" object (SPEC §3), none if null
 };
 
 ModelConfig tiny_config(const Variant& v, int max_seq_len = 96) {
@@ -34,6 +35,7 @@ ModelConfig tiny_config(const Variant& v, int max_seq_len = 96) {
   if (v.routing != "none")
     j["routing"] = {{"layers", v.routing}, {"capacity", 0.5}, {"method", v.method},
                     {"gate", v.gate},      {"causal", v.causal}, {"predictor_hidden", 32}};
+  if (!v.moe.is_null()) j["moe"] = v.moe;
   return ModelConfig::from_json(j, "test");
 }
 
@@ -48,6 +50,10 @@ std::unique_ptr<Model<float>> make_model(const Variant& v, uint64_t seed = 1, in
   m->init_weights(seed);
   const ModelConfig& c = m->config();
   for (int l = 0; l < c.n_layers; ++l) {
+    if (c.has_moe(l)) {  // decisive expert choices (no near-ties for rounding to flip), varied per token
+      float* g = m->param("layers." + std::to_string(l) + ".moe.gate.weight");
+      for (size_t i = 0; i < (size_t)c.moe.n_gate() * c.d_model; ++i) g[i] *= 20.0f;
+    }
     if (!c.routed(l)) continue;
     const std::string p = "layers." + std::to_string(l) + ".";
     for (size_t i = 0; i < (size_t)c.d_model; ++i) m->param(p + "router.weight")[i] *= 300.0f;  // r ~ +-1
@@ -121,6 +127,22 @@ const std::vector<Variant> kRouted = {
     {"every_other", "expert_choice", "sigmoid", "predictor", 64},
     {"every_other", "token_choice", "linear", "aux_loss", 48},
     {"all", "stochastic", "sigmoid", "predictor", 48},
+};
+
+// Mixture-of-Experts variants (SPEC §3), with a capacity factor of 1.0 so that training-time
+// capacity would drop choices: plain MoE, staged MoDE (routed layers whose MLP is an MoE) and
+// integrated MoDE (no-op experts among the real ones).
+json moe_json(int n_noop) {
+  return {{"layers", "all"}, {"n_experts", 4}, {"d_expert", 32}, {"top_k", 2}, {"capacity_factor", 1.0}, {"n_noop", n_noop}};
+}
+struct MoeVariant {
+  std::string name;
+  Variant v;
+};
+const std::vector<MoeVariant> kMoe = {
+    {"moe", {"none", "expert_choice", "sigmoid", "predictor", 64, moe_json(0)}},
+    {"staged_mode", {"every_other", "expert_choice", "sigmoid", "predictor", 64, moe_json(0)}},
+    {"integrated_mode", {"none", "expert_choice", "sigmoid", "predictor", 64, moe_json(2)}},
 };
 
 }  // namespace
@@ -228,6 +250,108 @@ TEST(Generate, CausalRoutedDecodeEqualsCausalForward) {
       EXPECT_GT(res.routed[j].processed, 0) << v.method << " layer " << l;
       EXPECT_LT(res.routed[j].processed, (int64_t)seq.size()) << v.method << " layer " << l;
       EXPECT_EQ(dec.cache().count(l, 0), res.routed[j].processed) << v.method << " layer " << l;
+    }
+  }
+}
+
+TEST(GenerateMoe, TokenByTokenDecodeEqualsCausalForwardWithoutCapacity) {
+  // MoE, staged and integrated MoDE: prefill k tokens (k = 1: purely token by token), feed the
+  // rest one at a time; every row of logits equals Model::forward(Causal), which, like
+  // generation, has no MoE capacity, while the capacity of top-k mode does drop choices here.
+  for (const MoeVariant& mv : kMoe) {
+    auto m = make_model(mv.v, 7);
+    const ModelConfig& c = m->config();
+    const int V = 256, T = 40;
+    Rng r(11);
+    std::vector<int32_t> toks(T);
+    for (auto& t : toks) t = (int32_t)r.below(V);
+    ForwardResult causal, topk;
+    std::vector<float> full = forward_logits(*m, toks, RouteMode::Causal, &causal);
+    forward_logits(*m, toks, RouteMode::TopK, &topk);
+    ASSERT_EQ((int)causal.moe.size(), c.n_layers) << mv.name;
+    int64_t dropped_topk = 0, noop = 0;
+    for (int l = 0; l < c.n_layers; ++l) {
+      EXPECT_EQ(causal.moe[l].dropped, 0) << mv.name << " layer " << l;
+      dropped_topk += topk.moe[l].dropped;
+      noop += causal.moe[l].noop;
+    }
+    EXPECT_GT(dropped_topk, 0) << mv.name << ": the capacity should bite in top-k mode";
+    if (c.moe.n_noop > 0) {
+      EXPECT_GT(noop, 0) << mv.name << ": some tokens should pick a no-op expert";
+    }
+    for (int k : {1, 13}) {
+      Decoder dec(*m, 1, T);
+      dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
+      ASSERT_EQ(dec.logit_rows(), k);
+      for (int t = 0; t < k; ++t)
+        ASSERT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * V, V), 1e-4) << mv.name << " prefill row " << t;
+      for (int t = k; t < T; ++t) {
+        dec.step({0}, {toks[t]});
+        ASSERT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * V, V), 1e-4) << mv.name << " k " << k << " step " << t;
+      }
+    }
+  }
+}
+
+TEST(GenerateMoe, GreedyDecodeEqualsCausalForward) {
+  // Greedy generation gives the logits and tokens of Model::forward(Causal) on the final
+  // sequence; in staged MoDE the routed layers' caches hold what that forward processed.
+  for (const MoeVariant& mv : kMoe) {
+    auto m = make_model(mv.v, 8);
+    const ModelConfig& c = m->config();
+    const int V = 256;
+    Decoder dec(*m, 1, 80);
+    std::vector<std::vector<float>> rows;
+    const std::vector<int32_t> prompt = bytes_of("Mixture of experts 🌍 ");
+    std::vector<int32_t> gen = greedy_decode(dec, prompt, 30, &rows);
+    std::vector<int32_t> seq = prompt;
+    seq.insert(seq.end(), gen.begin(), gen.end());
+    ForwardResult res;
+    std::vector<float> full = forward_logits(*m, seq, RouteMode::Causal, &res);
+    const size_t np = prompt.size();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const float* want = full.data() + (np - 1 + i) * V;
+      ASSERT_LT(rel_diff(rows[i].data(), want, V), 1e-4) << mv.name << " row " << i;
+      if (i < gen.size() && top_gap(want, V) > 1e-5) {
+        ASSERT_EQ(gen[i], argmax(want, V)) << mv.name << " token " << i;
+      }
+    }
+    ASSERT_EQ((int)res.routed.size(), c.n_routed());
+    for (int j = 0; j < c.n_routed(); ++j) {
+      const int l = dec.routed_layers()[j];
+      EXPECT_TRUE(c.has_moe(l));
+      EXPECT_GT(res.routed[j].processed, 0) << mv.name << " layer " << l;
+      EXPECT_LT(res.routed[j].processed, (int64_t)seq.size()) << mv.name << " layer " << l;
+      EXPECT_EQ(dec.cache().count(l, 0), res.routed[j].processed) << mv.name << " layer " << l;
+    }
+  }
+}
+
+TEST(GenerateMoe, BatchDecodingEqualsOneByOne) {
+  // Several rows per step: rows are grouped by expert; each sequence still gets its own logits.
+  for (const MoeVariant& mv : kMoe) {
+    auto m = make_model(mv.v, 9);
+    const int V = 256, steps = 12;
+    const std::vector<std::vector<int32_t>> prompts = {bytes_of("a"), bytes_of("Experts of different lengths"),
+                                                       bytes_of("and positions."), bytes_of("xyz")};
+    Decoder batch(*m, 4, 48);
+    batch.prefill(prompts);
+    std::vector<std::vector<int32_t>> got(4);
+    std::vector<std::vector<std::vector<float>>> logits(4);
+    for (int s = 0; s < steps; ++s) {
+      std::vector<int32_t> toks;
+      for (int i = 0; i < 4; ++i) {
+        logits[i].emplace_back(batch.logits(i), batch.logits(i) + V);
+        toks.push_back(argmax(batch.logits(i), V));
+        got[i].push_back(toks.back());
+      }
+      batch.step({0, 1, 2, 3}, toks);
+    }
+    for (int i = 0; i < 4; ++i) {
+      Decoder one(*m, 1, 48);
+      std::vector<std::vector<float>> rows;
+      EXPECT_EQ(greedy_decode(one, prompts[i], steps, &rows), got[i]) << mv.name << " prompt " << i;
+      for (int s = 0; s < steps; ++s) EXPECT_LT(rel_diff(logits[i][s].data(), rows[s].data(), V), 1e-5) << mv.name;
     }
   }
 }
@@ -684,4 +808,30 @@ TEST_F(GenerateCli, SentencePieceModelStreamsEmojiPromptsExactly) {
   auto streamed = run_modlm(args + " 2>/dev/null | cat");  // stdout only
   ASSERT_EQ(streamed.code, 0);
   EXPECT_EQ(streamed.out, tok.decode(ids));
+}
+
+TEST(GenerateMoeCli, GeneratesTextAndJson) {
+  // An MoE byte model from `modlm init`: `modlm generate` streams text and --json reports the
+  // ids the in-process decoder gives.
+  const std::string d = temp_dir("generate_moe_cli");
+  ASSERT_EQ(run_modlm("init " + d + "/m --vocab bytes --d-model 32 --n-layers 2 --n-heads 2 --d-ff 48 --max-seq-len 40 "
+                      "--moe-layers all --n-experts 4 --d-expert 16 --moe-top-k 1 --seed 2")
+                .code,
+            0);
+  const std::string args = "generate " + d + "/m --prompt 'Hello MoE' --max-new 10 --greedy";
+  auto js = run_modlm(args + " --json");
+  ASSERT_EQ(js.code, 0) << js.out;
+  const json j = parse_json_out(js.out);
+  const std::vector<int32_t> ids = j["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(ids.size(), 10u);
+  EXPECT_EQ(j["generated_tokens"], 10);
+  EXPECT_EQ(j["prompt_tokens"], 9);
+  Model<float> m = io::load_model(d + "/m");
+  Decoder dec(m, 1, 40);
+  EXPECT_EQ(greedy_decode(dec, bytes_of("Hello MoE"), 10, nullptr), ids);
+  auto text = run_modlm(args + " 2>/dev/null | cat");  // stdout only: the generated text
+  ASSERT_EQ(text.code, 0) << text.out;
+  EXPECT_FALSE(text.out.empty());
+  EXPECT_EQ(text.out, io::ByteTokenizer().decode(ids));
+  std::filesystem::remove_all(d);
 }

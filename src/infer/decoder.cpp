@@ -31,10 +31,6 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len)
                     std::to_string(cfg_.max_seq_len) + "]");
   // The weights are only read; ModelWeights holds mutable pointers because training shares it.
   w_ = ModelWeights<float>::bind(model.layout(), cfg_, const_cast<float*>(model.params().data()));
-  for (int l = 0; l < cfg_.n_layers; ++l)
-    if (!w_.layers[l].w13 || !w_.layers[l].w2)
-      throw bad_input("generation supports dense and MoD layers; layer " + std::to_string(l) +
-                      " has no dense MLP (Mixture-of-Experts is not supported by the decoder yet)");
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
@@ -73,9 +69,18 @@ void Decoder::release(int slot) {
   length_[slot] = 0;
 }
 
+// Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes).
 double Decoder::block_bytes(int l) const {
   const double D = cfg_.d_model, F = cfg_.d_ff;
-  return 4.0 * (2 * D + 4 * D * D + 3 * D * F);
+  const double mlp = cfg_.has_moe(l) ? (double)cfg_.moe.n_gate() * D : 3 * D * F;
+  return 4.0 * (2 * D + 4 * D * D + mlp);
+}
+
+// The experts an MoE call ran (at least one row each): each read once.
+double Decoder::moe_bytes(const MoeActs<float>& A) const {
+  int used = 0;
+  for (size_t e = 0; e + 1 < A.off.size(); ++e) used += A.off[e + 1] > A.off[e];
+  return 4.0 * 3.0 * cfg_.d_model * cfg_.moe.d_expert * used;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,12 +139,14 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     if (cfg_.routed(l)) {
       routed_prefill(l, x, y, n);
     } else {
-      layer_forward<float>(w_.layers[l], dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y);
+      // Generation has no MoE capacity (SPEC §3): every token goes to its top_k experts.
+      layer_forward<float>(w_.layers[l], dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y, /*moe_capacity=*/false);
       for (int i = 0; i < n; ++i) {
         const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
         cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + 2 * D);
       }
       weight_bytes_ += block_bytes(l);
+      if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
     }
     std::swap(x, y);
   }
@@ -216,8 +223,10 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   pxg_.resize({m, D});
   pyg_.resize({m, D});
   for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
-  layer_forward<float>(W, dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data());
+  layer_forward<float>(W, dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
+                       /*moe_capacity=*/false);
   weight_bytes_ += block_bytes(l);
+  if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
   for (int i = 0; i < m; ++i) {
     const int row = psel_[i];
     RouteRecord& rec = routes_[(size_t)row * R + j];
@@ -381,6 +390,18 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   matvec(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);
   // MLP half.
   rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
+  if (W.moe_gate) {
+    // MoE without capacity (SPEC §3): the model's own code on these m rows, which gathers the
+    // rows of each expert and runs one small product chain per expert with at least one row;
+    // no-op choices add 0 and cost nothing. Each row is its own sequence (no capacity, so the
+    // grouping only affects the balance statistics, which generation does not use).
+    sseqs_.resize(m + 1);
+    for (int i = 0; i <= m; ++i) sseqs_[i] = i;
+    std::memcpy(y, a, sizeof(float) * (size_t)m * D);
+    moe_forward<float>(W, dims_.moe, xn, m, sseqs_, /*capacity=*/false, smoe_, y);
+    weight_bytes_ += moe_bytes(smoe_);
+    return;
+  }
   matvec(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
   swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
   std::memcpy(y, a, sizeof(float) * (size_t)m * D);

@@ -1,4 +1,5 @@
-// Autoregressive decoding with a KV cache (SPEC §1-§2), for dense and Mixture-of-Depths models.
+// Autoregressive decoding with a KV cache (SPEC §1-§3), for dense, Mixture-of-Depths and
+// Mixture-of-Experts models (MoE, staged and integrated MoDE).
 //
 //  - prefill: all prompt tokens of several sequences in ONE packed forward (the model's own
 //    layer_forward on packed rows, GEMMs), keeping each layer's post-RoPE keys and values;
@@ -12,6 +13,10 @@
 // exactly as Model::routed_forward does, and is appended to that layer's cache at its original
 // position; a skipped token passes unchanged and is not a key/value of that layer. The result
 // equals Model::forward with RouteMode::Causal on the whole sequence (tests/test_generate.cpp).
+//
+// An MoE layer (and the MoE of a routed layer, staged MoDE) runs its experts on the rows that
+// reach it with NO capacity (SPEC §3): every token goes to its top_k experts, no-op experts
+// (integrated MoDE) add 0 and cost nothing; causal evaluation turns capacity off the same way.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -82,6 +87,7 @@ class Decoder {
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
   double block_bytes(int l) const;
+  double moe_bytes(const MoeActs<float>& A) const;
 
   ModelConfig cfg_;
   LayerDims dims_;
@@ -112,6 +118,8 @@ class Decoder {
   AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
   std::vector<int> ssel_, sslot_;
   std::vector<int32_t> spos_, ssel_pos_;
+  MoeActs<float> smoe_;       // the MoE of the layer being stepped
+  std::vector<int> sseqs_;    // its sequence offsets: one row each
 };
 
 }  // namespace modlm::infer
