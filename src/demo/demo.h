@@ -27,12 +27,12 @@ struct DemoOptions {
   std::string routed_layers = "every_other";
   // Training.
   int seq_len = 256, batch_size = 8;
-  double lr = 3e-3, min_lr = 3e-4, warmup_fraction = 0.1;
+  double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;
   uint64_t seed = 1;
   int evals = 10;              // validation passes during each run
   int64_t eval_windows = 16;   // windows per validation pass during training
   int64_t final_windows = 96;  // windows of the final top-k / causal evaluations
-  int calibration_steps = 2;
+  int calibration_steps = 3;
   // Decoding.
   int prompt_tokens = 48, new_tokens = 160;
   double temperature = 0.8;

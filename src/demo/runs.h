@@ -69,7 +69,7 @@ std::vector<json> read_log(const std::string& run_dir);
 int64_t count_params(const ModelConfig& cfg);
 
 // Seconds per training step (forward + backward + AdamW) of a model of this config on batches of
-// real windows; the median of `reps` steps after one warm-up step.
+// real windows; the fastest of `reps` steps after one warm-up step.
 double time_train_step(const ModelConfig& cfg, int batch, int seq_len, const TokenSpan& data, int reps, bool progress_bar);
 
 // Number formatting for names: 1e13 -> "1e13", 2.5e12 -> "2.5e12".

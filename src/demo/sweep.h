@@ -25,7 +25,7 @@ struct SweepOptions {
   int vocab_size = 4096, seq_len = 256, batch_size = 8;
   double capacity = 0.125;
   std::string routed_layers = "every_other";
-  double lr = 3e-3, min_lr = 3e-4, warmup_fraction = 0.05;
+  double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;
   uint64_t seed = 1;
   int64_t eval_windows = 64;  // final evaluation
   bool progress = true;
