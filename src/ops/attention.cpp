@@ -16,6 +16,12 @@ namespace modlm::ops {
 // wasted work; it shrinks with the block size), everything above the diagonal is never touched.
 static constexpr int kQueryBlock = 64;
 
+static int longest_sequence(const std::vector<int>& seq_offsets) {
+  int m = 0;
+  for (size_t b = 0; b + 1 < seq_offsets.size(); ++b) m = std::max(m, seq_offsets[b + 1] - seq_offsets[b]);
+  return m;
+}
+
 int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s) {
   int64_t pairs = 0;
   for (size_t b = 0; b + 1 < seq_offsets.size(); ++b) {
@@ -30,8 +36,7 @@ void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets
                        int ldo, T* lse) {
   const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
   const T scale = T(1.0 / std::sqrt((double)Dh));
-  int max_len = 0;
-  for (int b = 0; b < B; ++b) max_len = std::max(max_len, seq_offsets[b + 1] - seq_offsets[b]);
+  const int max_len = longest_sequence(seq_offsets);
   FlopCounter::add(attention_flops(seq_offsets, s));
 #pragma omp parallel
   {
@@ -77,13 +82,11 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
                         const std::vector<int>& seq_offsets, AttnShape s, T* dqkv) {
   const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
   const T scale = T(1.0 / std::sqrt((double)Dh));
-  int max_len = 0;
-  for (int b = 0; b < B; ++b) max_len = std::max(max_len, seq_offsets[b + 1] - seq_offsets[b]);
+  const int max_len = longest_sequence(seq_offsets);
 #pragma omp parallel
   {
     AlignedVector<T> P((size_t)kQueryBlock * std::max(max_len, 1));
     AlignedVector<T> dP((size_t)kQueryBlock * std::max(max_len, 1));
-    std::vector<T> delta(kQueryBlock);
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < B; ++b)
       for (int h = 0; h < H; ++h) {
