@@ -89,30 +89,7 @@ ModelConfig ModelFlags::apply(json j, const std::string& source) const {
   bool any_routing = routing || capacity || method || gate || causal || predictor_hidden || aux_weight || balance_weight;
   if (any_routing) {
     json r = j.contains("routing") && j["routing"].is_object() ? j["routing"] : json::object();
-    if (routing) {
-      const std::string& s = *routing;
-      if (s == "every_other" || s == "all" || s == "none") {
-        r["layers"] = s;
-      } else {
-        json list = json::array();
-        size_t start = 0;
-        while (start <= s.size()) {
-          size_t comma = s.find(',', start);
-          std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-          try {
-            size_t used = 0;
-            int v = std::stoi(item, &used);
-            if (used != item.size()) throw std::invalid_argument("");
-            list.push_back(v);
-          } catch (const std::exception&) {
-            throw usage_error("--routing must be every_other, all, none or a comma list of layer indices, got \"" + s + "\"");
-          }
-          if (comma == std::string::npos) break;
-          start = comma + 1;
-        }
-        r["layers"] = list;
-      }
-    }
+    if (routing) r["layers"] = layer_set_flag(*routing, "--routing");
     if (capacity) r["capacity"] = *capacity;
     if (method) r["method"] = *method;
     if (gate) r["gate"] = *gate;
