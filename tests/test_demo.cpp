@@ -186,6 +186,10 @@ TEST(Report, NumberFormatsAndTicks) {
   ASSERT_GE(t.size(), 4u);
   EXPECT_DOUBLE_EQ(t.front(), 0.0);
   EXPECT_NEAR(t.back(), 1.0, 1e-12);
+  auto tt = time_ticks(0, 320, 6);  // whole minutes
+  ASSERT_EQ(tt.size(), 6u);
+  EXPECT_EQ(tt[1], 60.0);
+  EXPECT_EQ(tt.back(), 300.0);
   auto lt = log_ticks(1e5, 1e7);
   EXPECT_EQ(lt.front(), 1e5);
   EXPECT_EQ(lt.back(), 1e7);

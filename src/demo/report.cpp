@@ -120,13 +120,18 @@ std::string routing_svg(const json& routing, const json& summary) {
   const int chunks = (T + per - 1) / per;
   const double cw = 17.5, ch = 15, gapc = 1.5, label = 66, chunk_gap = 26, top = 8;
   const double W = label + per * cw + 10, H = top + chunks * (R * ch + chunk_gap) + 4;
-  double wmin = 1, wmax = 0;
+  // Shades by the rank of the router logit, separately among the processed and the skipped cells
+  // of the passage: every violet cell reads as processed, and a few outlying logits do not wash
+  // the others out.
+  std::vector<double> rp, rs;
   for (const auto& l : layers)
-    for (const auto& r : l["router_logit"]) {
-      double w = sigmoid(r.get<double>());
-      wmin = std::min(wmin, w), wmax = std::max(wmax, w);
-    }
-  if (wmax <= wmin) wmax = wmin + 1e-6;
+    for (int t = 0; t < T; ++t) (l["processed"][t].get<int>() ? rp : rs).push_back(l["router_logit"][t].get<double>());
+  std::sort(rp.begin(), rp.end());
+  std::sort(rs.begin(), rs.end());
+  auto rank = [](const std::vector<double>& v, double x) {
+    if (v.size() < 2) return 1.0;
+    return (double)(std::lower_bound(v.begin(), v.end(), x) - v.begin()) / (double)(v.size() - 1);
+  };
   std::string o = "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" id=\"routing\" viewBox=\"0 0 " + fmt_fixed(W, 1) + " " +
                   fmt_fixed(H, 1) + "\" width=\"" + fmt_fixed(W, 1) + "\" height=\"" + fmt_fixed(H, 1) + "\" role=\"img\">\n";
   for (int c = 0; c < chunks; ++c) {
@@ -144,8 +149,7 @@ std::string routing_svg(const json& routing, const json& summary) {
       for (int t = t0; t < t1; ++t) {
         const double r = L["router_logit"][t].get<double>(), w = sigmoid(r);
         const bool p = L["processed"][t].get<int>() != 0, pred = L["predicted"][t].get<int>() != 0;
-        const double u = (w - wmin) / (wmax - wmin);
-        const std::string fill = p ? mix("#c9b6f2", "#3d1496", u) : mix("#f4f5f7", "#d3d6dc", u);
+        const std::string fill = p ? mix("#c4b0f2", "#3d1496", rank(rp, r)) : mix("#f5f6f8", "#d5d8de", rank(rs, r));
         const double x = label + (t - t0) * cw;
         o += "<rect x=\"" + fmt_fixed(x, 1) + "\" y=\"" + fmt_fixed(y, 1) + "\" width=\"" + fmt_fixed(cw - gapc, 1) + "\" height=\"" +
              fmt_fixed(ch - gapc, 1) + "\" rx=\"2\" fill=\"" + fill + "\"><title>" + esc("\u201c" + tokens[t].get<std::string>() + "\u201d") +
@@ -383,11 +387,11 @@ std::string render_demo_report(const json& S) {
   // Routing picture.
   if (S.contains("routing") && S["routing"].is_object()) {
     o += "<section id=\"routing-picture\">\n<h2>Which tokens each routed layer processed</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
-         "each row a routed layer; a violet cell was processed by that layer\u2019s block (top-k routing, as in training; darker = larger router weight "
-         "\u03c3(r)), a grey cell skipped it and went round on the residual stream. A dot marks the tokens the causal predictor would process. "
+         "each row a routed layer; a violet cell was processed by that layer\u2019s block (top-k routing, as in training; darker = larger router logit r, "
+         "whose \u03c3(r) scales the block\u2019s output), a grey cell skipped it and went round on the residual stream. A dot marks the tokens the causal predictor would process. "
          "Hover a cell for the token and its router logit.</p>\n";
-    o += "<div class=\"legend-row\"><span><span class=\"sw\" style=\"background:#c9b6f2\"></span><span class=\"sw\" style=\"background:#3d1496\"></span>"
-         "processed (low \u2192 high router weight)</span><span><span class=\"sw\" style=\"background:#eceef1\"></span>skipped</span>"
+    o += "<div class=\"legend-row\"><span><span class=\"sw\" style=\"background:#c4b0f2\"></span><span class=\"sw\" style=\"background:#3d1496\"></span>"
+         "processed (low \u2192 high router logit)</span><span><span class=\"sw\" style=\"background:#eceef1\"></span>skipped</span>"
          "<span>\u25cf predictor says process</span></div>\n";
     o += "<figure>" + routing_svg(S["routing"], S) + "</figure>\n";
     o += "<p class=\"lead\" style=\"margin-top:14px\">The same passage as text: the darker a token, the more routed layers processed it.</p>\n";

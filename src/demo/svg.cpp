@@ -94,6 +94,21 @@ std::vector<double> nice_ticks(double lo, double hi, int n) {
   return t;
 }
 
+std::vector<double> time_ticks(double lo, double hi, int n) {
+  if (!(hi > lo) || hi - lo < 90) return nice_ticks(lo, hi, n);
+  const double raw = (hi - lo) / std::max(1, n);
+  double step = 30;
+  for (double s : {30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0})
+    if (s >= raw) {
+      step = s;
+      break;
+    }
+  if (raw > 14400) step = std::ceil(raw / 3600) * 3600;
+  std::vector<double> t;
+  for (double v = std::ceil(lo / step - 1e-9) * step; v <= hi + 1e-9; v += step) t.push_back(v);
+  return t;
+}
+
 std::vector<double> log_ticks(double lo, double hi) {
   std::vector<double> t;
   if (!(lo > 0) || !(hi > lo)) return {lo};
@@ -196,7 +211,7 @@ std::string render_line_chart(const LineChart& c) {
   // Plot background and grid.
   o += "<rect x=\"" + px(ml) + "\" y=\"" + px(mt) + "\" width=\"" + px(W - ml - mr) + "\" height=\"" +
        px(H - mt - mb) + "\" fill=\"#fbfbfd\" stroke=\"none\"/>\n";
-  std::vector<double> xt = c.x.log ? log_ticks(xlo, xhi) : nice_ticks(xlo, xhi, 6);
+  std::vector<double> xt = c.x.log ? log_ticks(xlo, xhi) : c.x.format == AxisFormat::Seconds ? time_ticks(xlo, xhi, 6) : nice_ticks(xlo, xhi, 6);
   std::vector<double> yt = c.y.log ? log_ticks(ylo, yhi) : nice_ticks(ylo, yhi, 5);
   o += "<g class=\"grid\" stroke=\"#e3e5ea\" stroke-width=\"1\">\n";
   for (double v : xt)

@@ -80,5 +80,7 @@ std::string render_histogram(const Histogram& h);
 // when the range is narrow).
 std::vector<double> nice_ticks(double lo, double hi, int n);
 std::vector<double> log_ticks(double lo, double hi);
+// Ticks for a seconds axis: whole 30 s, minutes, 2, 5, 10 ... minutes once the range passes 90 s.
+std::vector<double> time_ticks(double lo, double hi, int n);
 
 }  // namespace modlm::demo
