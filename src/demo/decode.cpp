@@ -83,7 +83,11 @@ DecodeResult decode_sample(const Model<float>& model, const io::Tokenizer& tok, 
     Run b = decode_once(model, prompt, probe, temperature, top_k, seed, 1);
     if (b.steps > 0 && a.steps > 0 && b.seconds < a.seconds) threads = 1;
   }
+  // The better of two identical runs (same seed, same tokens): a moment of load elsewhere should
+  // not set the rate.
   Run run = decode_once(model, prompt, n_new, temperature, top_k, seed, threads);
+  Run again = decode_once(model, prompt, n_new, temperature, top_k, seed, threads);
+  if (again.steps == run.steps && again.seconds < run.seconds) run.seconds = again.seconds;
   r.available = true;
   r.threads = threads;
   r.new_tokens = (int)run.out.size();
