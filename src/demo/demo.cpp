@@ -379,8 +379,11 @@ int run_demo(const DemoOptions& o) {
     json calib = nullptr;
     if (budget <= 0) {
       std::fprintf(stderr, "calibrating: timing %d training steps of each model ...\n", o.calibration_steps);
-      const double t_d = time_train_step(dense, B, T, train_tokens.span, o.calibration_steps, o.progress);
-      const double t_m = time_train_step(mod, B, T, train_tokens.span, o.calibration_steps, o.progress);
+      // The fastest of a few steps, times 1.2: sustained training on this machine ran ~1.2x slower
+      // per step than its fastest calibration step (a 10-minute demo took 12 without it).
+      const double sustained = 1.2;
+      const double t_d = sustained * time_train_step(dense, B, T, train_tokens.span, o.calibration_steps, o.progress);
+      const double t_m = sustained * time_train_step(mod, B, T, train_tokens.span, o.calibration_steps, o.progress);
       // The rest of the demo after training: final evaluations (a forward is ~1/3 of a step),
       // decoding, routing pictures; validation passes and checkpoints during training.
       const double fwd_d = t_d / (3.0 * B), fwd_m = t_m / (3.0 * B);
@@ -397,6 +400,9 @@ int run_demo(const DemoOptions& o) {
       }
       // avail = steps_d t_d + steps_m t_m with steps_x = budget / step_x.
       budget = avail / (t_d / step_d + t_m / step_m);
+      // Three significant digits, so that --budget-flops can repeat it.
+      const double mag = std::pow(10.0, std::floor(std::log10(budget)) - 2);
+      budget = std::max(mag, std::round(budget / mag) * mag);
       calib = {{"dense_step_seconds", t_d}, {"mod_step_seconds", t_m}, {"elapsed_before", elapsed},
                {"post_estimate", post},     {"during_estimate", during}, {"train_seconds_target", avail}};
     }
