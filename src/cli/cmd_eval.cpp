@@ -19,13 +19,7 @@ static json eval_json(const EvalResult& r) {
          {"tokens_per_second", r.seconds > 0 ? r.tokens / r.seconds : 0.0},
          {"flops_executed", r.flops_executed},
          {"flops_analytic", r.flops_analytic}};
-  json layers = json::array();
-  for (const auto& s : r.routed)
-    layers.push_back({{"layer", s.layer},
-                      {"processed_fraction", s.processed_fraction},
-                      {"mean_gate", s.mean_gate},
-                      {"decision_accuracy", s.decision_accuracy},
-                      {"decision_loss", s.decision_loss}});
+  json layers = routed_summary_json(r.routed);
   j["routed_layers"] = layers;
   if (!r.moe.empty()) j["moe_layers"] = moe_stats_json(r.moe);
   return j;

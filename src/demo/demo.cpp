@@ -79,13 +79,7 @@ RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, c
 }
 
 json eval_json(const EvalResult& r) {
-  json layers = json::array();
-  for (const auto& s : r.routed)
-    layers.push_back({{"layer", s.layer},
-                      {"processed_fraction", s.processed_fraction},
-                      {"mean_gate", s.mean_gate},
-                      {"decision_accuracy", s.decision_accuracy},
-                      {"decision_loss", s.decision_loss}});
+  json layers = routed_summary_json(r.routed);
   return {{"loss", r.loss}, {"tokens", r.tokens}, {"windows", r.windows}, {"seconds", r.seconds}, {"routed", layers}};
 }
 

@@ -9,6 +9,17 @@
 
 namespace modlm {
 
+nlohmann::ordered_json routed_summary_json(const std::vector<RoutedLayerSummary>& routed) {
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const auto& s : routed)
+    layers.push_back({{"layer", s.layer},
+                      {"processed_fraction", s.processed_fraction},
+                      {"mean_gate", s.mean_gate},
+                      {"decision_accuracy", s.decision_accuracy},
+                      {"decision_loss", s.decision_loss}});
+  return layers;
+}
+
 TokenSpan TokenSpan::of(const std::vector<int32_t>& v) {
   TokenSpan s;
   s.size = v.size();

@@ -5,6 +5,8 @@
 #include <functional>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/model.h"
 #include "util/progress.h"
 
@@ -34,6 +36,9 @@ struct EvalResult {
   std::vector<RoutedLayerSummary> routed;
   std::vector<MoeLayerStats> moe;  // per MoE layer, summed over the windows (moe_stats_json)
 };
+
+// Per routed layer: layer, processed_fraction, mean_gate, decision_accuracy, decision_loss.
+nlohmann::ordered_json routed_summary_json(const std::vector<RoutedLayerSummary>& routed);
 
 // Windows available in a stream of `n_ids` tokens for sequence length T.
 inline int64_t count_windows(size_t n_ids, int T) { return (int64_t)(n_ids / (size_t)(T + 1)); }
