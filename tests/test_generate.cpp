@@ -8,12 +8,14 @@
 #include <set>
 
 #include "cli_helpers.h"
+#include "infer/calibrate.h"
 #include "infer/decoder.h"
 #include "infer/matvec.h"
 #include "infer/sampler.h"
 #include "infer/text_stream.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
+#include "model/flops.h"
 #include "model/model.h"
 #include "util/error.h"
 
@@ -834,4 +836,107 @@ TEST(GenerateMoeCli, GeneratesTextAndJson) {
   EXPECT_FALSE(text.out.empty());
   EXPECT_EQ(text.out, io::ByteTokenizer().decode(ids));
   std::filesystem::remove_all(d);
+}
+
+TEST(ForceProcessedFraction, EachRoutedLayerProcessesExactlyTheAskedShareOfTheCalibrationText) {
+  // A plain random model (no hand-made decision gaps): the random predictor processes ~half.
+  Model<float> m(tiny_config(Variant{"every_other"}));
+  m.init_weights(5);
+  const std::vector<int32_t> text = bytes_of("Calibration: forty-eight bytes of text, routed!!");
+  ASSERT_EQ(text.size(), 48u);
+  for (double f : {0.0, 0.125, 0.25, 0.5, 1.0}) {
+    const auto layers = force_processed_fraction(m, text, f);
+    ASSERT_EQ(layers.size(), 2u);
+    EXPECT_EQ(layers[0].layer, 1);
+    EXPECT_EQ(layers[1].layer, 3);
+    Decoder dec(m, 1, 48);
+    dec.prefill({text});
+    for (int j = 0; j < 2; ++j) {
+      int processed = 0;
+      for (int t = 0; t < 48; ++t) processed += dec.route(t, j).processed;
+      EXPECT_EQ(processed, (int)std::lround(f * 48)) << "fraction " << f << " routed layer " << j;
+      EXPECT_DOUBLE_EQ(layers[j].processed, processed / 48.0);
+    }
+  }
+  // Only the predictor biases moved: every other tensor is as initialised.
+  Model<float> fresh(tiny_config(Variant{"every_other"}));
+  fresh.init_weights(5);
+  for (const auto& p : m.layout().params()) {
+    const bool bias = p.name.find("predictor.fc2.bias") != std::string::npos;
+    const bool same = std::equal(m.params().data() + p.offset, m.params().data() + p.offset + p.numel, fresh.params().data() + p.offset);
+    EXPECT_EQ(same, !bias) << p.name;
+  }
+}
+
+TEST(ForceProcessedFraction, RejectsWhatItCannotForce) {
+  Model<float> dense(tiny_config(Variant{}));
+  dense.init_weights(1);
+  EXPECT_THROW(force_processed_fraction(dense, bytes_of("abc"), 0.5), Error);
+  Variant aux{"every_other"};
+  aux.causal = "aux_loss";
+  Model<float> a(tiny_config(aux));
+  a.init_weights(1);
+  EXPECT_THROW(force_processed_fraction(a, bytes_of("abc"), 0.5), Error);
+  Model<float> r(tiny_config(Variant{"every_other"}));
+  r.init_weights(1);
+  EXPECT_THROW(force_processed_fraction(r, bytes_of("abc"), 1.5), Error);
+  EXPECT_THROW(force_processed_fraction(r, bytes_of("abc"), std::nan("")), Error);
+  EXPECT_THROW(force_processed_fraction(r, {}, 0.5), Error);
+}
+
+TEST(DecodeWeightBytes, AnalyticCountIsWhatABatchOneStepReads) {
+  // Dense: exactly the bytes the decoder reports for a step. MoD: the bytes for processed = 0
+  // plus one routed block for every routed layer that processed the token.
+  for (const Variant& v : {Variant{}, Variant{"every_other"}, Variant{"all"}}) {
+    auto m = make_model(v, 12);
+    const ModelConfig& c = m->config();
+    Decoder dec(*m, 1, 64);
+    dec.prefill({bytes_of("Some prompt text")});
+    const double base = analytic_decode_weight_bytes(c, 0.0), full = analytic_decode_weight_bytes(c, 1.0);
+    const double block = c.n_routed() ? (full - base) / c.n_routed() : 0.0;
+    int seen_processed = 0, seen_skipped = 0;
+    int32_t tok = 'x';
+    for (int s = 0; s < 12; ++s) {
+      dec.step({0}, {tok});
+      int processed = 0;
+      for (int j = 0; j < c.n_routed(); ++j) processed += dec.route(0, j).processed;
+      seen_processed += processed;
+      seen_skipped += c.n_routed() - processed;
+      EXPECT_NEAR(dec.weight_bytes_read(), base + processed * block, 1e-9 * full) << v.routing << " step " << s;
+      tok = argmax(dec.logits(0), c.vocab_size);
+    }
+    if (c.n_routed()) {
+      EXPECT_GT(seen_processed, 0) << v.routing;
+      EXPECT_GT(seen_skipped, 0) << v.routing;
+      // A routed layer at processed = 1 costs its dense twin's layer plus router and predictor.
+      const double Hp = c.routing.predictor_hidden, D = c.d_model;
+      EXPECT_NEAR(full, analytic_decode_weight_bytes(dense_twin(c), 1.0) + 4.0 * c.n_routed() * (D + Hp * D + 2 * Hp + 1), 1e-6);
+    }
+  }
+}
+
+TEST(BenchGenerateCli, ForcedFractionComparesModWithItsDenseTwin) {
+  const std::string shape = "bench generate --d-model 32 --n-layers 4 --n-heads 2 --d-ff 48 --vocab 300 --max-seq-len 96 --no-stream ";
+  auto r = run_modlm(shape + "--routing every_other --capacity 0.25 --processed-fraction 0.25 --batch 1,2 --prompt-len 40 --new 8 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json j = json::parse(r.out);
+  ASSERT_TRUE(j.contains("calibration"));
+  EXPECT_EQ(j["calibration"]["tokens"], 256 > 96 ? 96 : 256);  // min(max_seq_len, max(prompt, 256))
+  for (const auto& l : j["calibration"]["layers"]) EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 24.0 / 96);
+  ASSERT_EQ(j["mod"]["runs"].size(), 2u);
+  ASSERT_EQ(j["dense"]["runs"].size(), 2u);
+  for (const auto& run : j["mod"]["runs"]) {
+    EXPECT_EQ(run["processed_fraction"].size(), 2u);
+    EXPECT_EQ(run["context_tokens"], 48);
+  }
+  // Dense KV cache at batch 1: 4 layers x 48 tokens x K and V x 32 floats.
+  EXPECT_DOUBLE_EQ(j["dense"]["runs"][0]["kv_cache_bytes"].get<double>(), 4.0 * 48 * 2 * 32 * 4);
+  const json& cmp = j["comparison"];
+  EXPECT_LT(cmp["analytic_flops_per_token"]["ratio"].get<double>(), 1.0);
+  EXPECT_LT(cmp["analytic_weight_bytes_per_token"]["ratio"].get<double>(), 1.0);
+  EXPECT_LT(cmp["runs"][0]["kv_cache_bytes_ratio"].get<double>(), 1.0);
+  for (const char* bad : {"--processed-fraction 1.5", "--processed-fraction -0.5", "--processed-fraction nan"})
+    EXPECT_EQ(run_modlm(shape + "--routing every_other " + bad).code, 2) << bad;
+  EXPECT_EQ(run_modlm(shape + "--processed-fraction 0.5").code, 2);  // nothing routed
+  EXPECT_EQ(run_modlm(shape + "--routing every_other --causal aux_loss --processed-fraction 0.5").code, 2);
 }

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/model_flags.h"
+#include "infer/calibrate.h"
 #include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "model/flops.h"
@@ -47,6 +49,8 @@ double stream_read_gbps(size_t bytes) {
 struct DecodeTiming {
   int batch = 0;
   double prefill_s = 0, step_median_s = 0, step_mean_s = 0, step_min_s = 0, weight_bytes_per_step = 0;
+  double kv_bytes = 0;                  // K and V the cache holds at the end (prompt + new tokens)
+  std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
 };
 
 DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new) {
@@ -66,6 +70,7 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
     const double prefill = seconds_since(t0);
     std::vector<double> steps;
     double bytes = 0;
+    std::vector<int64_t> processed(dec.routed_layers().size(), 0);
     std::vector<int32_t> toks(B);
     const int n = pass == 0 ? std::min(n_new, 4) : n_new;
     for (int s = 0; s < n; ++s) {
@@ -74,6 +79,8 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
       dec.step(slots, toks);
       steps.push_back(seconds_since(ts));
       bytes += dec.weight_bytes_read();
+      for (size_t j = 0; j < processed.size(); ++j)
+        for (int i = 0; i < B; ++i) processed[j] += dec.route(i, (int)j).processed;
     }
     if (pass == 0) continue;
     t.prefill_s = prefill;
@@ -84,6 +91,8 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
     t.step_median_s = steps[steps.size() / 2];
     t.step_min_s = steps.front();
     t.weight_bytes_per_step = bytes / n;
+    t.kv_bytes = (double)dec.cache().bytes_used();
+    for (int64_t p : processed) t.processed.push_back((double)p / ((double)n * B));
   }
   return t;
 }
@@ -105,11 +114,52 @@ std::vector<int> parse_int_list(const std::string& s, const char* flag) {
   return out;
 }
 
+// MoD against its dense twin, side by side: measured decode speed, weight bytes and KV-cache
+// bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of
+// a sequence of prompt + new tokens minus those of the prompt, routed layers at capacity) and the
+// analytic weight-read ratio of a batch-1 step (routed blocks read with probability = capacity).
+void add_comparison(const ModelConfig& cfg, int prompt_len, int n_new, bool print, json& out) {
+  const ModelConfig dense = dense_twin(cfg);
+  const int T0 = prompt_len, T1 = prompt_len + n_new;
+  auto per_token = [&](const ModelConfig& c) {
+    return (double)(analytic_forward_flops(c, T1).total() - analytic_forward_flops(c, T0).total()) / (T1 - T0);
+  };
+  const double flops_mod = per_token(cfg), flops_dense = per_token(dense);
+  const double bytes_mod = analytic_decode_weight_bytes(cfg, cfg.routing.capacity);
+  const double bytes_dense = analytic_decode_weight_bytes(dense, 1.0);
+  json cmp{{"analytic_flops_per_token", {{"mod", flops_mod}, {"dense", flops_dense}, {"ratio", flops_mod / flops_dense}}},
+           {"analytic_weight_bytes_per_token", {{"mod", bytes_mod}, {"dense", bytes_dense}, {"ratio", bytes_mod / bytes_dense}}}};
+  if (print) {
+    std::printf("\nMoD vs dense (one run, same prompts; analytic at capacity %.3f, tokens %d..%d):\n", cfg.routing.capacity, T0, T1);
+    std::printf("  analytic FLOPs per decoded token   %8.1f M vs %8.1f M  ratio %.3f\n", flops_mod / 1e6, flops_dense / 1e6, flops_mod / flops_dense);
+    std::printf("  analytic weight bytes per token    %8.1f MB vs %7.1f MB  ratio %.3f (batch 1)\n", bytes_mod / 1e6, bytes_dense / 1e6,
+                bytes_mod / bytes_dense);
+  }
+  json per_batch = json::array();
+  const json& rm = out["mod"]["runs"];
+  const json& rd = out["dense"]["runs"];
+  for (size_t i = 0; i < rm.size() && i < rd.size(); ++i) {
+    const double speed = rm[i]["decode_tokens_per_second"].get<double>() / rd[i]["decode_tokens_per_second"].get<double>();
+    const double time = rm[i]["step_ms"].get<double>() / rd[i]["step_ms"].get<double>();
+    const double bytes = rm[i]["weight_bytes_per_step"].get<double>() / rd[i]["weight_bytes_per_step"].get<double>();
+    const double kv = rm[i]["kv_cache_bytes"].get<double>() / rd[i]["kv_cache_bytes"].get<double>();
+    per_batch.push_back({{"batch", rm[i]["batch"]}, {"decode_speedup", speed}, {"step_time_ratio", time},
+                         {"weight_bytes_ratio", bytes}, {"kv_cache_bytes_ratio", kv}});
+    if (print)
+      std::printf("  batch %-3d decode %.2fx faster (step time ratio %.3f) | measured weight bytes ratio %.3f | KV bytes %.1f vs %.1f MB, ratio %.3f\n",
+                  rm[i]["batch"].get<int>(), speed, time, bytes, rm[i]["kv_cache_bytes"].get<double>() / 1e6,
+                  rd[i]["kv_cache_bytes"].get<double>() / 1e6, kv);
+  }
+  cmp["runs"] = per_batch;
+  out["comparison"] = cmp;
+}
+
 }  // namespace
 
 Command add_bench_generate(CLI::App& app) {
   struct Opts {
     int prompt_len = 32, n_new = 64;
+    double processed_fraction = -1;
     std::string batches = "1,8";
     bool json_out = false, no_dense = false, no_stream = false;
     ModelFlags flags;
@@ -120,6 +170,9 @@ Command add_bench_generate(CLI::App& app) {
   sub->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence (random ids)")->capture_default_str();
   sub->add_option("--new", o->n_new, "decode steps timed")->capture_default_str();
   sub->add_option("--batch", o->batches, "comma list of batch sizes")->capture_default_str();
+  CLI::Option* fraction_opt = sub->add_option("--processed-fraction", o->processed_fraction,
+                  "force the fraction of tokens each routed layer processes (moves the random predictor's bias on a "
+                  "calibration text; default: the random predictor decides, ~0.5)");
   sub->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
   sub->add_flag("--no-stream", o->no_stream, "do not measure the streaming read bandwidth");
   sub->add_flag("--json", o->json_out, "print JSON");
@@ -129,12 +182,19 @@ Command add_bench_generate(CLI::App& app) {
       "for every sequence, greedy argmax included); effective bandwidth = weight bytes a step reads / step time\n"
       "(a routed block no token processes is not read). Stream = best of 5 OpenMP sums over 1 GiB.\n"
       "Example: modlm bench generate --d-model 1024 --n-layers 16 --n-heads 16 --d-ff 2816 --vocab 32000 --batch 1,8");
-  return {sub, [o]() -> int {
+  return {sub, [o, fraction_opt]() -> int {
             json base{{"vocab_size", 8192}, {"d_model", 512}, {"n_layers", 8}, {"n_heads", 8}, {"d_ff", 1408}};
             ModelConfig cfg = o->flags.apply(base, "flags");
             if (o->prompt_len < 1 || o->n_new < 1) throw usage_error("--prompt-len and --new must be >= 1");
             if (o->prompt_len + o->n_new > cfg.max_seq_len) throw usage_error("--prompt-len + --new exceeds max_seq_len");
             const std::vector<int> batches = parse_int_list(o->batches, "--batch");
+            const bool forced = fraction_opt->count() > 0;
+            if (forced) {
+              if (!(o->processed_fraction >= 0 && o->processed_fraction <= 1))
+                throw usage_error("--processed-fraction must be in [0, 1]");
+              if (!cfg.n_routed() || cfg.routing.causal != "predictor")
+                throw usage_error("--processed-fraction needs routed layers with --causal predictor");
+            }
             json out{{"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
             double stream = 0;
             if (!o->no_stream) {
@@ -147,6 +207,19 @@ Command add_bench_generate(CLI::App& app) {
             for (const auto& [name, c] : models) {
               Model<float> m(c);
               m.init_weights(1);
+              if (forced && c.n_routed()) {
+                // Calibrate on a random text of its own (not the timed prompts).
+                Rng r(23);
+                std::vector<int32_t> text(std::min(c.max_seq_len, std::max(o->prompt_len, 256)));
+                for (auto& t : text) t = (int32_t)r.below(c.vocab_size);
+                json cal = json::array();
+                for (const auto& layer : infer::force_processed_fraction(m, text, o->processed_fraction))
+                  cal.push_back({{"layer", layer.layer}, {"bias_shift", layer.bias_shift}, {"processed", layer.processed}});
+                out["calibration"] = {{"fraction", o->processed_fraction}, {"tokens", text.size()}, {"layers", cal}};
+                if (!o->json_out)
+                  std::printf("forced processed fraction %.3f: predictor biases moved on %zu random calibration tokens\n",
+                              o->processed_fraction, text.size());
+              }
               double weight_bytes = 0;
               for (const auto& p : m.layout().params()) weight_bytes += 4.0 * p.numel;
               if (!o->json_out)
@@ -163,7 +236,12 @@ Command add_bench_generate(CLI::App& app) {
                        {"step_ms", t.step_median_s * 1e3},
                        {"step_ms_min", t.step_min_s * 1e3},
                        {"weight_bytes_per_step", t.weight_bytes_per_step},
-                       {"effective_weight_gbps", gbps}};
+                       {"effective_weight_gbps", gbps},
+                       {"kv_cache_bytes", t.kv_bytes},
+                       {"context_tokens", o->prompt_len + o->n_new}};
+                double mean_processed = 0;
+                for (double p : t.processed) mean_processed += p / t.processed.size();
+                if (!t.processed.empty()) j["processed_fraction"] = t.processed, j["processed_fraction_mean"] = mean_processed;
                 if (stream > 0) j["fraction_of_stream"] = gbps / stream;
                 runs.push_back(j);
                 if (!o->json_out) {
@@ -171,12 +249,15 @@ Command add_bench_generate(CLI::App& app) {
                               B, B * o->prompt_len / t.prefill_s, B / t.step_median_s, t.step_median_s * 1e3, t.step_min_s * 1e3,
                               t.weight_bytes_per_step / 1e6, gbps);
                   if (stream > 0) std::printf(" (%.0f%% of stream)", 100 * gbps / stream);
+                  std::printf(" | KV %.1f MB at %d tokens", t.kv_bytes / 1e6, o->prompt_len + o->n_new);
+                  if (!t.processed.empty()) std::printf(" | processed %.3f", mean_processed);
                   std::printf("\n");
                   std::fflush(stdout);
                 }
               }
               out[name] = {{"weight_bytes", weight_bytes}, {"runs", runs}};
             }
+            if (out.contains("mod") && out.contains("dense")) add_comparison(cfg, o->prompt_len, o->n_new, !o->json_out, out);
             if (o->json_out) std::printf("%s\n", out.dump().c_str());
             return 0;
           }};

@@ -21,6 +21,13 @@ struct FlopBreakdown {
 // min(n * top_k, E * C) assignments (n * top_k without capacity): the SPEC's capacity bound.
 FlopBreakdown analytic_forward_flops(const ModelConfig& cfg, int T);
 
+// Expected bytes of fp32 weights one single-stream decode step reads (what bounds batch-1
+// decoding): one embedding row, every block of a dense layer, the router (and predictor) of a
+// routed layer plus its block with probability `processed` (the fraction of tokens it processes),
+// of an MoE only the experts a token is sent to (top_k of the n_gate gate outputs, routing assumed
+// uniform, no-op experts read nothing), the final norm and the LM head ([V, D], tied or not).
+double analytic_decode_weight_bytes(const ModelConfig& cfg, double processed);
+
 // The same config with routing "none" and no MoE: the dense twin.
 ModelConfig dense_twin(const ModelConfig& cfg);
 
