@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "cli_helpers.h"
+#include "demo/demo.h"
 #include "demo/report.h"
 #include "demo/svg.h"
 #include "demo/sweep.h"
@@ -121,8 +122,11 @@ json parse_page(const std::string& html_path) {
 import json, sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 S = '{http://www.w3.org/2000/svg}'
-out = {"polylines": {}, "routing_cells": 0, "hist_rects": 0, "svgs": 0, "data": None}
+out = {"polylines": {}, "routing_cells": 0, "hist_rects": 0, "svgs": 0, "data": None, "tables": {}}
+H = '{http://www.w3.org/1999/xhtml}'
 for e in root.iter():
+    if e.tag == H + 'table' and e.get('id'):
+        out["tables"][e.get('id')] = [[''.join(td.itertext()) for td in tr.iter(H + 'td')] for tr in e.iter(H + 'tr') if list(tr.iter(H + 'td'))]
     if e.tag == S + 'svg':
         out["svgs"] += 1
         if e.get('id') == 'routing':
@@ -334,6 +338,103 @@ TEST(Demo, TinyDemoEndToEnd) {
   EXPECT_EQ(s2["models"]["mod"]["val_loss_topk"], m["val_loss_topk"]);
   // Other settings in the same folder are refused rather than mixed in.
   EXPECT_EQ(run_modlm("demo --out " + out + " --data " + dir + "/train.txt --val " + dir + "/val.txt --budget-flops 3e9" + tiny_model_flags()).code, 2);
+}
+
+// Every family of SPEC §3 in one demo: each within one step of the same budget, compared with
+// dense, with its MoE statistics; the page plots each and shows each MoE family's expert load.
+TEST(Demo, AllFamiliesAtEqualFlops) {
+  auto dir = temp_dir("demo_families");
+  tiny_texts(dir);
+  const std::string out = dir + "/out";
+  const std::string args = "demo --out " + out + " --data " + dir + "/train.txt --val " + dir +
+                           "/val.txt --budget-flops 2e9 --family dense,mod,moe,mode_staged,mode_integrated" + tiny_model_flags();
+  auto r = run_modlm(args);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* label : {"integrated MoDE vs dense", "MoE: dropped by capacity", "MoE: sent to no-op experts"})
+    EXPECT_NE(r.out.find(label), std::string::npos) << label << "\n" << r.out;
+  json s = json::parse(slurp(out + "/summary.json"));
+  const std::vector<std::string> fams = {"dense", "mod", "moe", "mode_staged", "mode_integrated"};
+  EXPECT_EQ(s["families"], json(fams));
+  EXPECT_EQ(s["baseline"], "dense");
+  const double budget = s["budget_flops"];
+  for (const auto& f : fams) {
+    const json& m = s["models"][f];
+    const double fl = m["train_flops"], step = m["flops_per_step"];
+    EXPECT_LE(fl, budget) << f;
+    EXPECT_GT(fl, budget - step) << f;
+    EXPECT_EQ(m["family"], f);
+    EXPECT_TRUE(std::isfinite(m["val_loss_topk"].get<double>())) << f;
+    EXPECT_TRUE(m["val_loss_causal"].is_number()) << f;
+    const json& c = m["config"];
+    const bool routed = f == "mod" || f == "mode_staged", moe = f != "dense" && f != "mod";
+    EXPECT_EQ(c.contains("routing") && c["routing"].is_object(), routed) << f;
+    EXPECT_EQ(c.contains("moe") && c["moe"].is_object(), moe) << f;
+    EXPECT_EQ(m.contains("moe_dropped_fraction"), moe) << f;
+    if (moe) {
+      EXPECT_EQ(c["moe"]["n_experts"], 4);
+      EXPECT_EQ(c["moe"]["d_expert"], 96);  // = d_ff: top-1 costs what the dense MLP costs
+      EXPECT_EQ(c["moe"]["n_noop"], f == "mode_integrated" ? 4 : 0);
+      EXPECT_EQ(m["eval"]["topk"]["moe"].size(), 4u);  // every layer
+      EXPECT_TRUE(m["eval"].contains("causal"));       // capacity off, as in generation
+    }
+    if (f != "dense") {
+      const json& cmp = s["comparisons"][f];
+      EXPECT_TRUE(cmp["same_budget"].get<bool>()) << f;
+      EXPECT_DOUBLE_EQ(cmp["val_loss_diff_topk"].get<double>(), m["val_loss_topk"].get<double>() - s["models"]["dense"]["val_loss_topk"].get<double>());
+    }
+  }
+  EXPECT_FALSE(s["comparisons"].contains("dense"));
+  EXPECT_EQ(s["comparison"]["family"], "mod");
+  EXPECT_GT(s["models"]["mode_integrated"]["moe_noop_fraction"].get<double>(), 0.0);
+  EXPECT_EQ(s["models"]["moe"]["moe_noop_fraction"].get<double>(), 0.0);
+  // Cheaper forwards take more steps: MoD and staged MoDE (routed) and integrated MoDE (no-ops).
+  for (const char* f : {"mod", "mode_staged", "mode_integrated"})
+    EXPECT_GT(s["models"][f]["steps"].get<int64_t>(), s["models"]["dense"]["steps"].get<int64_t>()) << f;
+  EXPECT_EQ(s["routing_family"], "mod");
+  const std::string html = slurp(out + "/report.html");
+  EXPECT_EQ(xml_problem(html), "");
+  if (python_available()) {
+    json page = parse_page(out + "/report.html");
+    EXPECT_EQ(page["data"], s);
+    for (const auto& f : fams) {
+      const json& c = s["models"][f]["curves"];
+      expect_series(page, "val-flops-" + f, c["val"]["flops"], c["val"]["loss"]);
+      expect_series(page, "val-time-" + f, c["val"]["time"], c["val"]["loss"]);
+    }
+    for (const char* f : {"moe", "mode_staged", "mode_integrated"}) {
+      const std::string id = std::string("moe-load-") + f;
+      ASSERT_TRUE(page["tables"].contains(id)) << id;
+      const json& rows = page["tables"][id];
+      const json& layers = s["models"][f]["eval"]["topk"]["moe"];
+      ASSERT_EQ(rows.size(), layers.size()) << id;
+      const size_t G = f == std::string("mode_integrated") ? 8 : 4;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        ASSERT_EQ(rows[i].size(), 1 + G + 2) << id;  // layer, loads, dropped, balance
+        EXPECT_EQ(rows[i][1].get<std::string>(), demo::fmt_fixed(100 * layers[i]["load"][0].get<double>(), 1) + " %");
+      }
+    }
+  }
+  // A rerun reuses all five runs.
+  auto r2 = run_modlm(args);
+  ASSERT_EQ(r2.code, 0) << r2.out;
+  EXPECT_EQ(r2.out.find(": training "), std::string::npos) << r2.out;
+  EXPECT_NE(r2.out.find("integrated MoDE: reusing the finished run"), std::string::npos) << r2.out;
+  EXPECT_EQ(r2.out.find("evaluating"), std::string::npos) << r2.out;
+  // Another family list in the same folder is another demo: refused.
+  EXPECT_EQ(run_modlm("demo --out " + out + " --data " + dir + "/train.txt --val " + dir + "/val.txt --budget-flops 2e9 --family dense,moe" +
+                      tiny_model_flags()).code, 2);
+}
+
+TEST(Demo, FamilyListErrors) {
+  EXPECT_EQ(demo::parse_families("dense,mode_integrated"), (std::vector<std::string>{"dense", "mode_integrated"}));
+  EXPECT_EQ(demo::parse_families("moe"), (std::vector<std::string>{"moe"}));
+  for (const char* bad : {"", "dense,", "dense,dense", "dense,mixture", "MoD", "dense;mod"})
+    EXPECT_THROW(demo::parse_families(bad), Error) << bad;
+  auto dir = temp_dir("demo_family_usage");
+  EXPECT_EQ(run_modlm("demo --out " + dir + "/o --family dense,foo").code, 2);
+  EXPECT_EQ(run_modlm("demo --out " + dir + "/o --family dense,mod --n-layers 1").code, 2);  // no routed layer
+  EXPECT_EQ(run_modlm("demo --out " + dir + "/o --family moe --n-experts 0").code, 2);
+  EXPECT_FALSE(fs::exists(dir + "/o"));  // nothing written on a usage error
 }
 
 // Ctrl-C stops the demo cleanly (exit 130, checkpointed), and the same command continues.

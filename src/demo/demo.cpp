@@ -45,17 +45,28 @@ std::string abs_path(const std::string& p) {
   return ec ? p : a.string();
 }
 
-ModelConfig make_config(const DemoOptions& o, bool routed) {
+ModelConfig make_config(const DemoOptions& o, const std::string& family) {
   json m{{"format", "modlm-1"},          {"vocab_size", o.vocab_size}, {"d_model", o.d_model},
          {"n_layers", o.n_layers},       {"n_heads", o.n_heads},       {"d_ff", o.d_ff},
          {"max_seq_len", o.seq_len},     {"rope_theta", 10000.0},      {"norm_eps", 1e-5},
          {"tie_embeddings", false}};
+  const bool routed = family == "mod" || family == "mode_staged";
+  const bool experts = family == "moe" || family == "mode_staged" || family == "mode_integrated";
   if (routed)
     m["routing"] = {{"layers", o.routed_layers}, {"capacity", o.capacity}, {"method", "expert_choice"},
                     {"gate", "sigmoid"},          {"causal", "predictor"},  {"predictor_hidden", 128},
                     {"aux_weight", 1.0}};
-  ModelConfig c = ModelConfig::from_json(m, routed ? "demo MoD model" : "demo dense model");
-  c.validate(routed ? "demo MoD model" : "demo dense model");
+  if (experts)
+    m["moe"] = {{"layers", "all"},
+                {"n_experts", o.n_experts},
+                {"d_expert", o.d_expert > 0 ? o.d_expert : o.d_ff},
+                {"top_k", o.moe_top_k},
+                {"capacity_factor", o.capacity_factor},
+                {"n_noop", family == "mode_integrated" ? (o.n_noop > 0 ? o.n_noop : o.n_experts) : 0},
+                {"balance_weight", o.balance_weight}};
+  const std::string what = "demo " + family_label(family) + " model";
+  ModelConfig c = ModelConfig::from_json(m, what);
+  c.validate(what);
   return c;
 }
 
@@ -80,7 +91,18 @@ RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, c
 
 json eval_json(const EvalResult& r) {
   json layers = routed_summary_json(r.routed);
-  return {{"loss", r.loss}, {"tokens", r.tokens}, {"windows", r.windows}, {"seconds", r.seconds}, {"routed", layers}};
+  json j{{"loss", r.loss}, {"tokens", r.tokens}, {"windows", r.windows}, {"seconds", r.seconds}, {"routed", layers}};
+  if (!r.moe.empty()) j["moe"] = moe_stats_json(r.moe);
+  return j;
+}
+
+// Whether causal evaluation (generation's decisions: the predictor for routed layers, no MoE
+// capacity) can differ from top-k evaluation.
+bool has_causal_mode(const ModelConfig& c) {
+  if (c.n_routed() > 0) return true;
+  for (int l = 0; l < c.n_layers; ++l)
+    if (c.has_moe(l) && c.moe.capacity_factor > 0) return true;
+  return false;
 }
 
 double mean_of(const json& routed, const char* key) {
@@ -195,21 +217,21 @@ std::optional<double> interp(const json& xs, const json& ys, double x) {
 }
 
 // Everything measured on a finished model: final evaluation, decode, sample, routing.
-json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const DemoOptions& o, const Tokens& val,
-                    const io::Tokenizer& tok, size_t passage) {
+json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const std::string& label, const DemoOptions& o,
+                    const Tokens& val, const io::Tokenizer& tok, size_t passage) {
   Model<float> model = io::load_model(ckpt);
   const bool routed = cfg.n_routed() > 0;
   const int T = o.seq_len;
   json r = json::object();
   const int64_t W = std::min<int64_t>(o.final_windows, count_windows(val.span.size, T));
   {
-    Progress bar(std::string("eval ") + (routed ? "MoD" : "dense") + " top-k", W, "win", o.progress);
+    Progress bar("eval " + label + " top-k", W, "win", o.progress);
     r["topk"] = eval_json(evaluate(model, val.span, T, W, RouteMode::TopK, o.batch_size, &bar));
     bar.finish();
   }
   check_stop();
-  if (routed) {
-    Progress bar("eval MoD causal", W, "win", o.progress);
+  if (has_causal_mode(cfg)) {
+    Progress bar("eval " + label + " causal", W, "win", o.progress);
     r["causal"] = eval_json(evaluate(model, val.span, T, W, RouteMode::Causal, o.batch_size, &bar));
     bar.finish();
     check_stop();
@@ -287,7 +309,101 @@ json evaluate_model(const std::string& ckpt, const ModelConfig& cfg, const DemoO
   return r;
 }
 
+// The comparison of one family's run with the baseline's: budgets, losses, wall-clock, and when
+// (if ever) its validation curve reached the baseline's final validation loss.
+json compare_models(const json& base, const json& m) {
+  json cmp;
+  const double step_b = base["flops_per_step"], step_m = m["flops_per_step"];
+  cmp["flops_per_forward_ratio"] = m["flops_per_forward"].get<double>() / base["flops_per_forward"].get<double>();
+  cmp["steps_ratio"] = m["steps"].get<double>() / std::max(1.0, base["steps"].get<double>());
+  cmp["train_flops_ratio"] = m["train_flops"].get<double>() / std::max(1.0, base["train_flops"].get<double>());
+  cmp["same_budget"] = std::fabs(m["train_flops"].get<double>() - base["train_flops"].get<double>()) <= std::max(step_b, step_m);
+  cmp["val_loss_diff_topk"] = m["val_loss_topk"].get<double>() - base["val_loss_topk"].get<double>();
+  cmp["val_loss_diff_causal"] = m["val_loss_causal"].get<double>() - base["val_loss_causal"].get<double>();
+  cmp["wall_clock_ratio"] = m["train_seconds"].get<double>() / std::max(1e-9, base["train_seconds"].get<double>());
+  const json& dv = base["curves"]["val"];
+  const json& mv = m["curves"]["val"];
+  json reach = {{"reached", false}, {"time", nullptr}, {"flops", nullptr}, {"step", nullptr}, {"speedup", nullptr}};
+  if (!dv["loss"].empty() && !mv["loss"].empty()) {
+    const double target = dv["loss"].back(), dense_time = dv["time"].back();
+    reach["dense_final_loss"] = target;
+    reach["dense_time"] = dense_time;
+    reach["dense_flops"] = dv["flops"].back();
+    const json& L = mv["loss"];
+    for (size_t i = 0; i < L.size(); ++i) {
+      if (L[i].get<double>() <= target) {
+        double f = 1.0;
+        if (i > 0) {
+          double a = L[i - 1], b = L[i];
+          f = a > b ? (a - target) / (a - b) : 1.0;
+        }
+        auto lerp = [&](const json& xs) {
+          double x1 = xs[i];
+          double x0 = i > 0 ? xs[i - 1].get<double>() : x1;
+          return x0 + f * (x1 - x0);
+        };
+        reach["reached"] = true;
+        reach["time"] = lerp(mv["time"]);
+        reach["flops"] = lerp(mv["flops"]);
+        reach["step"] = lerp(mv["step"]);
+        reach["speedup"] = dense_time / std::max(1e-9, reach["time"].get<double>());
+        break;
+      }
+    }
+    auto at = interp(mv["time"], mv["loss"], dense_time);
+    reach["mod_loss_at_dense_time"] = at ? json(*at) : json(nullptr);
+    reach["mod_final_loss"] = mv["loss"].back();
+    double best = mv["loss"][0];
+    for (const auto& v : mv["loss"]) best = std::min(best, v.get<double>());
+    reach["mod_best_loss"] = best;
+    reach["mod_time"] = mv["time"].back();
+  }
+  cmp["reach_dense_loss"] = reach;  // "dense" = the baseline, "mod" = this family (names kept from the two-model demo)
+  return cmp;
+}
+
+// Mean over MoE layers of a field of moe_stats_json (NaN without MoE layers).
+double moe_mean(const json& eval, const char* key) {
+  if (!eval.contains("moe") || !eval["moe"].is_array() || eval["moe"].empty()) return std::nan("");
+  double s = 0;
+  for (const auto& l : eval["moe"]) s += l.value(key, 0.0);
+  return s / eval["moe"].size();
+}
+
 }  // namespace
+
+const std::vector<std::string>& demo_families() {
+  static const std::vector<std::string> f = {"dense", "mod", "moe", "mode_staged", "mode_integrated"};
+  return f;
+}
+
+std::string family_label(const std::string& family) {
+  if (family == "dense") return "dense";
+  if (family == "mod") return "MoD";
+  if (family == "moe") return "MoE";
+  if (family == "mode_staged") return "staged MoDE";
+  if (family == "mode_integrated") return "integrated MoDE";
+  return family;
+}
+
+std::vector<std::string> parse_families(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = list.find(',', start);
+    std::string f = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!f.empty() && f.front() == ' ') f.erase(f.begin());
+    while (!f.empty() && f.back() == ' ') f.pop_back();
+    const auto& known = demo_families();
+    if (std::find(known.begin(), known.end(), f) == known.end())
+      throw usage_error("--family: \"" + f + "\" is not one of dense, mod, moe, mode_staged, mode_integrated");
+    if (std::find(out.begin(), out.end(), f) != out.end()) throw usage_error("--family: \"" + f + "\" is named twice");
+    out.push_back(f);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
 
 int run_demo(const DemoOptions& o) {
   const auto t_start = clk::now();
@@ -296,6 +412,42 @@ int run_demo(const DemoOptions& o) {
   if (o.budget_flops < 0 || !std::isfinite(o.budget_flops)) throw usage_error("--budget-flops must be > 0");
   if (!(o.minutes > 0) || !std::isfinite(o.minutes)) throw usage_error("--minutes must be > 0");
   if (o.out.empty()) throw usage_error("--out must name a folder");
+  if (o.families.empty()) throw usage_error("--family names no family");
+
+  // The models, validated before anything is written.
+  struct Side {
+    std::string name, label;
+    ModelConfig model;
+    int64_t flops_per_forward = 0;
+    double flops_per_step = 0;
+    RunConfig run;
+    RunOutcome outcome;
+    json result;
+  };
+  std::vector<Side> sides;
+  const int T = o.seq_len, B = o.batch_size;
+  for (const auto& f : o.families) {
+    Side s;
+    s.name = f;
+    s.label = family_label(f);
+    try {
+      s.model = make_config(o, f);
+    } catch (const Error& e) {
+      throw usage_error(e.what());
+    }
+    if ((f == "mod" || f == "mode_staged") && s.model.n_routed() == 0)
+      throw usage_error("the " + s.label + " model has no routed layer (n_layers " + std::to_string(o.n_layers) + ")");
+    s.flops_per_forward = analytic_forward_flops(s.model, T).total();
+    s.flops_per_step = 3.0 * B * s.flops_per_forward;
+    sides.push_back(std::move(s));
+  }
+  size_t base_i = 0;
+  for (size_t i = 0; i < sides.size(); ++i)
+    if (sides[i].name == "dense") {
+      base_i = i;
+      break;
+    }
+
   Corpus corpus;
   if (o.data.empty()) corpus = default_corpus();
   else corpus = {abs_path(o.data), abs_path(o.val)};
@@ -306,17 +458,10 @@ int run_demo(const DemoOptions& o) {
   fs::create_directories(out, ec);
   if (ec) throw io_error(out + ": cannot create: " + ec.message());
 
-  const ModelConfig dense = make_config(o, false), mod = make_config(o, true);
-  if (mod.n_routed() == 0) throw usage_error("the MoD model has no routed layer (n_layers " + std::to_string(o.n_layers) + ")");
-  const int T = o.seq_len, B = o.batch_size;
-  const int64_t F_d = analytic_forward_flops(dense, T).total(), F_m = analytic_forward_flops(mod, T).total();
-  const double step_d = 3.0 * B * F_d, step_m = 3.0 * B * F_m;
-
-  // Tokenizer and tokens.
   // Seconds of each phase of this invocation (a rerun shows what it redid).
   json phases = json::object();
   auto t_phase = clk::now();
-  auto phase = [&](const char* name) {
+  auto phase = [&](const std::string& name) {
     phases[name] = phases.value(name, 0.0) + since(t_phase);
     t_phase = clk::now();
   };
@@ -337,6 +482,7 @@ int run_demo(const DemoOptions& o) {
     write_text(tp, total.dump(2) + "\n");
     return total;
   };
+  // Tokenizer and tokens.
   const std::string tok_path = prepare_tokenizer(out + "/tokenizer", corpus.train, o.vocab_size);
   phase("tokenizer");
   check_stop();
@@ -348,22 +494,26 @@ int run_demo(const DemoOptions& o) {
   if (count_windows(train_tokens.span.size, T) < 1) throw bad_input(corpus.train + ": fewer tokens than one window of seq-len + 1");
   check_stop();
 
-  // The plan: budget and steps, reused by a rerun with the same settings.
-  json key{{"data", corpus.train},          {"val", corpus.val},       {"dense", dense.to_json()},
-           {"mod", mod.to_json()},          {"seq_len", T},            {"batch_size", B},
-           {"lr", o.lr},                    {"min_lr", o.min_lr},      {"warmup_fraction", o.warmup_fraction},
-           {"seed", o.seed},                {"evals", o.evals},        {"eval_windows", o.eval_windows}};
+  // The plan: budget and steps, reused by a rerun with the same settings. The key holds each
+  // family's config under its name (a dense + MoD demo keeps the key it always had).
+  json key{{"data", corpus.train},          {"val", corpus.val},       {"seq_len", T},
+           {"batch_size", B},               {"lr", o.lr},              {"min_lr", o.min_lr},
+           {"warmup_fraction", o.warmup_fraction}, {"seed", o.seed},   {"evals", o.evals},
+           {"eval_windows", o.eval_windows}};
+  for (const auto& s : sides) key[s.name] = s.model.to_json();
   if (o.budget_flops > 0) key["budget_flops"] = o.budget_flops;
   else key["minutes"] = o.minutes;
   const std::string plan_path = out + "/plan.json";
   json plan;
   if (file_exists(plan_path)) {
     json have = read_json(plan_path);
+    bool any_run = false;
+    for (const auto& f : demo_families()) any_run = any_run || file_exists(out + "/" + f + "/run.json");
     if (have.contains("key") && have["key"] == key) {
       plan = have;
       std::fprintf(stderr, "reusing the plan in %s (budget %s FLOPs per model)\n", plan_path.c_str(),
                    short_number(plan["budget_flops"].get<double>()).c_str());
-    } else if (file_exists(out + "/dense/run.json") || file_exists(out + "/mod/run.json")) {
+    } else if (any_run) {
       throw usage_error(out + " holds a demo made with other settings (see " + plan_path +
                         "); use another --out, or remove that folder");
     }
@@ -376,14 +526,19 @@ int run_demo(const DemoOptions& o) {
       // The fastest of a few steps, times 1.2: sustained training on this machine ran ~1.2x slower
       // per step than its fastest calibration step (a 10-minute demo took 12 without it).
       const double sustained = 1.2;
-      const double t_d = sustained * time_train_step(dense, B, T, train_tokens.span, o.calibration_steps, o.progress);
-      const double t_m = sustained * time_train_step(mod, B, T, train_tokens.span, o.calibration_steps, o.progress);
+      calib = json::object();
       // The rest of the demo after training: final evaluations (a forward is ~1/3 of a step),
       // decoding, routing pictures; validation passes and checkpoints during training.
-      const double fwd_d = t_d / (3.0 * B), fwd_m = t_m / (3.0 * B);
-      const double post = o.final_windows * (fwd_d + 2 * fwd_m) + 8 * fwd_m * 2 +
-                          2.0 * (o.prompt_tokens + o.new_tokens) * 6 * (fwd_d + fwd_m) / T + 4.0;
-      const double during = (o.evals + 1) * o.eval_windows * (fwd_d + fwd_m) + 10 * 0.4;
+      double post = 4.0, during = 0, seconds_per_flop = 0;
+      for (const auto& s : sides) {
+        const double t = sustained * time_train_step(s.model, B, T, train_tokens.span, o.calibration_steps, o.progress);
+        calib[s.name + "_step_seconds"] = t;
+        const double fwd = t / (3.0 * B);
+        post += o.final_windows * fwd * (has_causal_mode(s.model) ? 2 : 1) + (s.model.n_routed() ? 16 * fwd : 0) +
+                (o.prompt_tokens + o.new_tokens) * 6 * fwd / T;
+        during += (o.evals + 1) * o.eval_windows * fwd + 4 * 0.4;
+        seconds_per_flop += t / s.flops_per_step;
+      }
       const double elapsed = since(t_start), total = o.minutes * 60;
       double avail = total - elapsed - post - during;
       if (avail < 0.25 * (total - elapsed)) {
@@ -392,47 +547,42 @@ int run_demo(const DemoOptions& o) {
                      o.minutes, avail, 0.25 * (total - elapsed));
         avail = std::max(0.25 * (total - elapsed), 1.0);
       }
-      // avail = steps_d t_d + steps_m t_m with steps_x = budget / step_x.
-      budget = avail / (t_d / step_d + t_m / step_m);
+      // avail = sum_i steps_i t_i with steps_i = budget / step_flops_i.
+      budget = avail / seconds_per_flop;
       // Three significant digits, so that --budget-flops can repeat it.
       const double mag = std::pow(10.0, std::floor(std::log10(budget)) - 2);
       budget = std::max(mag, std::round(budget / mag) * mag);
-      calib = {{"dense_step_seconds", t_d}, {"mod_step_seconds", t_m}, {"elapsed_before", elapsed},
-               {"post_estimate", post},     {"during_estimate", during}, {"train_seconds_target", avail}};
+      calib["elapsed_before"] = elapsed;
+      calib["post_estimate"] = post;
+      calib["during_estimate"] = during;
+      calib["train_seconds_target"] = avail;
     }
-    const int64_t steps_d = std::max<int64_t>(1, (int64_t)std::floor(budget / step_d));
-    const int64_t steps_m = std::max<int64_t>(1, (int64_t)std::floor(budget / step_m));
     phase("calibrate");
-    plan = {{"key", key}, {"budget_flops", budget}, {"dense_steps", steps_d}, {"mod_steps", steps_m}, {"calibration", calib}};
+    plan = {{"key", key}, {"budget_flops", budget}, {"calibration", calib}};
+    for (const auto& s : sides) plan[s.name + "_steps"] = std::max<int64_t>(1, (int64_t)std::floor(budget / s.flops_per_step));
     write_text(plan_path, plan.dump(2) + "\n");
   }
   const double budget = plan["budget_flops"];
-  const int64_t steps_d = plan["dense_steps"], steps_m = plan["mod_steps"];
-  std::fprintf(stderr,
-               "iso-FLOP budget %s FLOPs per model: dense %lld steps x %s FLOPs, MoD %lld steps x %s FLOPs "
-               "(%d threads)\n",
-               short_number(budget).c_str(), (long long)steps_d, short_number(step_d).c_str(), (long long)steps_m,
-               short_number(step_m).c_str(), omp_get_max_threads());
-  const RunConfig run_d = make_run(o, dense, steps_d, tok_path), run_m = make_run(o, mod, steps_m, tok_path);
+  {
+    std::string line;
+    for (const auto& s : sides)
+      line += (line.empty() ? "" : ", ") + s.label + " " + std::to_string(plan[s.name + "_steps"].get<int64_t>()) + " steps x " +
+              short_number(s.flops_per_step);
+    std::fprintf(stderr, "iso-FLOP budget %s FLOPs per model: %s FLOPs (%d threads)\n", short_number(budget).c_str(), line.c_str(),
+                 omp_get_max_threads());
+  }
+  for (auto& s : sides) s.run = make_run(o, s.model, plan[s.name + "_steps"].get<int64_t>(), tok_path);
 
-  // Train (or reuse / resume) both.
-  struct Side {
-    const char* name;
-    const char* label;
-    const RunConfig* run;
-    RunOutcome outcome;
-  };
-  Side sides[2] = {{"dense", "dense", &run_d, {}}, {"mod", "MoD", &run_m, {}}};
-  int i_side = 0;
+  // Train (or reuse / resume) each.
   for (auto& s : sides) {
     const std::string dir = out + "/" + s.name;
     check_stop();
     RunStatus st = run_status(dir);
-    if (st.finished) std::fprintf(stderr, "%s: reusing the finished run in %s\n", s.label, dir.c_str());
-    else if (st.exists) std::fprintf(stderr, "%s: resuming %s at step %lld of %lld\n", s.label, dir.c_str(), (long long)st.step, (long long)s.run->train.steps);
-    else std::fprintf(stderr, "%s: training %lld steps in %s\n", s.label, (long long)s.run->train.steps, dir.c_str());
-    s.outcome = train_or_resume(dir, *s.run, corpus.train, corpus.val, o.progress);
-    phase(i_side++ == 0 ? "train dense" : "train MoD");
+    if (st.finished) std::fprintf(stderr, "%s: reusing the finished run in %s\n", s.label.c_str(), dir.c_str());
+    else if (st.exists) std::fprintf(stderr, "%s: resuming %s at step %lld of %lld\n", s.label.c_str(), dir.c_str(), (long long)st.step, (long long)s.run.train.steps);
+    else std::fprintf(stderr, "%s: training %lld steps in %s\n", s.label.c_str(), (long long)s.run.train.steps, dir.c_str());
+    s.outcome = train_or_resume(dir, s.run, corpus.train, corpus.val, o.progress);
+    phase("train " + s.label);
     if (s.outcome.interrupted) {
       record_timings();
       std::fprintf(stderr, "interrupted: %s is checkpointed at step %lld; run the same command again to continue\n", dir.c_str(),
@@ -443,24 +593,22 @@ int run_demo(const DemoOptions& o) {
 
   // Final evaluation, decoding and routing (cached per checkpoint).
   const size_t passage = passage_start(val_tokens, tok, T);
-  json results[2];
-  for (int i = 0; i < 2; ++i) {
-    Side& s = sides[i];
+  for (auto& s : sides) {
     const std::string cache = out + "/" + s.name + "/demo_eval.json";
     json ekey{{"checkpoint", s.outcome.checkpoint}, {"step", s.outcome.progress.step}, {"final_windows", o.final_windows},
               {"prompt_tokens", o.prompt_tokens}, {"new_tokens", o.new_tokens}, {"temperature", o.temperature},
               {"top_k", o.top_k}, {"passage", passage}, {"val", corpus.val}, {"format", 1}};
     if (file_exists(cache)) {
       json have = read_json(cache);
-      if (have.contains("key") && have["key"] == ekey) results[i] = have;
+      if (have.contains("key") && have["key"] == ekey) s.result = have;
     }
-    if (results[i].is_null()) {
+    if (s.result.is_null()) {
       check_stop();
-      std::fprintf(stderr, "%s: evaluating %s\n", s.label, s.outcome.checkpoint.c_str());
-      results[i] = evaluate_model(s.outcome.checkpoint, s.run->model, o, val_tokens, tok, passage);
-      results[i]["key"] = ekey;
-      write_text(cache, results[i].dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
-      phase(i == 0 ? "evaluate dense" : "evaluate MoD");
+      std::fprintf(stderr, "%s: evaluating %s\n", s.label.c_str(), s.outcome.checkpoint.c_str());
+      s.result = evaluate_model(s.outcome.checkpoint, s.run.model, s.label, o, val_tokens, tok, passage);
+      s.result["key"] = ekey;
+      write_text(cache, s.result.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
+      phase("evaluate " + s.label);
     }
   }
 
@@ -473,6 +621,9 @@ int run_demo(const DemoOptions& o) {
     std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
     summary["created"] = b;
   }
+  summary["families"] = json::array();
+  for (const auto& s : sides) summary["families"].push_back(s.name);
+  summary["baseline"] = sides[base_i].name;
   summary["settings"] = {{"data", corpus.train},
                          {"val", corpus.val},
                          {"tokenizer", tok_path},
@@ -484,7 +635,7 @@ int run_demo(const DemoOptions& o) {
                          {"capacity", o.capacity},
                          {"routed_layers", o.routed_layers},
                          {"minutes", o.budget_flops > 0 ? json(nullptr) : json(o.minutes)},
-                         {"final_windows", results[0]["topk"]["windows"]},
+                         {"final_windows", sides[0].result["topk"]["windows"]},
                          {"eval_windows", o.eval_windows},
                          {"threads", omp_get_max_threads()},
                          {"calibration", plan["calibration"]}};
@@ -492,20 +643,25 @@ int run_demo(const DemoOptions& o) {
   json total_phases = record_timings();
   summary["phases"] = total_phases;
   summary["phases_this_run"] = phases;
-  for (int i = 0; i < 2; ++i) {
-    Side& s = sides[i];
-    const json& r = results[i];
-    const ModelConfig& mc = s.run->model;
-    const bool routed = mc.n_routed() > 0;
+  // The routing picture comes from the MoD model, else the staged MoDE one.
+  std::string routing_from;
+  for (const char* f : {"mod", "mode_staged"})
+    for (const auto& s : sides)
+      if (routing_from.empty() && s.name == f) routing_from = f;
+  for (auto& s : sides) {
+    const json& r = s.result;
+    const ModelConfig& mc = s.run.model;
+    const bool routed = mc.n_routed() > 0, causal = r.contains("causal");
     const TrainProgress& p = s.outcome.progress;
     json m;
+    m["family"] = s.name;
     m["label"] = s.label;
     m["run_dir"] = out + "/" + s.name;
     m["checkpoint"] = s.outcome.checkpoint;
     m["config"] = mc.to_json();
     m["params"] = count_params(mc);
-    m["flops_per_forward"] = routed ? F_m : F_d;
-    m["flops_per_step"] = routed ? step_m : step_d;
+    m["flops_per_forward"] = s.flops_per_forward;
+    m["flops_per_step"] = s.flops_per_step;
     m["train_flops"] = p.flops;
     m["train_flops_executed"] = p.flops_executed;
     m["steps"] = p.step;
@@ -515,12 +671,17 @@ int run_demo(const DemoOptions& o) {
     m["run_seconds"] = p.seconds;          // the run's whole wall-clock
     m["train_tokens_per_second"] = c.train_seconds > 0 ? p.tokens / c.train_seconds : 0.0;
     m["val_loss_topk"] = r["topk"]["loss"];
-    m["val_loss_causal"] = routed ? r["causal"]["loss"] : r["topk"]["loss"];
+    m["val_loss_causal"] = causal ? r["causal"]["loss"] : r["topk"]["loss"];
     m["predictor_accuracy"] = routed ? json(mean_of(r["topk"]["routed"], "decision_accuracy")) : json(nullptr);
     m["processed_fraction"] = routed ? json(mean_of(r["causal"]["routed"], "processed_fraction")) : json(1.0);
     m["processed_fraction_topk"] = routed ? json(mean_of(r["topk"]["routed"], "processed_fraction")) : json(1.0);
+    if (r["topk"].contains("moe")) {
+      m["moe_dropped_fraction"] = moe_mean(r["topk"], "dropped_fraction");
+      m["moe_noop_fraction"] = moe_mean(r["topk"], "noop_fraction");
+      m["moe_balance"] = moe_mean(r["topk"], "balance");
+    }
     m["eval"] = {{"topk", r["topk"]}};
-    if (routed) m["eval"]["causal"] = r["causal"];
+    if (causal) m["eval"]["causal"] = r["causal"];
     // Decode (null where this build has no KV-cache decoder).
     const json& d = r["decode"];
     const bool dec = d.contains("tokens_per_second");
@@ -540,62 +701,23 @@ int run_demo(const DemoOptions& o) {
       m["routed_layers"] = layers;
     }
     summary["models"][s.name] = m;
-    if (routed) {
+    if (s.name == routing_from) {
+      summary["routing_family"] = s.name;
       summary["routing"] = r["routing"];
       summary["router_histogram"] = r["router_histogram"];
     }
   }
-  // The comparison.
-  {
-    const json& d = summary["models"]["dense"];
-    const json& m = summary["models"]["mod"];
-    json cmp;
-    cmp["flops_per_forward_ratio"] = (double)F_m / F_d;
-    cmp["steps_ratio"] = m["steps"].get<double>() / std::max(1.0, d["steps"].get<double>());
-    cmp["train_flops_ratio"] = m["train_flops"].get<double>() / std::max(1.0, d["train_flops"].get<double>());
-    cmp["same_budget"] = std::fabs(m["train_flops"].get<double>() - d["train_flops"].get<double>()) <= std::max(step_d, step_m);
-    cmp["val_loss_diff_topk"] = m["val_loss_topk"].get<double>() - d["val_loss_topk"].get<double>();
-    cmp["val_loss_diff_causal"] = m["val_loss_causal"].get<double>() - d["val_loss_topk"].get<double>();
-    cmp["wall_clock_ratio"] = m["train_seconds"].get<double>() / std::max(1e-9, d["train_seconds"].get<double>());
-    const json& dv = d["curves"]["val"];
-    const json& mv = m["curves"]["val"];
-    json reach = {{"reached", false}, {"time", nullptr}, {"flops", nullptr}, {"step", nullptr}, {"speedup", nullptr}};
-    if (!dv["loss"].empty() && !mv["loss"].empty()) {
-      const double target = dv["loss"].back(), dense_time = dv["time"].back();
-      reach["dense_final_loss"] = target;
-      reach["dense_time"] = dense_time;
-      reach["dense_flops"] = dv["flops"].back();
-      const json& L = mv["loss"];
-      for (size_t i = 0; i < L.size(); ++i) {
-        if (L[i].get<double>() <= target) {
-          double f = 1.0;
-          if (i > 0) {
-            double a = L[i - 1], b = L[i];
-            f = a > b ? (a - target) / (a - b) : 1.0;
-          }
-          auto lerp = [&](const json& xs) {
-            double x1 = xs[i];
-            double x0 = i > 0 ? xs[i - 1].get<double>() : x1;
-            return x0 + f * (x1 - x0);
-          };
-          reach["reached"] = true;
-          reach["time"] = lerp(mv["time"]);
-          reach["flops"] = lerp(mv["flops"]);
-          reach["step"] = lerp(mv["step"]);
-          reach["speedup"] = dense_time / std::max(1e-9, reach["time"].get<double>());
-          break;
-        }
-      }
-      auto at = interp(mv["time"], mv["loss"], dense_time);
-      reach["mod_loss_at_dense_time"] = at ? json(*at) : json(nullptr);
-      reach["mod_final_loss"] = mv["loss"].back();
-      double best = mv["loss"][0];
-      for (const auto& v : mv["loss"]) best = std::min(best, v.get<double>());
-      reach["mod_best_loss"] = best;
-      reach["mod_time"] = mv["time"].back();
-    }
-    cmp["reach_dense_loss"] = reach;
-    summary["comparison"] = cmp;
+  // Each family against the baseline; "comparison" is MoD's (the two-model demo's) or the first's.
+  const json& base = summary["models"][sides[base_i].name];
+  summary["comparisons"] = json::object();
+  for (size_t i = 0; i < sides.size(); ++i)
+    if (i != base_i) summary["comparisons"][sides[i].name] = compare_models(base, summary["models"][sides[i].name]);
+  std::string headline;
+  if (summary["comparisons"].contains("mod")) headline = "mod";
+  else if (!summary["comparisons"].empty()) headline = summary["comparisons"].begin().key();
+  if (!headline.empty()) {
+    summary["comparison"] = summary["comparisons"][headline];
+    summary["comparison"]["family"] = headline;
   }
   const std::string table = demo_table_text(summary);
   summary["table_text"] = table;
@@ -603,17 +725,23 @@ int run_demo(const DemoOptions& o) {
   write_text(out + "/report.html", render_demo_report(summary));
 
   std::printf("\n%s\n", table.c_str());
-  const json& reach = summary["comparison"]["reach_dense_loss"];
-  const double dl = summary["comparison"]["val_loss_diff_topk"];
-  std::printf("At equal training FLOPs (%s), MoD's validation loss is %s dense's by %.3f nats (top-k routing).\n",
-              fmt_si(budget).c_str(), dl <= 0 ? "below" : "above", std::fabs(dl));
-  if (reach.value("reached", false))
-    std::printf("MoD reached dense's final validation loss (%.4f) after %s of training; dense took %s (%.2fx).\n",
-                reach["dense_final_loss"].get<double>(), fmt_seconds(reach["time"].get<double>()).c_str(),
-                fmt_seconds(reach["dense_time"].get<double>()).c_str(), reach["speedup"].get<double>());
-  else if (reach.contains("dense_final_loss"))
-    std::printf("MoD did not reach dense's final validation loss (%.4f) in its run (its best: %.4f).\n",
-                reach["dense_final_loss"].get<double>(), reach["mod_best_loss"].get<double>());
+  const std::string base_label = sides[base_i].label;
+  for (size_t i = 0; i < sides.size(); ++i) {
+    if (i == base_i) continue;
+    const json& cmp = summary["comparisons"][sides[i].name];
+    const json& reach = cmp["reach_dense_loss"];
+    const double dl = cmp["val_loss_diff_topk"];
+    const char* label = sides[i].label.c_str();
+    std::printf("At equal training FLOPs (%s), %s's validation loss is %s %s's by %.3f nats (top-k routing).\n", fmt_si(budget).c_str(),
+                label, dl <= 0 ? "below" : "above", base_label.c_str(), std::fabs(dl));
+    if (reach.value("reached", false))
+      std::printf("  %s reached %s's final validation loss (%.4f) after %s of training; %s took %s (%.2fx).\n", label,
+                  base_label.c_str(), reach["dense_final_loss"].get<double>(), fmt_seconds(reach["time"].get<double>()).c_str(),
+                  base_label.c_str(), fmt_seconds(reach["dense_time"].get<double>()).c_str(), reach["speedup"].get<double>());
+    else if (reach.contains("dense_final_loss"))
+      std::printf("  %s did not reach %s's final validation loss (%.4f) in its run (its best: %.4f).\n", label, base_label.c_str(),
+                  reach["dense_final_loss"].get<double>(), reach["mod_best_loss"].get<double>());
+  }
   std::string ph;
   for (auto it = phases.begin(); it != phases.end(); ++it)
     if (it.key() != "total" && it.value().get<double>() >= 0.5) ph += (ph.empty() ? "" : ", ") + it.key() + " " + fmt_seconds(it.value().get<double>());

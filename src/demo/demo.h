@@ -1,30 +1,50 @@
-// `modlm demo`: a dense model and its Mixture-of-Depths twin trained on the same text with the
-// same training-FLOP budget (iso-FLOP, as the paper compares them), evaluated, timed, sampled,
-// and drawn: OUT/summary.json and OUT/report.html.
+// `modlm demo`: model families (by default a dense model and its Mixture-of-Depths twin; also
+// MoE, staged and integrated MoDE) trained on the same text with the same training-FLOP budget
+// (iso-FLOP, as the paper compares them), evaluated, timed, sampled, and drawn: OUT/summary.json
+// and OUT/report.html.
 //
 // OUT/
 //   plan.json            the settings and the budget (a rerun with the same settings reuses it)
 //   tokenizer/           the SentencePiece tokenizer, trained once
-//   dense/, mod/         train() run folders (reused when finished, resumed when interrupted)
-//   dense/demo_eval.json, mod/demo_eval.json   final evaluation, decode and sample (cached)
+//   <family>/            one train() run folder per family (dense/, mod/, moe/, mode_staged/,
+//                        mode_integrated/), reused when finished, resumed when interrupted
+//   <family>/demo_eval.json   final evaluation, decode and sample (cached)
 //   summary.json, report.html
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 
 namespace modlm::demo {
+
+// The families a demo can compare, in report order: "dense", "mod", "moe", "mode_staged",
+// "mode_integrated". Their labels: dense, MoD, MoE, staged MoDE, integrated MoDE.
+const std::vector<std::string>& demo_families();
+std::string family_label(const std::string& family);
+// "dense,moe" -> {"dense", "moe"} in the order given; usage_error on an unknown name, a
+// repeat or an empty list.
+std::vector<std::string> parse_families(const std::string& list);
 
 struct DemoOptions {
   std::string out = "runs/demo";
   std::string data, val;  // empty: the shipped corpus (data/)
   double minutes = 10;     // whole-demo target; sets the budget by calibration
   double budget_flops = 0;  // > 0: this training-FLOP budget per model instead
-  // Model family (the dense baseline; the MoD twin adds routing to it).
+  // The families to train; the first of them that is "dense" (else the first) is the baseline
+  // the others are compared with.
+  std::vector<std::string> families = {"dense", "mod"};
+  // The dense baseline's shape; the other families add routing and/or experts to it.
   int d_model = 256, n_layers = 8, n_heads = 4, d_ff = 704, vocab_size = 4096;
+  // MoD (mod, mode_staged): routed layers and their capacity.
   double capacity = 0.125;
   std::string routed_layers = "every_other";
+  // MoE (moe, mode_staged, mode_integrated): every layer's MLP becomes n_experts experts of
+  // d_expert (0: d_ff, so top-1 costs what the dense MLP costs), top-k token choice with this
+  // capacity factor; integrated MoDE adds n_noop no-op experts (0: as many as real ones).
+  int n_experts = 4, d_expert = 0, moe_top_k = 1, n_noop = 0;
+  double capacity_factor = 1.25, balance_weight = 0.01;
   // Training.
   int seq_len = 256, batch_size = 8;
   double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;

@@ -215,18 +215,61 @@ std::string embed_json(const json& j) {
   return o;
 }
 
-std::vector<std::array<std::string, 4>> demo_table(const json& summary) {
-  const json& d = summary.at("models").at("dense");
-  const json& m = summary.at("models").at("mod");
-  auto ratio = [&](const char* k, int dec = 2) {
-    double a = num(d, k), b = num(m, k);
-    return std::isfinite(a) && std::isfinite(b) && a != 0 ? fmt_fixed(b / a, dec) + "\u00d7" : std::string("");
-  };
-  auto diff = [&](const char* k) {
-    double a = num(d, k), b = num(m, k);
-    if (!std::isfinite(a) || !std::isfinite(b)) return std::string("");
-    return std::string(b - a >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(b - a), 3);
-  };
+namespace {
+
+// The models of a summary in report order (older summaries: dense, then MoD).
+std::vector<std::string> model_order(const json& S) {
+  std::vector<std::string> v;
+  if (S.contains("families") && S["families"].is_array())
+    for (const auto& f : S["families"]) v.push_back(f.get<std::string>());
+  if (v.empty())
+    for (const char* f : {"dense", "mod"})
+      if (S.at("models").contains(f)) v.push_back(f);
+  return v;
+}
+
+std::string baseline_of(const json& S, const std::vector<std::string>& order) {
+  if (S.contains("baseline") && S["baseline"].is_string()) return S["baseline"].get<std::string>();
+  return order.empty() ? std::string() : order.front();
+}
+
+std::string label_of(const json& S, const std::string& f) {
+  const json& m = S.at("models").at(f);
+  return m.contains("label") && m["label"].is_string() ? m["label"].get<std::string>() : (f == "mod" ? "MoD" : f);
+}
+
+// A colour per family (the two-model demo keeps its blue and orange).
+const char* family_color(const std::string& f) {
+  if (f == "dense") return kDense;
+  if (f == "mod") return kMod;
+  if (f == "moe") return "#2e9a4e";
+  if (f == "mode_staged") return "#8e44ad";
+  if (f == "mode_integrated") return "#c0392b";
+  return "#555555";
+}
+
+// The comparison of family f with the baseline (summary "comparisons", or the two-model
+// demo's "comparison").
+const json& comparison_of(const json& S, const std::string& f) {
+  static const json none = json::object();
+  if (S.contains("comparisons") && S["comparisons"].contains(f)) return S["comparisons"][f];
+  if (S.contains("comparison") && f == "mod") return S["comparison"];
+  return none;
+}
+
+}  // namespace
+
+DemoTable demo_table(const json& summary) {
+  const std::vector<std::string> order = model_order(summary);
+  const std::string base = baseline_of(summary, order);
+  const json& models = summary.at("models");
+  const json& d = models.at(base);
+  DemoTable t;
+  t.header.push_back("");
+  for (const auto& f : order) t.header.push_back(label_of(summary, f));
+  for (const auto& f : order)
+    if (f != base) t.header.push_back(label_of(summary, f) + " vs " + label_of(summary, base)), t.n_ratio++;
+  t.n_models = order.size();
   auto or_na = [&](const json& j, const char* k, auto f) { return std::isfinite(num(j, k)) ? f(num(j, k)) : std::string("n/a"); };
   auto si = [](double v) { return fmt_si(v, 3); };
   auto secs = [](double v) { return fmt_seconds(v); };
@@ -236,92 +279,211 @@ std::vector<std::array<std::string, 4>> demo_table(const json& summary) {
   auto tps = [](double v) { return fmt_fixed(v, v < 100 ? 1 : 0); };
   auto bytes = [](double v) { return fmt_bytes(v); };
   auto integer = [](double v) { return fmt_fixed(v, 0); };
-  std::vector<std::array<std::string, 4>> rows;
-  rows.push_back({"parameters", or_na(d, "params", si), or_na(m, "params", si), ratio("params", 3)});
-  rows.push_back({"FLOPs per forward (one sequence)", or_na(d, "flops_per_forward", si), or_na(m, "flops_per_forward", si), ratio("flops_per_forward")});
-  rows.push_back({"training FLOPs", or_na(d, "train_flops", si), or_na(m, "train_flops", si), ratio("train_flops", 3)});
-  rows.push_back({"steps", or_na(d, "steps", integer), or_na(m, "steps", integer), ratio("steps")});
-  rows.push_back({"training tokens", or_na(d, "tokens", si), or_na(m, "tokens", si), ratio("tokens")});
-  rows.push_back({"training wall-clock", or_na(d, "train_seconds", secs), or_na(m, "train_seconds", secs), ratio("train_seconds")});
-  rows.push_back({"training tokens/s", or_na(d, "train_tokens_per_second", integer), or_na(m, "train_tokens_per_second", integer),
-                  ratio("train_tokens_per_second")});
-  rows.push_back({"validation loss, top-k routing", or_na(d, "val_loss_topk", f4), or_na(m, "val_loss_topk", f4), diff("val_loss_topk")});
-  rows.push_back({"validation loss, causal routing", or_na(d, "val_loss_causal", f4), or_na(m, "val_loss_causal", f4), diff("val_loss_causal")});
-  rows.push_back({"predictor accuracy", or_na(d, "predictor_accuracy", pct), or_na(m, "predictor_accuracy", pct), ""});
-  rows.push_back({"processed fraction (causal)", or_na(d, "processed_fraction", f3), or_na(m, "processed_fraction", f3), ""});
-  rows.push_back({"decode tokens/s (one stream)", or_na(d, "decode_tokens_per_second", tps), or_na(m, "decode_tokens_per_second", tps),
-                  ratio("decode_tokens_per_second")});
-  rows.push_back({"KV-cache bytes (sample)", or_na(d, "kv_cache_bytes", bytes), or_na(m, "kv_cache_bytes", bytes), ratio("kv_cache_bytes")});
-  return rows;
+  // kind: 0 no comparison, 1 ratio with `dec` decimals, 2 difference.
+  auto row = [&](const std::string& label, const char* key, auto fmt, int kind, int dec = 2) {
+    std::vector<std::string> r{label};
+    for (const auto& f : order) r.push_back(or_na(models.at(f), key, fmt));
+    for (const auto& f : order) {
+      if (f == base) continue;
+      const double a = num(d, key), b = num(models.at(f), key);
+      std::string c;
+      if (kind == 1 && std::isfinite(a) && std::isfinite(b) && a != 0) c = fmt_fixed(b / a, dec) + "\u00d7";
+      if (kind == 2 && std::isfinite(a) && std::isfinite(b)) c = std::string(b - a >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(b - a), 3);
+      r.push_back(c);
+    }
+    t.rows.push_back(r);
+  };
+  bool any_moe = false, any_noop = false;
+  for (const auto& f : order) {
+    any_moe = any_moe || models.at(f).contains("moe_dropped_fraction");
+    any_noop = any_noop || num(models.at(f), "moe_noop_fraction", 0) > 0;
+  }
+  row("parameters", "params", si, 1, 3);
+  row("FLOPs per forward (one sequence)", "flops_per_forward", si, 1);
+  row("training FLOPs", "train_flops", si, 1, 3);
+  row("steps", "steps", integer, 1);
+  row("training tokens", "tokens", si, 1);
+  row("training wall-clock", "train_seconds", secs, 1);
+  row("training tokens/s", "train_tokens_per_second", integer, 1);
+  row("validation loss, top-k routing", "val_loss_topk", f4, 2);
+  row("validation loss, causal routing", "val_loss_causal", f4, 2);
+  row("predictor accuracy", "predictor_accuracy", pct, 0);
+  row("processed fraction (causal)", "processed_fraction", f3, 0);
+  if (any_moe) {
+    row("MoE: dropped by capacity", "moe_dropped_fraction", pct, 0);
+    if (any_noop) row("MoE: sent to no-op experts", "moe_noop_fraction", pct, 0);
+    row("MoE: balance (1 = even)", "moe_balance", f3, 0);
+  }
+  row("decode tokens/s (one stream)", "decode_tokens_per_second", tps, 1);
+  row("KV-cache bytes (sample)", "kv_cache_bytes", bytes, 1);
+  return t;
 }
 
 std::string demo_table_text(const json& summary) {
-  auto rows = demo_table(summary);
-  std::string s = pad("", 34) + pad("dense", 12, true) + pad("MoD", 12, true) + pad("MoD vs dense", 15, true) + "\n";
-  for (const auto& r : rows) s += pad(r[0], 34) + pad(r[1], 12, true) + pad(r[2], 12, true) + pad(r[3], 15, true) + "\n";
+  const DemoTable t = demo_table(summary);
+  auto block = [&](size_t from, size_t to, size_t w) {
+    std::string s = pad("", 34);
+    for (size_t c = from; c < to; ++c) s += pad(t.header[c], w, true);
+    s += "\n";
+    for (const auto& r : t.rows) {
+      bool any = false;
+      for (size_t c = from; c < to; ++c) any = any || !r[c].empty();
+      if (!any) continue;
+      s += pad(r[0], 34);
+      for (size_t c = from; c < to; ++c) s += pad(r[c], w, true);
+      s += "\n";
+    }
+    return s;
+  };
+  // Two models: one block with the comparison column (as it always was); more: the values,
+  // then the comparisons with the baseline.
+  if (t.n_models == 2) {
+    std::string s = pad("", 34) + pad(t.header[1], 12, true) + pad(t.header[2], 12, true) + pad(t.header[3], 15, true) + "\n";
+    for (const auto& r : t.rows) s += pad(r[0], 34) + pad(r[1], 12, true) + pad(r[2], 12, true) + pad(r[3], 15, true) + "\n";
+    return s;
+  }
+  std::string s = block(1, 1 + t.n_models, 17);
+  if (t.n_ratio > 0) s += "\n" + block(1 + t.n_models, t.header.size(), 26);
   return s;
 }
 
 std::string render_demo_report(const json& S) {
-  const json& D = S.at("models").at("dense");
-  const json& M = S.at("models").at("mod");
-  const json& cmp = S.at("comparison");
-  const json& reach = cmp.at("reach_dense_loss");
+  const std::vector<std::string> order = model_order(S);
+  const std::string base = baseline_of(S, order);
+  const std::string base_label = label_of(S, base);
+  const json& models = S.at("models");
+  const json& D = models.at(base);
   const json& set = S.at("settings");
   const double budget = num(S, "budget_flops");
-  std::string o = page_head("modlm demo: Mixture-of-Depths vs dense");
+  const double cap = num(set, "capacity", 0.125);
+  std::vector<std::string> others;
+  for (const auto& f : order)
+    if (f != base) others.push_back(f);
+  const bool two = order.size() == 2;
+  std::string names;
+  for (size_t i = 0; i < order.size(); ++i)
+    names += (i == 0 ? "" : i + 1 == order.size() ? " and " : ", ") + label_of(S, order[i]);
+  const bool classic = two && base == "dense" && others[0] == "mod";
+  std::string o = page_head(classic ? "modlm demo: Mixture-of-Depths vs dense" : "modlm demo: " + names);
 
   // Header and verdict.
-  const double ld = num(D, "val_loss_topk"), lm = num(M, "val_loss_topk"), lmc = num(M, "val_loss_causal");
-  const double cap = num(set, "capacity", 0.125);
-  o += "<header>\n<div class=\"tag\">modlm demo</div>\n<h1>Mixture-of-Depths vs its dense twin, at equal training FLOPs</h1>\n";
-  o += "<p>Both models: " + esc(std::to_string(D["config"]["n_layers"].get<int>())) + " layers, d<sub>model</sub> " +
-       esc(std::to_string(D["config"]["d_model"].get<int>())) + ", vocabulary " + esc(std::to_string(D["config"]["vocab_size"].get<int>())) +
-       ", sequences of " + esc(std::to_string(set["seq_len"].get<int>())) + " tokens. The MoD twin routes every other layer, processing " +
-       esc(fmt_fixed(100 * cap, 1)) + " % of the tokens there (top-k by a learned router); a small predictor learns the same decision causally. "
-       "Each model trained on the same text for " + esc(fmt_si(budget)) + "FLOPs.</p>\n";
+  o += "<header>\n<div class=\"tag\">modlm demo</div>\n<h1>" +
+       esc(classic ? std::string("Mixture-of-Depths vs its dense twin, at equal training FLOPs") : names + ", at equal training FLOPs") + "</h1>\n";
   {
-    std::string v = "At the same training compute, MoD reached a validation loss of <b class=\"mod\">" + esc(fmt_fixed(lm, 3)) +
-                    "</b> against <b class=\"dense\">" + esc(fmt_fixed(ld, 3)) + "</b> for dense (" +
-                    (lm <= ld ? "<span class=\"good\">" : "<span class=\"bad\">") + esc((lm - ld >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(lm - ld), 3)) +
-                    " nats</span>; " + esc(fmt_fixed(lmc, 3)) + " when it decides causally, as in generation), taking " +
-                    esc(fmt_fixed(num(cmp, "steps_ratio"), 2)) + "\u00d7 the steps in " + esc(fmt_fixed(num(cmp, "wall_clock_ratio"), 2)) +
-                    "\u00d7 the wall-clock. ";
-    if (reach.value("reached", false))
-      v += "It matched dense\u2019s final loss after <b>" + esc(fmt_seconds(num(reach, "time"))) + "</b> of training, where dense needed " +
-           esc(fmt_seconds(num(reach, "dense_time"))) + " (" + esc(fmt_fixed(num(reach, "speedup"), 2)) + "\u00d7 faster).";
-    else if (reach.contains("dense_final_loss"))
-      v += "It did not reach dense\u2019s final loss (" + esc(fmt_fixed(num(reach, "dense_final_loss"), 3)) + ") within its budget.";
+    std::string p = (order.size() == 2 ? "Both models: " : "All models: ") + esc(std::to_string(D["config"]["n_layers"].get<int>())) +
+                    " layers, d<sub>model</sub> " + esc(std::to_string(D["config"]["d_model"].get<int>())) + ", vocabulary " +
+                    esc(std::to_string(D["config"]["vocab_size"].get<int>())) + ", sequences of " + esc(std::to_string(set["seq_len"].get<int>())) + " tokens.";
+    for (const auto& f : order) {
+      const json& c = models.at(f)["config"];
+      const bool routed = c.contains("routing") && c["routing"].is_object();
+      const bool moe = c.contains("moe") && c["moe"].is_object();
+      if (f == "mod" || (routed && !moe))
+        p += " " + esc(label_of(S, f)) + " routes every other layer, processing " + esc(fmt_fixed(100 * cap, 1)) +
+             " % of the tokens there (top-k by a learned router); a small predictor learns the same decision causally.";
+      if (moe) {
+        const json& m = c["moe"];
+        std::string e = std::to_string(m.value("n_experts", 0)) + " experts of width " + std::to_string(m.value("d_expert", 0)) + ", top-" +
+                        std::to_string(m.value("top_k", 1)) + ", capacity factor " + fmt_fixed(m.value("capacity_factor", 0.0), 2);
+        if (m.value("n_noop", 0) > 0) e += ", " + std::to_string(m.value("n_noop", 0)) + " no-op experts (a token sent there skips the MLP)";
+        p += " " + esc(label_of(S, f)) + (routed ? ": MoD routing as above, each routed layer\u2019s MLP an MoE (" : ": every MLP an MoE (") + esc(e) + ").";
+      }
+    }
+    p += " Each model trained on the same text for " + esc(fmt_si(budget)) + "FLOPs.";
+    o += "<p>" + p + "</p>\n";
+  }
+  {
+    std::string v = "At the same training compute, validation loss (top-k routing): ";
+    for (size_t i = 0; i < order.size(); ++i) {
+      const std::string& f = order[i];
+      const double l = num(models.at(f), "val_loss_topk");
+      v += std::string(i == 0 ? "" : ", ") + "<b style=\"color:" + family_color(f) + "\">" + esc(label_of(S, f)) + " " + esc(fmt_fixed(l, 3)) + "</b>";
+      if (f != base) {
+        const double dl = l - num(D, "val_loss_topk");
+        v += std::string(" (") + (dl <= 0 ? "<span class=\"good\">" : "<span class=\"bad\">") + esc((dl >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(dl), 3)) + "</span>)";
+      }
+    }
+    v += ". ";
+    for (const auto& f : others) {
+      const json& cmp = comparison_of(S, f);
+      const json& reach = cmp.contains("reach_dense_loss") ? cmp["reach_dense_loss"] : cmp;
+      const std::string L = esc(label_of(S, f));
+      const json& m = models.at(f);
+      if (m.contains("eval") && m["eval"].contains("causal"))
+        v += L + " scores " + esc(fmt_fixed(num(m, "val_loss_causal"), 3)) + " when it decides causally, as in generation. ";
+      v += L + " took " + esc(fmt_fixed(num(cmp, "steps_ratio"), 2)) + "\u00d7 the steps in " + esc(fmt_fixed(num(cmp, "wall_clock_ratio"), 2)) +
+           "\u00d7 the wall-clock";
+      if (reach.value("reached", false))
+        v += " and matched " + esc(base_label) + "\u2019s final loss after <b>" + esc(fmt_seconds(num(reach, "time"))) + "</b> of training, where " +
+             esc(base_label) + " needed " + esc(fmt_seconds(num(reach, "dense_time"))) + " (" + esc(fmt_fixed(num(reach, "speedup"), 2)) + "\u00d7 faster). ";
+      else if (reach.contains("dense_final_loss"))
+        v += "; it did not reach " + esc(base_label) + "\u2019s final loss (" + esc(fmt_fixed(num(reach, "dense_final_loss"), 3)) + ") within its budget. ";
+      else
+        v += ". ";
+    }
     o += "<p class=\"verdict\">" + v + "</p>\n</header>\n";
   }
-  // Cards.
+  // Cards: the two-model demo's four; otherwise one per family compared with the baseline.
   o += "<div class=\"cards\">\n";
-  o += card("validation loss, equal FLOPs", fmt_fixed(lm, 3) + " vs " + fmt_fixed(ld, 3), "MoD vs dense (top-k routing)", lm <= ld ? "good" : "bad");
-  o += card("compute per forward", fmt_fixed(100 * num(cmp, "flops_per_forward_ratio"), 0) + " %",
-            "of dense: " + fmt_si(num(M, "flops_per_forward")) + " vs " + fmt_si(num(D, "flops_per_forward")) + "FLOPs");
-  if (reach.value("reached", false))
-    o += card("time to dense\u2019s final loss", fmt_seconds(num(reach, "time")),
-              "dense: " + fmt_seconds(num(reach, "dense_time")) + " (" + fmt_fixed(num(reach, "speedup"), 2) + "\u00d7)", "good");
-  else
-    o += card("time to dense\u2019s final loss", "not reached", "MoD best " + fmt_fixed(num(reach, "mod_best_loss"), 3) + " vs " +
-              fmt_fixed(num(reach, "dense_final_loss"), 3), "bad");
-  if (std::isfinite(num(M, "decode_tokens_per_second")))
-    o += card("decode speed, one stream", fmt_fixed(num(M, "decode_tokens_per_second") / std::max(1e-9, num(D, "decode_tokens_per_second")), 2) + "\u00d7",
-              fmt_fixed(num(M, "decode_tokens_per_second"), 0) + " vs " + fmt_fixed(num(D, "decode_tokens_per_second"), 0) + " tokens/s; KV cache " +
-                  fmt_fixed(100 * num(M, "kv_cache_bytes") / std::max(1.0, num(D, "kv_cache_bytes")), 0) + " %");
-  else
-    o += card("decode speed, one stream", "n/a", "this build has no KV-cache decoder");
+  if (two) {
+    const std::string f = others[0], L = label_of(S, f);
+    const json& M = models.at(f);
+    const json& cmp = comparison_of(S, f);
+    const json& reach = cmp.contains("reach_dense_loss") ? cmp["reach_dense_loss"] : cmp;
+    const double ld = num(D, "val_loss_topk"), lm = num(M, "val_loss_topk");
+    o += card("validation loss, equal FLOPs", fmt_fixed(lm, 3) + " vs " + fmt_fixed(ld, 3), L + " vs " + base_label + " (top-k routing)", lm <= ld ? "good" : "bad");
+    o += card("compute per forward", fmt_fixed(100 * num(cmp, "flops_per_forward_ratio"), 0) + " %",
+              "of " + base_label + ": " + fmt_si(num(M, "flops_per_forward")) + " vs " + fmt_si(num(D, "flops_per_forward")) + "FLOPs");
+    if (reach.value("reached", false))
+      o += card("time to " + base_label + "\u2019s final loss", fmt_seconds(num(reach, "time")),
+                base_label + ": " + fmt_seconds(num(reach, "dense_time")) + " (" + fmt_fixed(num(reach, "speedup"), 2) + "\u00d7)", "good");
+    else
+      o += card("time to " + base_label + "\u2019s final loss", "not reached", L + " best " + fmt_fixed(num(reach, "mod_best_loss"), 3) + " vs " +
+                fmt_fixed(num(reach, "dense_final_loss"), 3), "bad");
+    if (std::isfinite(num(M, "decode_tokens_per_second")))
+      o += card("decode speed, one stream", fmt_fixed(num(M, "decode_tokens_per_second") / std::max(1e-9, num(D, "decode_tokens_per_second")), 2) + "\u00d7",
+                fmt_fixed(num(M, "decode_tokens_per_second"), 0) + " vs " + fmt_fixed(num(D, "decode_tokens_per_second"), 0) + " tokens/s; KV cache " +
+                    fmt_fixed(100 * num(M, "kv_cache_bytes") / std::max(1.0, num(D, "kv_cache_bytes")), 0) + " %");
+    else
+      o += card("decode speed, one stream", "n/a", "this build has no KV-cache decoder");
+  } else {
+    for (const auto& f : others) {
+      const json& M = models.at(f);
+      const json& cmp = comparison_of(S, f);
+      const json& reach = cmp.contains("reach_dense_loss") ? cmp["reach_dense_loss"] : cmp;
+      const double dl = num(M, "val_loss_topk") - num(D, "val_loss_topk");
+      std::string sub = fmt_fixed(num(cmp, "flops_per_forward_ratio"), 2) + "\u00d7 FLOPs per forward; ";
+      sub += reach.value("reached", false) ? "reached " + base_label + "\u2019s loss " + fmt_fixed(num(reach, "speedup"), 2) + "\u00d7 sooner"
+                                           : "did not reach " + base_label + "\u2019s loss";
+      if (std::isfinite(num(M, "decode_tokens_per_second")))
+        sub += "; decode " + fmt_fixed(num(M, "decode_tokens_per_second") / std::max(1e-9, num(D, "decode_tokens_per_second")), 2) + "\u00d7";
+      o += card(label_of(S, f) + " vs " + base_label, (dl >= 0 ? "+" : "\u2212") + fmt_fixed(std::fabs(dl), 3) + " nats", sub, dl <= 0 ? "good" : "bad");
+    }
+  }
   o += "</div>\n";
 
   // Table.
   o += "<section id=\"table\">\n<h2>Side by side</h2>\n<p class=\"lead\">Validation losses are mean next-token cross-entropy (nats) over " +
        esc(std::to_string(num(set, "final_windows", 0) > 0 ? (int)num(set, "final_windows") : 0)) +
-       " held-out windows. Training wall-clock is the time spent in training steps on this machine (validation passes and "
-       "checkpoints excluded). Decode: the KV-cache decoder, one sequence, sampling; KV-cache bytes after the sample.</p>\n";
-  o += "<table class=\"cmp\">\n<thead><tr><th></th><th class=\"dense\">dense</th><th class=\"mod\">MoD</th><th>MoD vs dense</th></tr></thead>\n<tbody>\n";
-  for (const auto& r : demo_table(S))
-    o += "<tr><td>" + esc(r[0]) + "</td><td>" + esc(r[1]) + "</td><td>" + esc(r[2]) + "</td><td>" + esc(r[3]) + "</td></tr>\n";
-  o += "</tbody>\n</table>\n</section>\n";
+       " held-out windows (causal: the decisions generation makes \u2014 the predictor for routed layers, no expert capacity). Training wall-clock is "
+       "the time spent in training steps on this machine (validation passes and checkpoints excluded). Decode: the KV-cache decoder, one sequence, "
+       "sampling; KV-cache bytes after the sample.</p>\n";
+  {
+    const DemoTable t = demo_table(S);
+    o += "<table class=\"cmp\">\n<thead><tr>";
+    for (size_t c = 0; c < t.header.size(); ++c) {
+      std::string style;
+      if (c >= 1 && c <= t.n_models) style = " style=\"color:" + std::string(family_color(order[c - 1])) + "\"";
+      o += "<th" + style + ">" + esc(t.header[c]) + "</th>";
+    }
+    o += "</tr></thead>\n<tbody>\n";
+    for (const auto& r : t.rows) {
+      o += "<tr>";
+      for (const auto& cell : r) o += "<td>" + esc(cell) + "</td>";
+      o += "</tr>\n";
+    }
+    o += "</tbody>\n</table>\n";
+  }
+  o += "</section>\n";
 
   // Loss curves.
   auto loss_chart = [&](const std::string& id, const char* xkey, const Axis& xa) {
@@ -330,14 +492,12 @@ std::string render_demo_report(const json& S) {
     c.x = xa;
     c.y.label = "validation loss (nats)";
     c.width = 590, c.height = 350;
-    for (int i = 0; i < 2; ++i) {
-      const json& m = i == 0 ? D : M;
-      const char* name = i == 0 ? "dense" : "mod";
-      const char* col = i == 0 ? kDense : kMod;
+    for (const auto& f : order) {
+      const json& m = models.at(f);
       Series tr;
-      tr.key = std::string("train-") + xkey + "-" + name;
+      tr.key = std::string("train-") + xkey + "-" + f;
       tr.label = "";
-      tr.color = col;
+      tr.color = family_color(f);
       tr.x = vec(m["curves"]["train"][xkey]);
       tr.y = vec(m["curves"]["train"]["loss"]);
       tr.markers = false;
@@ -345,48 +505,56 @@ std::string render_demo_report(const json& S) {
       tr.opacity = 0.28;
       c.series.push_back(tr);
     }
-    for (int i = 0; i < 2; ++i) {
-      const json& m = i == 0 ? D : M;
-      const char* name = i == 0 ? "dense" : "mod";
+    const size_t n_train = c.series.size();
+    for (const auto& f : order) {
+      const json& m = models.at(f);
       Series s;
-      s.key = std::string("val-") + xkey + "-" + name;
-      s.label = i == 0 ? "dense (validation)" : "MoD (validation)";
-      s.color = i == 0 ? kDense : kMod;
+      s.key = std::string("val-") + xkey + "-" + f;
+      s.label = label_of(S, f) + " (validation)";
+      s.color = family_color(f);
       s.x = vec(m["curves"]["val"][xkey]);
       s.y = vec(m["curves"]["val"]["loss"]);
       c.series.push_back(s);
     }
     // y range from the validation curves (the first training losses would squash the plot).
     double lo = 1e300, hi = -1e300;
-    for (size_t i = 2; i < c.series.size(); ++i)
+    for (size_t i = n_train; i < c.series.size(); ++i)
       for (double v : c.series[i].y)
         if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
     if (hi > lo) {
       double d = (hi - lo) * 0.08;
       c.y.lo = lo - d, c.y.hi = hi + d;
     }
-    if (reach.contains("dense_final_loss"))
-      c.refs.push_back({false, num(reach, "dense_final_loss"), "dense final " + fmt_fixed(num(reach, "dense_final_loss"), 3), "#7a8190"});
-    if (std::string(xkey) == "time" && reach.value("reached", false))
-      c.refs.push_back({true, num(reach, "time"), "MoD matches dense at " + fmt_seconds(num(reach, "time")), kMod});
+    if (!others.empty()) {
+      const json& cmp = comparison_of(S, others[0]);
+      const json& reach = cmp.contains("reach_dense_loss") ? cmp["reach_dense_loss"] : cmp;
+      if (reach.contains("dense_final_loss"))
+        c.refs.push_back({false, num(reach, "dense_final_loss"), base_label + " final " + fmt_fixed(num(reach, "dense_final_loss"), 3), "#7a8190"});
+      if (two && std::string(xkey) == "time" && reach.value("reached", false))
+        c.refs.push_back({true, num(reach, "time"), label_of(S, others[0]) + " matches " + base_label + " at " + fmt_seconds(num(reach, "time")),
+                          family_color(others[0])});
+    }
     // Clip the faint training curves to the plotted y range.
-    for (int i = 0; i < 2; ++i)
+    for (size_t i = 0; i < n_train; ++i)
       for (auto& v : c.series[i].y)
         if (c.y.hi > c.y.lo) v = std::max(c.y.lo, std::min(c.y.hi, v));
     return render_line_chart(c);
   };
   Axis ax_f{"training FLOPs", false, AxisFormat::SI, 0, 0};
   Axis ax_t{"training wall-clock", false, AxisFormat::Seconds, 0, 0};
-  o += "<div class=\"grid2 row\">\n<section>\n<h2>Loss against training FLOPs</h2>\n<p class=\"lead\">Same budget: MoD spends it on more, cheaper "
-       "steps. Faint lines: training loss of each batch.</p>\n<figure>" +
+  o += "<div class=\"grid2 row\">\n<section>\n<h2>Loss against training FLOPs</h2>\n<p class=\"lead\">Same budget: a model with a cheaper forward "
+       "spends it on more steps. Faint lines: training loss of each batch.</p>\n<figure>" +
        loss_chart("loss-flops", "flops", ax_f) + "</figure>\n</section>\n";
   o += "<section>\n<h2>Loss against wall-clock</h2>\n<p class=\"lead\">What the saved FLOPs buy on this machine (" +
        esc(std::to_string((int)num(set, "threads", 0))) + " threads).</p>\n<figure>" + loss_chart("loss-time", "time", ax_t) +
        "</figure>\n</section>\n</div>\n";
 
-  // Routing picture.
+  // Routing picture (from the MoD model, else the staged MoDE one).
+  const std::string rfam = S.contains("routing_family") && S["routing_family"].is_string() ? S["routing_family"].get<std::string>() : "mod";
+  const std::string rlabel = models.contains(rfam) ? label_of(S, rfam) : "MoD";
   if (S.contains("routing") && S["routing"].is_object()) {
-    o += "<section id=\"routing-picture\">\n<h2>Which tokens each routed layer processed</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
+    o += "<section id=\"routing-picture\">\n<h2>Which tokens each routed layer processed (" + esc(rlabel) +
+         ")</h2>\n<p class=\"lead\">A passage of the validation text. Each column is a token, "
          "each row a routed layer; a violet cell was processed by that layer\u2019s block (top-k routing, as in training; darker = larger router logit r, "
          "whose \u03c3(r) scales the block\u2019s output), a grey cell skipped it and went round on the residual stream. A dot marks the tokens the causal predictor would process. "
          "Hover a cell for the token and its router logit.</p>\n";
@@ -403,7 +571,7 @@ std::string render_demo_report(const json& S) {
   o += "<div class=\"grid2 row\">\n";
   if (S.contains("router_histogram") && S["router_histogram"].is_object()) {
     const json& H = S["router_histogram"];
-    o += "<section>\n<h2>Router logits per routed layer</h2>\n<p class=\"lead\">The router logit r of each of " +
+    o += "<section>\n<h2>Router logits per routed layer (" + esc(rlabel) + ")</h2>\n<p class=\"lead\">The router logit r of each of " +
          esc(std::to_string((int)num(H, "tokens_per_layer", 0))) + " validation tokens (the block\u2019s output is scaled by \u03c3(r)); "
          "violet: the " + esc(fmt_fixed(100 * cap, 1)) + " % top-k tokens the block processed, grey: skipped.</p>\n<div class=\"hists\">\n";
     bool first = true;
@@ -422,11 +590,12 @@ std::string render_demo_report(const json& S) {
     }
     o += "</div>\n</section>\n";
   }
-  if (M.contains("predictor_accuracy_curve")) {
+  if (models.contains(rfam) && models[rfam].contains("predictor_accuracy_curve")) {
+    const json& M = models[rfam];
     const json& A = M["predictor_accuracy_curve"];
     LineChart c;
     c.id = "predictor-accuracy";
-    c.x = {"training step (MoD)", false, AxisFormat::Number, 0, 0};
+    c.x = {"training step (" + rlabel + ")", false, AxisFormat::Number, 0, 0};
     c.y = {"predictor accuracy", false, AxisFormat::Number, 0, 0};
     c.width = 590, c.height = 330;
     int i = 0;
@@ -445,20 +614,58 @@ std::string render_demo_report(const json& S) {
     }
     c.y.lo = std::max(0.0, std::min(lo, 1 - cap) - 0.02), c.y.hi = 1.0;
     c.refs.push_back({false, 1 - cap, "always \u201cskip\u201d: " + fmt_fixed(100 * (1 - cap), 1) + " %", "#7a8190"});
-    o += "<section>\n<h2>Causal predictor accuracy during training</h2>\n<p class=\"lead\">How often the predictor, which sees only the past, "
+    o += "<section>\n<h2>Causal predictor accuracy during training (" + esc(rlabel) +
+         ")</h2>\n<p class=\"lead\">How often the predictor, which sees only the past, "
          "makes the same decision as top-k routing (training batches). Final, on validation: " +
          esc(fmt_fixed(100 * num(M, "predictor_accuracy"), 1)) + " %.</p>\n<figure>" + render_line_chart(c) + "</figure>\n</section>\n";
   }
   o += "</div>\n";
 
+  // Expert load of every MoE family: layers x experts, the share of the choices each expert got.
+  {
+    std::string moe;
+    for (const auto& f : order) {
+      const json& m = models.at(f);
+      if (!m.contains("eval") || !m["eval"]["topk"].contains("moe")) continue;
+      const json& layers = m["eval"]["topk"]["moe"];
+      if (!layers.is_array() || layers.empty()) continue;
+      const int G = (int)layers[0]["load"].size();
+      const int n_noop = m["config"].contains("moe") ? m["config"]["moe"].value("n_noop", 0) : 0;
+      moe += "<h3 style=\"color:" + std::string(family_color(f)) + ";margin:14px 0 6px;font-size:15px\">" + esc(label_of(S, f)) + "</h3>\n";
+      moe += "<table class=\"cmp load\" id=\"moe-load-" + esc(f) + "\">\n<thead><tr><th>layer</th>";
+      for (int e = 0; e < G; ++e) moe += "<th>" + (e < G - n_noop ? "expert " + std::to_string(e) : "no-op " + std::to_string(e - (G - n_noop))) + "</th>";
+      moe += "<th>dropped</th><th>balance</th></tr></thead>\n<tbody>\n";
+      for (const auto& l : layers) {
+        moe += "<tr><td>layer " + std::to_string(l.value("layer", 0)) + "</td>";
+        int e = 0;
+        for (const auto& x : l["load"]) {
+          const double v = x.get<double>();
+          // Shade by load relative to an even share (1 / G): white at 0, full at twice the even
+          // share; green for real experts, grey for no-op ones.
+          const std::string bg = mix("#ffffff", e++ < G - n_noop ? "#2e9a4e" : "#8a909c", std::min(1.0, v * G / 2.0));
+          moe += "<td style=\"background:" + bg + "\">" + esc(fmt_fixed(100 * v, 1)) + " %</td>";
+        }
+        moe += "<td>" + esc(fmt_fixed(100 * l.value("dropped_fraction", 0.0), 1)) + " %</td><td>" + esc(fmt_fixed(l.value("balance", 0.0), 3)) +
+               "</td></tr>\n";
+      }
+      moe += "</tbody>\n</table>\n";
+    }
+    if (!moe.empty())
+      o += "<section class=\"row\" id=\"expert-load\">\n<h2>Expert load</h2>\n<p class=\"lead\">Share of the router\u2019s choices each expert received "
+           "on the validation windows (top-k evaluation, before capacity; darker = busier; an even split is " +
+           esc("1 / (experts + no-op experts)") + "), the share of choices dropped by the expert capacity, and the Switch balance term "
+           "(E \u2211 f<sub>i</sub> P<sub>i</sub>, 1 when even).</p>\n" + moe + "</section>\n";
+  }
+
   // Samples.
+  const json& first_sample = models.at(order.back())["sample"];
   o += "<section class=\"row\" id=\"samples\">\n<h2>Samples</h2>\n<p class=\"lead\">The same prompt (grey, from the validation text), continued by each model "
        "with the KV-cache decoder (temperature " +
-       esc(fmt_fixed(num(M["sample"], "temperature", 0.8), 2)) + ", top-k " + esc(std::to_string((int)num(M["sample"], "top_k", 40))) +
-       ", same seed). MoD decides causally, token by token.</p>\n<div class=\"samples\">\n";
-  for (int i = 0; i < 2; ++i) {
-    const json& m = i == 0 ? D : M;
-    o += "<div class=\"sample\"><h3 class=\"" + std::string(i == 0 ? "dense" : "mod") + "\">" + (i == 0 ? "dense" : "MoD") + "</h3>";
+       esc(fmt_fixed(num(first_sample, "temperature", 0.8), 2)) + ", top-k " + esc(std::to_string((int)num(first_sample, "top_k", 40))) +
+       ", same seed). Routed models decide causally, token by token.</p>\n<div class=\"samples\">\n";
+  for (const auto& f : order) {
+    const json& m = models.at(f);
+    o += "<div class=\"sample\"><h3 style=\"color:" + std::string(family_color(f)) + "\">" + esc(label_of(S, f)) + "</h3>";
     if (m["sample"].is_object()) {
       o += "<div class=\"text\"><span class=\"prompt\">" + esc(m["sample"]["prompt"].get<std::string>()) + "</span>" +
            esc(m["sample"]["continuation"].get<std::string>()) + "</div>";

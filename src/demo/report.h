@@ -11,8 +11,15 @@
 
 namespace modlm::demo {
 
-// The side-by-side table (label, dense, MoD, MoD vs dense) from a demo summary.
-std::vector<std::array<std::string, 4>> demo_table(const json& summary);
+// The side-by-side table of a demo summary: header = "", one label per model (report order),
+// then "<model> vs <baseline>" for every other model; each row = its label, one value per model,
+// one comparison per other model ("" where none).
+struct DemoTable {
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+  size_t n_models = 0, n_ratio = 0;
+};
+DemoTable demo_table(const json& summary);
 std::string demo_table_text(const json& summary);
 
 std::string render_demo_report(const json& summary);

@@ -186,7 +186,19 @@ void data_range(const LineChart& c, bool xaxis, double& lo, double& hi) {
 std::string render_line_chart(const LineChart& c) {
   int nleg = 0;
   for (const auto& s : c.series) nleg += !s.label.empty();
-  const double W = c.width, H = c.height, ml = 62, mr = 18, mt = nleg ? 36 : 14, mb = 46;
+  // Legend entries flow in rows above the plot, wrapping at the chart's width.
+  const double legend_x0 = 62, legend_right = c.width - 18;
+  auto legend_width = [](const Series& s) { return 30 + 6.9 * (double)s.label.size() + 22; };
+  int legend_rows = nleg ? 1 : 0;
+  {
+    double x = legend_x0;
+    for (const auto& s : c.series) {
+      if (s.label.empty()) continue;
+      if (x > legend_x0 && x + legend_width(s) - 22 > legend_right) ++legend_rows, x = legend_x0;
+      x += legend_width(s);
+    }
+  }
+  const double W = c.width, H = c.height, ml = 62, mr = 18, mt = nleg ? 20 + 16 * legend_rows : 14, mb = 46;
   double xlo, xhi, ylo, yhi;
   data_range(c, true, xlo, xhi);
   data_range(c, false, ylo, yhi);
@@ -281,18 +293,18 @@ std::string render_line_chart(const LineChart& c) {
       o += "</g>\n";
     }
   }
-  // Legend: one row above the plot, so it never hides a curve.
+  // Legend: rows above the plot, so it never hides a curve.
   if (nleg) {
-    double x = ml;
-    const double y = 16;
+    double x = legend_x0, y = 16;
     o += "<g class=\"legend\" font-size=\"12\" fill=\"#333\">\n";
     for (const auto& s : c.series) {
       if (s.label.empty()) continue;
+      if (x > legend_x0 && x + legend_width(s) - 22 > legend_right) x = legend_x0, y += 16;
       o += "<line x1=\"" + px(x) + "\" x2=\"" + px(x + 24) + "\" y1=\"" + px(y - 4) + "\" y2=\"" + px(y - 4) + "\" stroke=\"" + s.color +
            "\" stroke-width=\"" + px(std::max(2.2, s.width)) + "\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>";
       if (s.markers) o += "<circle cx=\"" + px(x + 12) + "\" cy=\"" + px(y - 4) + "\" r=\"3.2\" fill=\"" + s.color + "\" stroke=\"#fff\"/>";
       o += "<text x=\"" + px(x + 30) + "\" y=\"" + px(y) + "\">" + xml_escape(s.label) + "</text>\n";
-      x += 30 + 6.9 * (double)s.label.size() + 22;
+      x += legend_width(s);
     }
     o += "</g>\n";
   }
