@@ -8,6 +8,9 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/families.h"
+#include "util/error.h"
+#include "model/flops.h"
 
 using namespace modlm;
 using namespace modlm::testing;
@@ -22,7 +25,7 @@ static std::string small_text(const std::string& dir, size_t bytes = 60000) {
 }
 
 TEST(Cli, HelpOnEverySubcommand) {
-  for (const char* sub : {"", "init", "eval", "flops", "train"}) {
+  for (const char* sub : {"", "init", "eval", "flops", "train", "bench train", "bench generate", "generate", "demo", "sweep"}) {
     auto r = run_modlm(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub;
@@ -225,4 +228,65 @@ TEST(Cli, TokenizerTrainThenInitAndEvalWithIt) {
   EXPECT_EQ(run_modlm("init " + dir + "/m2 --tokenizer " + dir + "/tok/tokenizer.model --vocab 300 --d-model 32 --n-heads 2").code, 2);
   EXPECT_EQ(run_modlm("tokenizer train --input " + text + " --vocab-size 10 --out " + dir + "/tok2").code, 3);
   EXPECT_NE(run_modlm("tokenizer train --input " + dir + "/nope.txt --vocab-size 400 --out " + dir + "/tok3").code, 0);
+}
+
+TEST(Families, EachFamilyIsTheDenseShapePlusItsRoutingOrExperts) {
+  ModelConfig dense = ModelConfig::from_json(json{{"vocab_size", 300}, {"d_model", 32}, {"n_layers", 4}, {"n_heads", 2}, {"d_ff", 64}}, "test");
+  RoutingConfig r;
+  r.layers.kind = "every_other";
+  r.capacity = 0.25;
+  MoeConfig e;
+  e.n_experts = 4;
+  e.d_expert = 64;
+  e.capacity_factor = 1.25;
+  e.n_noop = 0;
+  for (const auto& f : model_families()) {
+    const ModelConfig c = family_config(dense, f, r, e);
+    const bool routed = f == "mod" || f == "mode_staged", moe = f == "moe" || f == "mode_staged" || f == "mode_integrated";
+    EXPECT_EQ(c.n_routed(), routed ? 2 : 0) << f;
+    EXPECT_EQ(c.n_moe(), moe ? 4 : 0) << f;
+    EXPECT_EQ(c.moe.n_noop, f == "mode_integrated" ? 4 : 0) << f;  // 0 = as many no-op experts as real ones
+    EXPECT_EQ(c.d_model, 32);
+    EXPECT_EQ(c.d_ff, 64);
+    if (routed) EXPECT_DOUBLE_EQ(c.routing.capacity, 0.25);
+  }
+  // A model a family cannot make is bad input; unknown names too.
+  ModelConfig one = dense;
+  one.n_layers = 1;
+  EXPECT_THROW(family_config(one, "mod", r, e), Error);
+  MoeConfig none = e;
+  none.n_experts = 0;
+  EXPECT_THROW(family_config(dense, "moe", r, none), Error);
+  EXPECT_THROW(family_config(dense, "mixture", r, e), Error);
+  EXPECT_EQ(family_label("mode_integrated"), "integrated MoDE");
+}
+
+TEST(Cli, BenchTrainTimesEveryFamilyAgainstDenseInOneRun) {
+  const std::string shape = "bench train --d-model 32 --n-layers 4 --n-heads 2 --d-ff 64 --vocab 300 --batch 2 --seq-len 32 --steps 1 --no-peak ";
+  auto r = run_modlm(shape + "--families moe,mode_staged,mode_integrated,mod --n-experts 4 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json j = json::parse(r.out);
+  ModelConfig dense = ModelConfig::from_json(json{{"vocab_size", 300}, {"d_model", 32}, {"n_layers", 4}, {"n_heads", 2}, {"d_ff", 64}}, "test");
+  RoutingConfig rc;
+  rc.layers.kind = "every_other";
+  MoeConfig mc;
+  mc.n_experts = 4;
+  mc.d_expert = 64;
+  mc.capacity_factor = 1.25;
+  const double dense_flops = 3.0 * 2 * analytic_forward_flops(dense, 32).total();
+  EXPECT_EQ(j["dense"]["train_flops_per_step"].get<double>(), dense_flops);
+  for (const char* f : {"moe", "mode_staged", "mode_integrated", "mod"}) {
+    ASSERT_TRUE(j["ratios"].contains(f)) << f;
+    const ModelConfig c = family_config(dense, f, rc, mc);
+    const double flops = 3.0 * 2 * analytic_forward_flops(c, 32).total();
+    EXPECT_EQ(j[f]["train_flops_per_step"].get<double>(), flops) << f;
+    // Executed == analytic where every routed block runs exactly k tokens; an MoE's analytic count is
+    // the capacity bound (SPEC §5), which the experts reach only when no expert is under-loaded.
+    if (std::string(f) == "mod") EXPECT_EQ(j[f]["train_flops_executed_per_step"].get<double>(), flops) << f;
+    else EXPECT_LE(j[f]["train_flops_executed_per_step"].get<double>(), flops) << f;
+    EXPECT_DOUBLE_EQ(j["ratios"][f]["flop_ratio"].get<double>(), flops / dense_flops) << f;
+    EXPECT_GT(j["ratios"][f]["time_ratio"].get<double>(), 0) << f;
+  }
+  EXPECT_EQ(run_modlm(shape + "--families moe,foo").code, 2);
+  EXPECT_EQ(run_modlm(shape + "--families mod --n-layers 1").code, 2);
 }

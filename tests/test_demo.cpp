@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "cli_helpers.h"
-#include "demo/demo.h"
+#include "model/families.h"
 #include "demo/report.h"
 #include "demo/svg.h"
 #include "demo/sweep.h"
@@ -426,10 +426,10 @@ TEST(Demo, AllFamiliesAtEqualFlops) {
 }
 
 TEST(Demo, FamilyListErrors) {
-  EXPECT_EQ(demo::parse_families("dense,mode_integrated"), (std::vector<std::string>{"dense", "mode_integrated"}));
-  EXPECT_EQ(demo::parse_families("moe"), (std::vector<std::string>{"moe"}));
+  EXPECT_EQ(parse_families("dense,mode_integrated", "--family"), (std::vector<std::string>{"dense", "mode_integrated"}));
+  EXPECT_EQ(parse_families("moe", "--family"), (std::vector<std::string>{"moe"}));
   for (const char* bad : {"", "dense,", "dense,dense", "dense,mixture", "MoD", "dense;mod"})
-    EXPECT_THROW(demo::parse_families(bad), Error) << bad;
+    EXPECT_THROW(parse_families(bad, "--family"), Error) << bad;
   auto dir = temp_dir("demo_family_usage");
   EXPECT_EQ(run_modlm("demo --out " + dir + "/o --family dense,foo").code, 2);
   EXPECT_EQ(run_modlm("demo --out " + dir + "/o --family dense,mod --n-layers 1").code, 2);  // no routed layer

@@ -1,11 +1,13 @@
 // `modlm bench train`: forward+backward time per step and achieved GFLOP/s of a random-weight
 // model, next to the peak of the matrix-product routine on the model's own GEMM shapes, and
 // (with routing) side by side with the dense twin, measured in the same run.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "cli/model_flags.h"
+#include "model/families.h"
 #include "model/flops.h"
 #include "model/model.h"
 #include "ops/gemm.h"
@@ -91,6 +93,7 @@ Command add_bench(CLI::App& app) {
   struct Opts {
     int batch = 8, seq_len = 512, steps = 5, warmup = 1;
     bool json_out = false, no_dense = false, no_peak = false;
+    std::string families;
     ModelFlags flags;
   };
   auto o = std::make_shared<Opts>();
@@ -104,38 +107,87 @@ Command add_bench(CLI::App& app) {
   tr->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
   tr->add_flag("--no-peak", o->no_peak, "do not measure the GEMM peak");
   tr->add_flag("--json", o->json_out, "print JSON");
+  tr->add_option("--families", o->families,
+                 "time these families of the shape side by side with dense: comma list of mod, moe, mode_staged, mode_integrated "
+                 "(routing from --routing/--capacity, default every_other 0.125; experts from --n-experts/--d-expert/--moe-top-k/"
+                 "--capacity-factor/--n-noop, default 8 experts of d_ff, top-1, capacity factor 1.25, integrated: 8 no-op)");
   o->flags.add_to(*tr);
   tr->footer("Default shape: D=512 L=8 H=8 F=1408 V=256, 8 x 512 tokens. Example MoD comparison:\n"
-             "  modlm bench train --vocab 8192 --routing every_other --capacity 0.125");
+             "  modlm bench train --vocab 8192 --routing every_other --capacity 0.125\n"
+             "MoE and MoDE against dense in one run:\n"
+             "  modlm bench train --vocab 8192 --families moe,mode_staged,mode_integrated");
   return {sub, [o]() -> int {
             json base{{"vocab_size", 256}, {"d_model", 512}, {"n_layers", 8}, {"n_heads", 8}, {"d_ff", 1408}, {"tokenizer", "bytes"}};
-            ModelConfig cfg = o->flags.apply(base, "flags");
+            ModelFlags flags = o->flags;
+            if (!o->families.empty()) {
+              // The families' routing and experts: the flags given, defaults for the rest.
+              if (!flags.routing) flags.routing = "every_other";
+              if (!flags.n_experts) flags.n_experts = 8;
+              if (!flags.d_expert) flags.d_expert = flags.d_ff.value_or(1408);
+              if (!flags.capacity_factor) flags.capacity_factor = 1.25;
+            }
+            ModelConfig cfg = flags.apply(base, "flags");
             if (o->batch < 1 || o->seq_len < 1 || o->steps < 1 || o->warmup < 0) throw usage_error("--batch, --seq-len, --steps must be >= 1");
             if (o->seq_len > cfg.max_seq_len) throw usage_error("--seq-len exceeds max_seq_len");
             const int B = o->batch, T = o->seq_len, n = B * T;
             json out{{"batch", B}, {"seq_len", T}, {"config", cfg.to_json()}};
-            auto report = [&](const char* name, const ModelConfig& c) {
+            auto report = [&](const std::string& name_s, const ModelConfig& c) {
+              const char* name = name_s.c_str();
               StepTiming st = time_steps(c, B, T, o->steps, o->warmup);
               json j{{"step_seconds", st.median_s}, {"step_seconds_min", st.min_s}, {"step_cpu_seconds", st.cpu_s}, {"train_flops_per_step", st.flops},
                      {"train_flops_executed_per_step", st.flops_executed},
                      {"tokens_per_second", n / st.median_s}, {"gflops", st.flops / st.median_s / 1e9}};
               if (!o->json_out)
-                std::printf("%-6s step %.3f s (min %.3f, cpu %.3f)  %.0f tok/s  %.1f GFLOP/s  (%.3f TFLOP per step)\n", name,
+                std::printf("%-16s step %.3f s (min %.3f, cpu %.3f)  %.0f tok/s  %.1f GFLOP/s  (%.3f TFLOP per step)\n", name,
                             st.median_s, st.min_s, st.cpu_s, n / st.median_s, st.flops / st.median_s / 1e9, st.flops / 1e12);
               out[name] = j;
               return st;
             };
-            const bool twin = cfg.n_routed() || cfg.n_moe();
-            const char* kind = cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
-            StepTiming m = report(kind, cfg);
-            if (twin && !o->no_dense) {
+            if (!o->families.empty()) {
+              // Each family of the shape against dense (timed first), in one run.
+              std::vector<std::string> fams = parse_families(o->families, "--families");
+              fams.erase(std::remove(fams.begin(), fams.end(), "dense"), fams.end());
+              const RoutingConfig routing = cfg.routing;
+              const MoeConfig moe = cfg.moe;
+              std::vector<std::pair<std::string, ModelConfig>> models;
+              for (const auto& f : fams) {
+                try {
+                  models.push_back({f, family_config(cfg, f, routing, moe)});
+                } catch (const Error& e) {
+                  throw usage_error(std::string("--families: ") + e.what());
+                }
+              }
               StepTiming d = report("dense", dense_twin(cfg));
-              double time_ratio = m.median_s / d.median_s, flop_ratio = (double)m.flops / d.flops;
-              out["time_ratio"] = time_ratio;
-              out["cpu_time_ratio"] = m.cpu_s / d.cpu_s;
-              out["flop_ratio"] = flop_ratio;
-              if (!o->json_out)
-                std::printf("%s / dense: time %.3f, FLOPs %.3f (time/FLOP ratio %.2f)\n", kind, time_ratio, flop_ratio, time_ratio / flop_ratio);
+              json ratios = json::object();
+              for (const auto& [f, c] : models) {
+                StepTiming m = report(f.c_str(), c);
+                const double time_ratio = m.median_s / d.median_s, flop_ratio = (double)m.flops / d.flops, cpu_ratio = m.cpu_s / d.cpu_s;
+                ratios[f] = {{"time_ratio", time_ratio}, {"cpu_time_ratio", cpu_ratio}, {"flop_ratio", flop_ratio}};
+                out[f]["config"] = c.to_json();
+              }
+              out["ratios"] = ratios;
+              if (!o->json_out) {
+                std::printf("\nagainst dense (same run):      time   cpu time   FLOPs   time/FLOP\n");
+                for (const auto& [f, c] : models) {
+                  const json& r = ratios[f];
+                  std::printf("  %-26s %7.3f %9.3f %8.3f %9.2f\n", family_label(f).c_str(), r["time_ratio"].get<double>(),
+                              r["cpu_time_ratio"].get<double>(), r["flop_ratio"].get<double>(),
+                              r["time_ratio"].get<double>() / r["flop_ratio"].get<double>());
+                }
+              }
+            } else {
+              const bool twin = cfg.n_routed() || cfg.n_moe();
+              const char* kind = cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
+              StepTiming m = report(kind, cfg);
+              if (twin && !o->no_dense) {
+                StepTiming d = report("dense", dense_twin(cfg));
+                double time_ratio = m.median_s / d.median_s, flop_ratio = (double)m.flops / d.flops;
+                out["time_ratio"] = time_ratio;
+                out["cpu_time_ratio"] = m.cpu_s / d.cpu_s;
+                out["flop_ratio"] = flop_ratio;
+                if (!o->json_out)
+                  std::printf("%s / dense: time %.3f, FLOPs %.3f (time/FLOP ratio %.2f)\n", kind, time_ratio, flop_ratio, time_ratio / flop_ratio);
+              }
             }
             if (!o->no_peak) {
               const int D = cfg.d_model, F = cfg.d_ff;

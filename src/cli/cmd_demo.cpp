@@ -2,6 +2,7 @@
 // and its Mixture-of-Depths twin, trained with the same FLOPs, compared and drawn (report.html).
 #include "cli/commands.h"
 #include "demo/demo.h"
+#include "model/families.h"
 #include "util/error.h"
 
 namespace modlm::cli {
@@ -62,7 +63,7 @@ Command add_demo(CLI::App& app) {
       "--batch-size --lr --min-lr --seed --evals --eval-windows --final-windows --calibration-steps --prompt-tokens --new-tokens\n"
       "--n-experts --d-expert (0 = d_ff) --moe-top-k --capacity-factor --n-noop (0 = n_experts) --moe-balance-weight.");
   return {sub, [o, no_progress, minutes, budget, families]() -> int {
-            o->families = demo::parse_families(*families);
+            o->families = parse_families(*families, "--family");
             if (minutes->count() > 0 && budget->count() > 0) throw usage_error("give --minutes or --budget-flops, not both");
             if (budget->count() > 0 && !(o->budget_flops > 0)) throw usage_error("--budget-flops must be > 0");
             if (o->seq_len < 2 || o->batch_size < 1) throw usage_error("--seq-len must be >= 2 and --batch-size >= 1");

@@ -16,6 +16,7 @@
 #include "demo/runs.h"
 #include "demo/svg.h"
 #include "io/model_dir.h"
+#include "model/families.h"
 #include "model/flops.h"
 #include "model/model.h"
 #include "util/error.h"
@@ -46,28 +47,24 @@ std::string abs_path(const std::string& p) {
 }
 
 ModelConfig make_config(const DemoOptions& o, const std::string& family) {
+  const std::string what = "demo " + family_label(family) + " model";
   json m{{"format", "modlm-1"},          {"vocab_size", o.vocab_size}, {"d_model", o.d_model},
          {"n_layers", o.n_layers},       {"n_heads", o.n_heads},       {"d_ff", o.d_ff},
          {"max_seq_len", o.seq_len},     {"rope_theta", 10000.0},      {"norm_eps", 1e-5},
          {"tie_embeddings", false}};
-  const bool routed = family == "mod" || family == "mode_staged";
-  const bool experts = family == "moe" || family == "mode_staged" || family == "mode_integrated";
-  if (routed)
-    m["routing"] = {{"layers", o.routed_layers}, {"capacity", o.capacity}, {"method", "expert_choice"},
-                    {"gate", "sigmoid"},          {"causal", "predictor"},  {"predictor_hidden", 128},
-                    {"aux_weight", 1.0}};
-  if (experts)
-    m["moe"] = {{"layers", "all"},
-                {"n_experts", o.n_experts},
-                {"d_expert", o.d_expert > 0 ? o.d_expert : o.d_ff},
-                {"top_k", o.moe_top_k},
-                {"capacity_factor", o.capacity_factor},
-                {"n_noop", family == "mode_integrated" ? (o.n_noop > 0 ? o.n_noop : o.n_experts) : 0},
-                {"balance_weight", o.balance_weight}};
-  const std::string what = "demo " + family_label(family) + " model";
-  ModelConfig c = ModelConfig::from_json(m, what);
-  c.validate(what);
-  return c;
+  const ModelConfig dense = ModelConfig::from_json(m, what);
+  RoutingConfig r;
+  r.layers = LayerSet::parse(o.routed_layers, o.n_layers, what + ": --routed-layers");
+  r.capacity = o.capacity;  // expert choice, sigmoid gate, causal predictor of 128 (the defaults), aux weight 1
+  r.aux_weight = 1.0;
+  MoeConfig e;
+  e.n_experts = o.n_experts;
+  e.d_expert = o.d_expert > 0 ? o.d_expert : o.d_ff;
+  e.top_k = o.moe_top_k;
+  e.capacity_factor = o.capacity_factor;
+  e.n_noop = o.n_noop;
+  e.balance_weight = o.balance_weight;
+  return family_config(dense, family, r, e);
 }
 
 RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, const std::string& tokenizer) {
@@ -372,39 +369,6 @@ double moe_mean(const json& eval, const char* key) {
 
 }  // namespace
 
-const std::vector<std::string>& demo_families() {
-  static const std::vector<std::string> f = {"dense", "mod", "moe", "mode_staged", "mode_integrated"};
-  return f;
-}
-
-std::string family_label(const std::string& family) {
-  if (family == "dense") return "dense";
-  if (family == "mod") return "MoD";
-  if (family == "moe") return "MoE";
-  if (family == "mode_staged") return "staged MoDE";
-  if (family == "mode_integrated") return "integrated MoDE";
-  return family;
-}
-
-std::vector<std::string> parse_families(const std::string& list) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t comma = list.find(',', start);
-    std::string f = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    while (!f.empty() && f.front() == ' ') f.erase(f.begin());
-    while (!f.empty() && f.back() == ' ') f.pop_back();
-    const auto& known = demo_families();
-    if (std::find(known.begin(), known.end(), f) == known.end())
-      throw usage_error("--family: \"" + f + "\" is not one of dense, mod, moe, mode_staged, mode_integrated");
-    if (std::find(out.begin(), out.end(), f) != out.end()) throw usage_error("--family: \"" + f + "\" is named twice");
-    out.push_back(f);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 int run_demo(const DemoOptions& o) {
   const auto t_start = clk::now();
   install_stop_handlers();
@@ -508,7 +472,7 @@ int run_demo(const DemoOptions& o) {
   if (file_exists(plan_path)) {
     json have = read_json(plan_path);
     bool any_run = false;
-    for (const auto& f : demo_families()) any_run = any_run || file_exists(out + "/" + f + "/run.json");
+    for (const auto& f : model_families()) any_run = any_run || file_exists(out + "/" + f + "/run.json");
     if (have.contains("key") && have["key"] == key) {
       plan = have;
       std::fprintf(stderr, "reusing the plan in %s (budget %s FLOPs per model)\n", plan_path.c_str(),

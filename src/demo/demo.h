@@ -19,20 +19,13 @@
 
 namespace modlm::demo {
 
-// The families a demo can compare, in report order: "dense", "mod", "moe", "mode_staged",
-// "mode_integrated". Their labels: dense, MoD, MoE, staged MoDE, integrated MoDE.
-const std::vector<std::string>& demo_families();
-std::string family_label(const std::string& family);
-// "dense,moe" -> {"dense", "moe"} in the order given; usage_error on an unknown name, a
-// repeat or an empty list.
-std::vector<std::string> parse_families(const std::string& list);
 
 struct DemoOptions {
   std::string out = "runs/demo";
   std::string data, val;  // empty: the shipped corpus (data/)
   double minutes = 10;     // whole-demo target; sets the budget by calibration
   double budget_flops = 0;  // > 0: this training-FLOP budget per model instead
-  // The families to train; the first of them that is "dense" (else the first) is the baseline
+  // The families to train (model/families.h); the first of them that is "dense" (else the first) is the baseline
   // the others are compared with.
   std::vector<std::string> families = {"dense", "mod"};
   // The dense baseline's shape; the other families add routing and/or experts to it.
