@@ -9,6 +9,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "model/routing.h"
+#include "reference_model.h"
 #include "util/error.h"
 #include "util/rng.h"
 
@@ -85,128 +86,9 @@ TEST(Routing, LayerPatterns) {
   EXPECT_THROW(ModelConfig::from_json(bad, "t"), Error);
 }
 
-// ---- naive reference model (double, loops over tokens) ----
 namespace {
-using Vec = std::vector<double>;
-struct Ref {
-  const ModelConfig& c;
-  const Model<double>& m;
-  const double* P(const std::string& n) const { return m.params().data() + m.layout().get(n).offset; }
-  Vec rmsnorm(const Vec& x, const double* w) const {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    double inv = 1 / std::sqrt(ss / x.size() + c.norm_eps);
-    Vec y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
-    return y;
-  }
-  Vec matvec(const double* W, const Vec& x, int out) const {
-    Vec y(out, 0.0);
-    for (int o = 0; o < out; ++o)
-      for (size_t i = 0; i < x.size(); ++i) y[o] += W[o * x.size() + i] * x[i];
-    return y;
-  }
-  void rope(Vec& v, int pos) const {
-    int Dh = c.head_dim(), half = Dh / 2;
-    for (int h = 0; h < c.n_heads; ++h)
-      for (int i = 0; i < half; ++i) {
-        double ang = pos * std::pow(c.rope_theta, -2.0 * i / Dh);
-        double a = v[h * Dh + i], b = v[h * Dh + i + half];
-        v[h * Dh + i] = a * std::cos(ang) - b * std::sin(ang);
-        v[h * Dh + i + half] = b * std::cos(ang) + a * std::sin(ang);
-      }
-  }
-  // The dense layer of SPEC §1 on a sub-sequence xs with positions pos.
-  std::vector<Vec> block(int l, const std::vector<Vec>& xs, const std::vector<int>& pos) const {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    const int D = c.d_model, H = c.n_heads, Dh = c.head_dim(), F = c.d_ff, n = (int)xs.size();
-    std::vector<Vec> q(n), k(n), v(n), out(n);
-    for (int t = 0; t < n; ++t) {
-      Vec xn = rmsnorm(xs[t], P(p + "attn_norm.weight"));
-      q[t] = matvec(P(p + "attn.wq.weight"), xn, D), k[t] = matvec(P(p + "attn.wk.weight"), xn, D);
-      v[t] = matvec(P(p + "attn.wv.weight"), xn, D);
-      rope(q[t], pos[t]), rope(k[t], pos[t]);
-    }
-    for (int t = 0; t < n; ++t) {
-      Vec att(D, 0.0);
-      for (int h = 0; h < H; ++h) {
-        std::vector<double> s;
-        for (int j = 0; j < n; ++j) {
-          if (pos[j] > pos[t]) continue;  // causal by ORIGINAL position
-          double d = 0;
-          for (int e = 0; e < Dh; ++e) d += q[t][h * Dh + e] * k[j][h * Dh + e];
-          s.push_back(d / std::sqrt((double)Dh));
-        }
-        double mx = *std::max_element(s.begin(), s.end()), z = 0;
-        for (double& x : s) z += (x = std::exp(x - mx));
-        int idx = 0;
-        for (int j = 0; j < n; ++j) {
-          if (pos[j] > pos[t]) continue;
-          for (int e = 0; e < Dh; ++e) att[h * Dh + e] += s[idx] / z * v[j][h * Dh + e];
-          ++idx;
-        }
-      }
-      Vec a = xs[t], o = matvec(P(p + "attn.wo.weight"), att, D);
-      for (int i = 0; i < D; ++i) a[i] += o[i];
-      Vec xn = rmsnorm(a, P(p + "mlp_norm.weight"));
-      Vec h1 = matvec(P(p + "mlp.w1.weight"), xn, F), h3 = matvec(P(p + "mlp.w3.weight"), xn, F);
-      for (int i = 0; i < F; ++i) h1[i] = h1[i] / (1 + std::exp(-h1[i])) * h3[i];
-      Vec mo = matvec(P(p + "mlp.w2.weight"), h1, D);
-      for (int i = 0; i < D; ++i) a[i] += mo[i];
-      out[t] = a;
-    }
-    return out;
-  }
-  // Logits [T][V] of one sequence; `causal` decides as generation would.
-  std::vector<Vec> forward(const std::vector<int>& tokens, bool causal) const {
-    const int T = (int)tokens.size(), D = c.d_model;
-    std::vector<Vec> h(T);
-    for (int t = 0; t < T; ++t) h[t] = Vec(P("tok_embeddings.weight") + tokens[t] * D, P("tok_embeddings.weight") + (tokens[t] + 1) * D);
-    for (int l = 0; l < c.n_layers; ++l) {
-      if (!c.routed(l)) {
-        std::vector<int> pos(T);
-        std::iota(pos.begin(), pos.end(), 0);
-        h = block(l, h, pos);
-        continue;
-      }
-      const std::string p = "layers." + std::to_string(l) + ".";
-      std::vector<double> r(T), dec(T);
-      for (int t = 0; t < T; ++t) {
-        r[t] = matvec(P(p + "router.weight"), h[t], 1)[0];
-        if (c.routing.causal == "predictor") {
-          Vec z = matvec(P(p + "predictor.fc1.weight"), h[t], c.routing.predictor_hidden);
-          for (int j = 0; j < (int)z.size(); ++j) z[j] = std::max(0.0, z[j] + P(p + "predictor.fc1.bias")[j]);
-          dec[t] = matvec(P(p + "predictor.fc2.weight"), z, 1)[0] + P(p + "predictor.fc2.bias")[0];
-        } else {
-          dec[t] = r[t];
-        }
-      }
-      // Selected positions, by hand: sort by (r desc, position asc), take k, sort by position.
-      std::vector<int> sel;
-      if (causal) {
-        for (int t = 0; t < T; ++t)
-          if (dec[t] > 0) sel.push_back(t);
-      } else {
-        std::vector<int> order(T);
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return r[a] > r[b]; });
-        order.resize(routed_capacity(c.routing.capacity, T));
-        std::sort(order.begin(), order.end());
-        sel = order;
-      }
-      std::vector<Vec> xs;
-      for (int t : sel) xs.push_back(h[t]);
-      std::vector<Vec> ys = block(l, xs, sel);
-      for (size_t i = 0; i < sel.size(); ++i) {
-        double g = c.routing.gate == "sigmoid" ? 1 / (1 + std::exp(-r[sel[i]])) : r[sel[i]];
-        for (int d = 0; d < D; ++d) h[sel[i]][d] = xs[i][d] + g * (ys[i][d] - xs[i][d]);
-      }
-    }
-    std::vector<Vec> logits(T);
-    for (int t = 0; t < T; ++t) logits[t] = matvec(P(c.tie_embeddings ? "tok_embeddings.weight" : "output.weight"), rmsnorm(h[t], P("norm.weight")), c.vocab_size);
-    return logits;
-  }
-};
+using Vec = modlm::testing::Vec;
+using Ref = modlm::testing::ReferenceModel;
 
 ModelConfig small_routed(const std::string& gate, const std::string& causal, const std::string& layers) {
   json j = {{"vocab_size", 17}, {"d_model", 8}, {"n_layers", 3}, {"n_heads", 2}, {"d_ff", 12}, {"max_seq_len", 32},
