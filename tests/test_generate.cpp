@@ -940,3 +940,28 @@ TEST(BenchGenerateCli, ForcedFractionComparesModWithItsDenseTwin) {
   EXPECT_EQ(run_modlm(shape + "--processed-fraction 0.5").code, 2);  // nothing routed
   EXPECT_EQ(run_modlm(shape + "--routing every_other --causal aux_loss --processed-fraction 0.5").code, 2);
 }
+
+TEST(DecodeWeightBytes, AnMoeStepReadsOnlyTheChosenExperts) {
+  // Top-1 over 4 experts and no no-op: one expert per layer per token, exactly the analytic count.
+  Variant v;
+  v.moe = {{"layers", "all"}, {"n_experts", 4}, {"d_expert", 32}, {"top_k", 1}, {"capacity_factor", 1.0}};
+  auto m = make_model(v, 13);
+  const ModelConfig& c = m->config();
+  Decoder dec(*m, 2, 64);
+  dec.prefill({bytes_of("An MoE prompt"), bytes_of("Another one")});
+  int32_t tok = 'a';
+  for (int s = 0; s < 8; ++s) {
+    dec.step({0}, {tok});
+    EXPECT_NEAR(dec.weight_bytes_read(), analytic_decode_weight_bytes(c, 1.0), 1e-6) << "step " << s;
+    tok = argmax(dec.logits(0), c.vocab_size);
+    // Two rows: one or two distinct experts per layer, never more.
+    dec.step({0, 1}, {tok, (int32_t)'b'});
+    const double one_expert = 4.0 * 3 * c.d_model * c.moe.d_expert;
+    const double base = analytic_decode_weight_bytes(c, 1.0) - c.n_layers * one_expert + 4.0 * c.d_model;  // 2 embedding rows
+    const double experts = (dec.weight_bytes_read() - base) / one_expert;
+    EXPECT_NEAR(experts, std::round(experts), 1e-9);
+    EXPECT_GE(experts, c.n_layers);
+    EXPECT_LE(experts, 2 * c.n_layers);
+    tok = argmax(dec.logits(0), c.vocab_size);
+  }
+}

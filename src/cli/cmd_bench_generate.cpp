@@ -118,25 +118,27 @@ std::vector<int> parse_int_list(const std::string& s, const char* flag) {
 // bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of
 // a sequence of prompt + new tokens minus those of the prompt, routed layers at capacity) and the
 // analytic weight-read ratio of a batch-1 step (routed blocks read with probability = capacity).
-void add_comparison(const ModelConfig& cfg, int prompt_len, int n_new, bool print, json& out) {
+void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_len, int n_new, bool print, json& out) {
   const ModelConfig dense = dense_twin(cfg);
   const int T0 = prompt_len, T1 = prompt_len + n_new;
   auto per_token = [&](const ModelConfig& c) {
     return (double)(analytic_forward_flops(c, T1).total() - analytic_forward_flops(c, T0).total()) / (T1 - T0);
   };
   const double flops_mod = per_token(cfg), flops_dense = per_token(dense);
-  const double bytes_mod = analytic_decode_weight_bytes(cfg, cfg.routing.capacity);
+  const double bytes_mod = analytic_decode_weight_bytes(cfg, cfg.n_routed() ? cfg.routing.capacity : 1.0);
   const double bytes_dense = analytic_decode_weight_bytes(dense, 1.0);
-  json cmp{{"analytic_flops_per_token", {{"mod", flops_mod}, {"dense", flops_dense}, {"ratio", flops_mod / flops_dense}}},
-           {"analytic_weight_bytes_per_token", {{"mod", bytes_mod}, {"dense", bytes_dense}, {"ratio", bytes_mod / bytes_dense}}}};
+  json cmp{{"model", kind},
+           {"analytic_flops_per_token", {{kind, flops_mod}, {"dense", flops_dense}, {"ratio", flops_mod / flops_dense}}},
+           {"analytic_weight_bytes_per_token", {{kind, bytes_mod}, {"dense", bytes_dense}, {"ratio", bytes_mod / bytes_dense}}}};
   if (print) {
-    std::printf("\nMoD vs dense (one run, same prompts; analytic at capacity %.3f, tokens %d..%d):\n", cfg.routing.capacity, T0, T1);
+    std::printf("\n%s vs dense (one run, same prompts; analytic at capacity %.3f, tokens %d..%d):\n", kind.c_str(),
+                cfg.n_routed() ? cfg.routing.capacity : 1.0, T0, T1);
     std::printf("  analytic FLOPs per decoded token   %8.1f M vs %8.1f M  ratio %.3f\n", flops_mod / 1e6, flops_dense / 1e6, flops_mod / flops_dense);
     std::printf("  analytic weight bytes per token    %8.1f MB vs %7.1f MB  ratio %.3f (batch 1)\n", bytes_mod / 1e6, bytes_dense / 1e6,
                 bytes_mod / bytes_dense);
   }
   json per_batch = json::array();
-  const json& rm = out["mod"]["runs"];
+  const json& rm = out[kind]["runs"];
   const json& rd = out["dense"]["runs"];
   for (size_t i = 0; i < rm.size() && i < rd.size(); ++i) {
     const double speed = rm[i]["decode_tokens_per_second"].get<double>() / rd[i]["decode_tokens_per_second"].get<double>();
@@ -146,7 +148,7 @@ void add_comparison(const ModelConfig& cfg, int prompt_len, int n_new, bool prin
     per_batch.push_back({{"batch", rm[i]["batch"]}, {"decode_speedup", speed}, {"step_time_ratio", time},
                          {"weight_bytes_ratio", bytes}, {"kv_cache_bytes_ratio", kv}});
     if (print)
-      std::printf("  batch %-3d decode %.2fx faster (step time ratio %.3f) | measured weight bytes ratio %.3f | KV bytes %.1f vs %.1f MB, ratio %.3f\n",
+      std::printf("  batch %-3d decode speed %.2fx (step time ratio %.3f) | measured weight bytes ratio %.3f | KV bytes %.1f vs %.1f MB, ratio %.3f\n",
                   rm[i]["batch"].get<int>(), speed, time, bytes, rm[i]["kv_cache_bytes"].get<double>() / 1e6,
                   rd[i]["kv_cache_bytes"].get<double>() / 1e6, kv);
   }
@@ -202,8 +204,10 @@ Command add_bench_generate(CLI::App& app) {
               out["stream_read_gbps"] = stream;
               if (!o->json_out) std::printf("stream read bandwidth: %.1f GB/s (OpenMP sum over 1 GiB, %d threads)\n", stream, omp_get_max_threads());
             }
-            std::vector<std::pair<std::string, ModelConfig>> models = {{cfg.n_routed() ? "mod" : "dense", cfg}};
-            if (cfg.n_routed() && !o->no_dense) models.push_back({"dense", dense_twin(cfg)});
+            // The model, then its dense twin (a routed or MoE model's comparison).
+            const std::string kind = cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
+            std::vector<std::pair<std::string, ModelConfig>> models = {{kind, cfg}};
+            if (kind != "dense" && !o->no_dense) models.push_back({"dense", dense_twin(cfg)});
             for (const auto& [name, c] : models) {
               Model<float> m(c);
               m.init_weights(1);
@@ -257,7 +261,7 @@ Command add_bench_generate(CLI::App& app) {
               }
               out[name] = {{"weight_bytes", weight_bytes}, {"runs", runs}};
             }
-            if (out.contains("mod") && out.contains("dense")) add_comparison(cfg, o->prompt_len, o->n_new, !o->json_out, out);
+            if (out.contains(kind) && out.contains("dense") && kind != "dense") add_comparison(cfg, kind, o->prompt_len, o->n_new, !o->json_out, out);
             if (o->json_out) std::printf("%s\n", out.dump().c_str());
             return 0;
           }};

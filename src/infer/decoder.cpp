@@ -391,21 +391,67 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   // MLP half.
   rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
   if (W.moe_gate) {
-    // MoE without capacity (SPEC §3): the model's own code on these m rows, which gathers the
-    // rows of each expert and runs one small product chain per expert with at least one row;
-    // no-op choices add 0 and cost nothing. Each row is its own sequence (no capacity, so the
-    // grouping only affects the balance statistics, which generation does not use).
-    sseqs_.resize(m + 1);
-    for (int i = 0; i <= m; ++i) sseqs_[i] = i;
     std::memcpy(y, a, sizeof(float) * (size_t)m * D);
-    moe_forward<float>(W, dims_.moe, xn, m, sseqs_, /*capacity=*/false, smoe_, y);
-    weight_bytes_ += moe_bytes(smoe_);
+    moe_step(W, xn, m, y);
     return;
   }
   matvec(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
   swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
   std::memcpy(y, a, sizeof(float) * (size_t)m * D);
   matvec(W.w2, D, F, sg_.data(), F, m, y, D, /*accumulate=*/true);
+}
+
+void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y) {
+  const MoeDims& d = dims_.moe;
+  const int D = d.D, E = d.E, G = d.n_gate(), K = d.top_k, De = d.d_expert;
+  // Gate probabilities and the top_k choices of each row, with moe_forward's own expressions.
+  sgate_.resize((size_t)m * G);
+  matvec(W.moe_gate, G, D, xn, D, m, sgate_.data(), G);
+  schoice_.resize((size_t)m * K);
+  for (int i = 0; i < m; ++i) {
+    float* z = sgate_.data() + (size_t)i * G;
+    float mx = z[0];
+    for (int j = 1; j < G; ++j) mx = std::max(mx, z[j]);
+    float sum = 0;
+    for (int j = 0; j < G; ++j) sum += (z[j] = std::exp(z[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < G; ++j) z[j] *= inv;
+    moe_select<float>(z, G, K, schoice_.data() + (size_t)i * K);
+  }
+  // Each real expert with at least one choice: its rows gathered, then w13, SwiGLU and w2 as
+  // matrix-vector products that read the expert's weights once for all of its rows.
+  sexp_out_.resize((size_t)m * K * D);
+  sexp_x_.resize((size_t)m * D);
+  sexp_h13_.resize((size_t)m * 2 * De);
+  sexp_g_.resize((size_t)m * De);
+  sexp_y_.resize((size_t)m * D);
+  int used = 0;
+  for (int e = 0; e < E; ++e) {
+    sexp_slots_.clear();
+    for (int i = 0; i < m * K; ++i)
+      if (schoice_[i] == e) sexp_slots_.push_back(i);
+    const int n = (int)sexp_slots_.size();
+    if (n == 0) continue;
+    ++used;
+    for (int r = 0; r < n; ++r) std::memcpy(sexp_x_.data() + (size_t)r * D, xn + (size_t)(sexp_slots_[r] / K) * D, sizeof(float) * D);
+    matvec(W.expert_w13[e], 2 * De, D, sexp_x_.data(), D, n, sexp_h13_.data(), 2 * De);
+    swiglu_forward<float>(sexp_h13_.data(), n, De, sexp_g_.data());
+    matvec(W.expert_w2[e], D, De, sexp_g_.data(), De, n, sexp_y_.data(), D);
+    for (int r = 0; r < n; ++r) std::memcpy(sexp_out_.data() + (size_t)sexp_slots_[r] * D, sexp_y_.data() + (size_t)r * D, sizeof(float) * D);
+  }
+  // y += p * Expert(x), each row's choices in rank order (as moe_forward adds them); a no-op
+  // choice adds 0.
+  for (int i = 0; i < m; ++i) {
+    float* yr = y + (size_t)i * D;
+    for (int r = 0; r < K; ++r) {
+      const int e = schoice_[(size_t)i * K + r];
+      if (e >= E) continue;
+      const float pe = sgate_[(size_t)i * G + e];
+      const float* o = sexp_out_.data() + ((size_t)i * K + r) * D;
+      for (int j = 0; j < D; ++j) yr[j] += pe * o[j];
+    }
+  }
+  weight_bytes_ += 4.0 * 3.0 * D * De * used;
 }
 
 }  // namespace modlm::infer

@@ -86,6 +86,8 @@ class Decoder {
   void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
+  // y += the MoE (no capacity, SPEC §3) of the m MLP-normed rows xn, with matrix-vector products.
+  void moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y);
   double block_bytes(int l) const;
   double moe_bytes(const MoeActs<float>& A) const;
 
@@ -118,8 +120,10 @@ class Decoder {
   AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
   std::vector<int> ssel_, sslot_;
   std::vector<int32_t> spos_, ssel_pos_;
-  MoeActs<float> smoe_;       // the MoE of the layer being stepped
-  std::vector<int> sseqs_;    // its sequence offsets: one row each
+  // The MoE of the layer being stepped (moe_step): gate probabilities [m, G], choices [m, K],
+  // each (row, rank) choice's expert output [m * K, D], one expert's gathered rows and products.
+  std::vector<float> sgate_, sexp_out_, sexp_x_, sexp_h13_, sexp_g_, sexp_y_;
+  std::vector<int> schoice_, sexp_slots_;
 };
 
 }  // namespace modlm::infer
