@@ -286,6 +286,8 @@ TEST(Cli, BenchTrainTimesEveryFamilyAgainstDenseInOneRun) {
     else EXPECT_LE(j[f]["train_flops_executed_per_step"].get<double>(), flops) << f;
     EXPECT_DOUBLE_EQ(j["ratios"][f]["flop_ratio"].get<double>(), flops / dense_flops) << f;
     EXPECT_GT(j["ratios"][f]["time_ratio"].get<double>(), 0) << f;
+    EXPECT_DOUBLE_EQ(j["ratios"][f]["executed_flop_ratio"].get<double>(),
+                     j[f]["train_flops_executed_per_step"].get<double>() / j["dense"]["train_flops_executed_per_step"].get<double>()) << f;
   }
   EXPECT_EQ(run_modlm(shape + "--families moe,foo").code, 2);
   EXPECT_EQ(run_modlm(shape + "--families mod --n-layers 1").code, 2);
