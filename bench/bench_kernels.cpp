@@ -6,7 +6,9 @@
 
 #include <vector>
 
+#include "infer/matvec.h"
 #include "ops/attention.h"
+#include "ops/bf16.h"
 #include "ops/cross_entropy.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
@@ -93,5 +95,24 @@ static void BM_CrossEntropy(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * n);
 }
 BENCHMARK(BM_CrossEntropy)->Args({4096, 8192})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Decode-time matrix-vector products: the M model's LM head [32000, 1024] (131 MB in float, more
+// than the caches), B inputs. Bytes/s = weight bytes streamed.  args: B, bf16 (0/1)
+static void BM_DecodeMatvec(benchmark::State& st) {
+  const int out = 32000, in = 1024, B = (int)st.range(0);
+  const bool half = st.range(1) != 0;
+  auto W = random_buffer((size_t)out * in, 7);
+  std::vector<uint16_t> Wh((size_t)out * in);
+  to_bf16(W.data(), W.size(), Wh.data());
+  auto X = random_buffer((size_t)B * in, 8);
+  AlignedVector<float> Y((size_t)B * out);
+  for (auto _ : st) {
+    if (half) infer::matvec(Wh.data(), out, in, X.data(), in, B, Y.data(), out);
+    else infer::matvec(W.data(), out, in, X.data(), in, B, Y.data(), out);
+    benchmark::DoNotOptimize(Y.data());
+  }
+  st.SetBytesProcessed((int64_t)st.iterations() * out * in * (half ? 2 : 4));
+}
+BENCHMARK(BM_DecodeMatvec)->Args({1, 0})->Args({1, 1})->Args({8, 0})->Args({8, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -2,7 +2,9 @@
 // batching, the routed layers' caches, sampling, streaming text, and `modlm generate` end to end.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <limits>
 #include <fstream>
 #include <map>
 #include <set>
@@ -16,6 +18,7 @@
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "model/flops.h"
+#include "ops/bf16.h"
 #include "model/model.h"
 #include "util/error.h"
 
@@ -171,6 +174,105 @@ TEST(GenerateKernels, MatvecMatchesReference) {
         }
       }
     }
+  }
+}
+
+TEST(GenerateKernels, Bf16MatvecMatchesReference) {
+  // bf16 weights (the kernel widens them in registers and packs the inputs in its own order):
+  // against a double sum over the bf16 values, for lengths around the 32-wide step.
+  Rng r(4);
+  for (int in : {1, 7, 31, 32, 33, 64, 100}) {
+    for (int out : {1, 5, 29, 100}) {
+      for (int B : {1, 2, 5, 6, 8, 11}) {
+        std::vector<uint16_t> W((size_t)out * in);
+        std::vector<float> X((size_t)B * (in + 2)), Y((size_t)B * (out + 1), 0.5f);
+        for (auto& v : W) v = float_to_bf16(float(r.normal()));
+        for (auto& v : X) v = float(r.normal());
+        for (bool acc : {false, true}) {
+          std::vector<float> Y0 = Y;
+          matvec(W.data(), out, in, X.data(), in + 2, B, Y.data(), out + 1, acc);
+          for (int b = 0; b < B; ++b)
+            for (int j = 0; j < out; ++j) {
+              double s = acc ? Y0[(size_t)b * (out + 1) + j] : 0;
+              for (int k = 0; k < in; ++k) s += (double)bf16_to_float(W[(size_t)j * in + k]) * X[(size_t)b * (in + 2) + k];
+              ASSERT_NEAR(Y[(size_t)b * (out + 1) + j], s, 1e-4 * (1 + std::abs(s))) << in << " " << out << " " << B;
+            }
+        }
+      }
+    }
+  }
+}
+
+TEST(GenerateKernels, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_float(0x3f80), 1.0f);
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-7f + 0x1p-8f), 0x3f82);  // tie, odd below: up to even
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);  // above the tie: up
+  EXPECT_EQ(float_to_bf16(-2.5f), 0xc020);
+  EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(std::numeric_limits<float>::infinity()))));
+  EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(std::numeric_limits<float>::max()))));  // rounds up past the largest bf16
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::bit_cast<float>(0x7f800001u)))));  // a NaN whose payload is in the low bits
+  for (float f : {0.1f, -3.7f, 1e-30f, 12345.678f}) EXPECT_NEAR(round_to_bf16(f), f, std::abs(f) * 0x1p-8f) << f;
+}
+
+TEST(Generate, Bf16DecoderComputesTheRoundedModel) {
+  // After round_weights_to_bf16, a BF16 decoder (bf16 copies streamed by the steps) gives the
+  // logits Model::forward gives on the rounded model, token by token: dense, MoD, MoE.
+  for (const Variant& v : {Variant{}, Variant{"every_other"}, kMoe[0].v, kMoe[1].v}) {
+    auto m = make_model(v, 21);
+    const ModelConfig& c = m->config();
+    {
+      // Unrounded weights: the BF16 steps really stream the rounded copies (logits move a little).
+      Decoder f(*m, 1, 64), h(*m, 1, 64, DecodeWeights::BF16);
+      f.prefill({bytes_of("Abc")});
+      h.prefill({bytes_of("Abc")});
+      f.step({0}, {'d'});
+      h.step({0}, {'d'});
+      const double d = rel_diff(h.logits(0), f.logits(0), c.vocab_size);
+      EXPECT_GT(d, 1e-6) << v.routing;
+      EXPECT_LT(d, 5e-2) << v.routing;
+    }
+    std::vector<float> before(m->params().begin(), m->params().end());
+    round_weights_to_bf16(*m);
+    // Only the streamed matrices changed, each to a bf16 value.
+    size_t changed = 0;
+    for (const auto& p : m->layout().params()) {
+      const bool matrix = p.name.find("attn.w") != std::string::npos || p.name.find("mlp.w") != std::string::npos ||
+                          p.name.find("experts.") != std::string::npos || p.name == "output.weight";
+      for (size_t i = 0; i < p.numel; ++i) {
+        const float x = m->params()[p.offset + i];
+        if (!matrix) ASSERT_EQ(x, before[p.offset + i]) << p.name;
+        else ASSERT_EQ(x, round_to_bf16(before[p.offset + i])) << p.name;
+        changed += x != before[p.offset + i];
+      }
+    }
+    EXPECT_GT(changed, 0u);
+    const std::vector<int32_t> seq = bytes_of("Rounded weights, same answers.");
+    const int T = (int)seq.size();
+    ForwardOptions fo;
+    fo.mode = RouteMode::Causal;
+    m->forward(seq.data(), nullptr, 1, T, fo);
+    std::vector<float> full(m->logits(), m->logits() + (size_t)T * c.vocab_size);
+    Decoder dec(*m, 1, 64, DecodeWeights::BF16);
+    dec.prefill({std::vector<int32_t>(seq.begin(), seq.begin() + 3)}, /*all_logits=*/true);
+    for (int t = 0; t < 3; ++t) EXPECT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * c.vocab_size, c.vocab_size), 1e-4);
+    for (int t = 3; t < T; ++t) {
+      dec.step({0}, {seq[t]});
+      EXPECT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * c.vocab_size, c.vocab_size), 1e-4) << v.routing << " t " << t;
+    }
+    // A step streams half the bytes of the matrices.
+    EXPECT_NEAR(dec.weight_bytes_read(),
+                analytic_decode_weight_bytes(c, 0.0, 2.0) + (analytic_decode_weight_bytes(c, 1.0, 2.0) - analytic_decode_weight_bytes(c, 0.0, 2.0)) *
+                                                                 [&] {
+                                                                   int p = 0;
+                                                                   for (int j = 0; j < c.n_routed(); ++j) p += dec.route(0, j).processed;
+                                                                   return c.n_routed() ? (double)p / c.n_routed() : 0.0;
+                                                                 }(),
+                1e-6 * analytic_decode_weight_bytes(c, 1.0))
+        << v.routing;
   }
 }
 
@@ -744,6 +846,7 @@ TEST_F(GenerateCli, BadValuesAreUsageErrors) {
       {"< /dev/null", "empty"},
       {"--prompt hi --prompt-file x", "only one"},
       {"--prompt hi --batch 0", "--batch"},
+      {"--prompt hi --weights fp8", "--weights"},
   };
   for (const auto& [args, needle] : cases) {
     auto r = run_modlm(g + args);
@@ -964,4 +1067,27 @@ TEST(DecodeWeightBytes, AnMoeStepReadsOnlyTheChosenExperts) {
     EXPECT_LE(experts, 2 * c.n_layers);
     tok = argmax(dec.logits(0), c.vocab_size);
   }
+}
+
+TEST_F(GenerateCli, Bf16WeightsDecodeTheRoundedModel) {
+  // --weights bf16: the in-process BF16 decoder on the rounded model gives the same greedy ids.
+  auto r = run_modlm("generate " + model() + " --prompt 'Hello there' --max-new 12 --greedy --weights bf16 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json j = parse_json_out(r.out);
+  EXPECT_EQ(j["weights"], "bf16");
+  Model<float> m = io::load_model(model());
+  round_weights_to_bf16(m);
+  Decoder dec(m, 1, 40, DecodeWeights::BF16);
+  EXPECT_EQ(greedy_decode(dec, bytes_of("Hello there"), 12, nullptr), j["ids"].get<std::vector<int32_t>>());
+}
+
+TEST(BenchGenerateCli, Bf16StreamsHalfTheMatrixBytes) {
+  const std::string shape = "bench generate --d-model 32 --n-layers 2 --n-heads 2 --d-ff 48 --vocab 300 --max-seq-len 64 --no-stream --batch 1 --prompt-len 8 --new 4 --json ";
+  auto a = run_modlm(shape + "--weights f32"), b = run_modlm(shape + "--weights bf16");
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  ModelConfig c = ModelConfig::from_json(json{{"vocab_size", 300}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2}, {"d_ff", 48}}, "t");
+  EXPECT_DOUBLE_EQ(json::parse(a.out)["dense"]["runs"][0]["weight_bytes_per_step"].get<double>(), analytic_decode_weight_bytes(c, 1.0, 4.0));
+  EXPECT_DOUBLE_EQ(json::parse(b.out)["dense"]["runs"][0]["weight_bytes_per_step"].get<double>(), analytic_decode_weight_bytes(c, 1.0, 2.0));
+  EXPECT_EQ(run_modlm(shape + "--weights half").code, 2);
 }

@@ -53,9 +53,9 @@ struct DecodeTiming {
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
 };
 
-DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new) {
+DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new, infer::DecodeWeights weights) {
   const int V = m.config().vocab_size;
-  infer::Decoder dec(m, B, prompt_len + n_new);
+  infer::Decoder dec(m, B, prompt_len + n_new, weights);
   Rng r(11);
   std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt_len));
   for (auto& p : prompts)
@@ -118,15 +118,15 @@ std::vector<int> parse_int_list(const std::string& s, const char* flag) {
 // bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of
 // a sequence of prompt + new tokens minus those of the prompt, routed layers at capacity) and the
 // analytic weight-read ratio of a batch-1 step (routed blocks read with probability = capacity).
-void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_len, int n_new, bool print, json& out) {
+void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_len, int n_new, double matrix_bytes, bool print, json& out) {
   const ModelConfig dense = dense_twin(cfg);
   const int T0 = prompt_len, T1 = prompt_len + n_new;
   auto per_token = [&](const ModelConfig& c) {
     return (double)(analytic_forward_flops(c, T1).total() - analytic_forward_flops(c, T0).total()) / (T1 - T0);
   };
   const double flops_mod = per_token(cfg), flops_dense = per_token(dense);
-  const double bytes_mod = analytic_decode_weight_bytes(cfg, cfg.n_routed() ? cfg.routing.capacity : 1.0);
-  const double bytes_dense = analytic_decode_weight_bytes(dense, 1.0);
+  const double bytes_mod = analytic_decode_weight_bytes(cfg, cfg.n_routed() ? cfg.routing.capacity : 1.0, matrix_bytes);
+  const double bytes_dense = analytic_decode_weight_bytes(dense, 1.0, matrix_bytes);
   json cmp{{"model", kind},
            {"analytic_flops_per_token", {{kind, flops_mod}, {"dense", flops_dense}, {"ratio", flops_mod / flops_dense}}},
            {"analytic_weight_bytes_per_token", {{kind, bytes_mod}, {"dense", bytes_dense}, {"ratio", bytes_mod / bytes_dense}}}};
@@ -162,6 +162,7 @@ Command add_bench_generate(CLI::App& app) {
   struct Opts {
     int prompt_len = 32, n_new = 64;
     double processed_fraction = -1;
+    std::string weights = "f32";
     std::string batches = "1,8";
     bool json_out = false, no_dense = false, no_stream = false;
     ModelFlags flags;
@@ -175,6 +176,9 @@ Command add_bench_generate(CLI::App& app) {
   CLI::Option* fraction_opt = sub->add_option("--processed-fraction", o->processed_fraction,
                   "force the fraction of tokens each routed layer processes (moves the random predictor's bias on a "
                   "calibration text; default: the random predictor decides, ~0.5)");
+  sub->add_option("--weights", o->weights, "f32, or bf16: the decode steps stream bf16 copies of the matrices")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
   sub->add_flag("--no-stream", o->no_stream, "do not measure the streaming read bandwidth");
   sub->add_flag("--json", o->json_out, "print JSON");
@@ -197,7 +201,8 @@ Command add_bench_generate(CLI::App& app) {
               if (!cfg.n_routed() || cfg.routing.causal != "predictor")
                 throw usage_error("--processed-fraction needs routed layers with --causal predictor");
             }
-            json out{{"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
+            const bool bf16 = o->weights == "bf16";
+            json out{{"weights", o->weights}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
             double stream = 0;
             if (!o->no_stream) {
               stream = stream_read_gbps((size_t)1 << 30);
@@ -211,6 +216,7 @@ Command add_bench_generate(CLI::App& app) {
             for (const auto& [name, c] : models) {
               Model<float> m(c);
               m.init_weights(1);
+              if (bf16) infer::round_weights_to_bf16(m);
               if (forced && c.n_routed()) {
                 // Calibrate on a random text of its own (not the timed prompts).
                 Rng r(23);
@@ -231,7 +237,7 @@ Command add_bench_generate(CLI::App& app) {
                             c.n_heads, c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
               json runs = json::array();
               for (int B : batches) {
-                DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new);
+                DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32);
                 const double gbps = t.weight_bytes_per_step / t.step_median_s / 1e9;
                 json j{{"batch", B},
                        {"prefill_tokens_per_second", B * o->prompt_len / t.prefill_s},
@@ -261,7 +267,7 @@ Command add_bench_generate(CLI::App& app) {
               }
               out[name] = {{"weight_bytes", weight_bytes}, {"runs", runs}};
             }
-            if (out.contains(kind) && out.contains("dense") && kind != "dense") add_comparison(cfg, kind, o->prompt_len, o->n_new, !o->json_out, out);
+            if (out.contains(kind) && out.contains("dense") && kind != "dense") add_comparison(cfg, kind, o->prompt_len, o->n_new, bf16 ? 2.0 : 4.0, !o->json_out, out);
             if (o->json_out) std::printf("%s\n", out.dump().c_str());
             return 0;
           }};

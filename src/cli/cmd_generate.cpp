@@ -45,7 +45,7 @@ struct SeqResult {
 
 Command add_generate(CLI::App& app) {
   struct Opts {
-    std::string dir, prompt, prompt_file, prompts_file, trace;
+    std::string dir, prompt, prompt_file, prompts_file, trace, weights = "f32";
     int64_t max_new = 128;
     double temperature = 1.0, top_p = 1.0;
     int top_k = 0, batch = 8;
@@ -68,6 +68,11 @@ Command add_generate(CLI::App& app) {
   sub->add_flag("--greedy", o->greedy, "always take the most likely token (argmax)");
   sub->add_option("--batch", o->batch, "with --prompts-file: sequences decoded together, 1..256")->capture_default_str();
   sub->add_option("--trace", o->trace, "write a JSON trace: every token and, per routed layer, its routing decision");
+  sub->add_option("--weights", o->weights,
+                  "f32, or bf16: the matrices rounded to bfloat16 and streamed at half the bytes per token (faster on a "
+                  "bandwidth-bound machine; logits differ from f32 by the rounding)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   sub->add_flag("--json", o->json_out, "print one JSON object (ids, text, rates, KV cache, routing) instead of streaming");
   sub->footer(
       "The prompt comes from --prompt, --prompt-file, --prompts-file, or stdin (--prompt - , or no prompt flag\n"
@@ -144,7 +149,9 @@ Command add_generate(CLI::App& app) {
               throw usage_error("the KV cache would need " + std::to_string((int64_t)(cache_bytes / (1 << 20))) +
                                 " MiB (more than half the memory): lower --batch or --max-new");
 
-            infer::Decoder dec(model, B, max_len);
+            const bool bf16 = o->weights == "bf16";
+            if (bf16) infer::round_weights_to_bf16(model);  // the prefill then uses the very numbers the steps stream
+            infer::Decoder dec(model, B, max_len, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32);
             const std::vector<int>& routed = dec.routed_layers();
             const int R = (int)routed.size();
             const bool stream = !o->json_out && P == 1;
@@ -282,6 +289,7 @@ Command add_generate(CLI::App& app) {
             if (o->json_out) {
               json j{{"prompts", P},
                      {"batch", B},
+                     {"weights", o->weights},
                      {"prompt_tokens", prompt_tokens},
                      {"generated_tokens", generated_tokens},
                      {"prefill_seconds", prefill_s},

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "infer/matvec.h"
+#include "ops/bf16.h"
 #include "model/routing.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
@@ -23,7 +24,7 @@ namespace {
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 }  // namespace
 
-Decoder::Decoder(const Model<float>& model, int max_batch, int max_len)
+Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights)
     : cfg_(model.config()), dims_(LayerDims::of(model.config())), max_batch_(max_batch), max_len_(max_len) {
   if (max_batch < 1) throw bad_input("decoder: batch must be >= 1");
   if (max_len < 1 || max_len > cfg_.max_seq_len)
@@ -32,6 +33,7 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len)
   // The weights are only read; ModelWeights holds mutable pointers because training shares it.
   w_ = ModelWeights<float>::bind(model.layout(), cfg_, const_cast<float*>(model.params().data()));
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
+  if (weights == DecodeWeights::BF16) make_bf16_copies();
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
     if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
@@ -57,6 +59,62 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len)
   routes_.reserve(B * routed_.size());
 }
 
+void round_weights_to_bf16(Model<float>& model) {
+  const ModelConfig& c = model.config();
+  ModelWeights<float> w = ModelWeights<float>::bind(model.layout(), c, model.params().data());
+  const size_t D = c.d_model, F = c.d_ff, V = c.vocab_size;
+  auto round = [](float* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) p[i] = round_to_bf16(p[i]);
+  };
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights<float>& W = w.layers[l];
+    round(W.wqkv, 3 * D * D);
+    round(W.wo, D * D);
+    if (W.moe_gate) {
+      const size_t De = c.moe.d_expert;
+      for (int e = 0; e < c.moe.n_experts; ++e) round(W.expert_w13[e], 2 * De * D), round(W.expert_w2[e], D * De);
+    } else {
+      round(W.w13, 2 * F * D);
+      round(W.w2, D * F);
+    }
+  }
+  round(w.output, V * D);
+}
+
+// bf16 copies of the matrices a step streams: q|k|v, o, the MLP (or every expert) of each layer,
+// and the LM head. Norms, routers, predictors and MoE gates are small and stay float.
+void Decoder::make_bf16_copies() {
+  const size_t D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size;
+  std::vector<std::pair<const float*, size_t>> mats;
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const LayerWeights<float>& W = w_.layers[l];
+    mats.push_back({W.wqkv, 3 * D * D});
+    mats.push_back({W.wo, D * D});
+    if (W.moe_gate) {
+      const size_t De = cfg_.moe.d_expert;
+      for (int e = 0; e < cfg_.moe.n_experts; ++e) {
+        mats.push_back({W.expert_w13[e], 2 * De * D});
+        mats.push_back({W.expert_w2[e], D * De});
+      }
+    } else {
+      mats.push_back({W.w13, 2 * F * D});
+      mats.push_back({W.w2, D * F});
+    }
+  }
+  mats.push_back({w_.output, V * D});
+  size_t total = 0;
+  for (const auto& [p, n] : mats) total += (n + 31) / 32 * 32;  // 64-byte aligned starts
+  half_.assign(total, 0);
+  size_t at = 0;
+  for (const auto& [p, n] : mats) {
+    if (half_of_.count(p)) continue;  // tied embeddings: the head is the embedding table, once
+    to_bf16(p, n, half_.data() + at);
+    half_of_[p] = half_.data() + at;
+    at += (n + 31) / 32 * 32;
+  }
+  matrix_bytes_ = 2.0;
+}
+
 void Decoder::check_ids(const int32_t* ids, size_t n) const {
   for (size_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
@@ -69,18 +127,27 @@ void Decoder::release(int slot) {
   length_[slot] = 0;
 }
 
-// Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes).
-double Decoder::block_bytes(int l) const {
+// Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes); the
+// matrices at `mb` bytes per weight (4, or 2 for bf16 step weights), norms and gate in float.
+double Decoder::block_bytes(int l, double mb) const {
   const double D = cfg_.d_model, F = cfg_.d_ff;
-  const double mlp = cfg_.has_moe(l) ? (double)cfg_.moe.n_gate() * D : 3 * D * F;
-  return 4.0 * (2 * D + 4 * D * D + mlp);
+  if (cfg_.has_moe(l)) return 4.0 * (2 * D + (double)cfg_.moe.n_gate() * D) + mb * 4 * D * D;
+  return 4.0 * 2 * D + mb * (4 * D * D + 3 * D * F);
 }
 
-// The experts an MoE call ran (at least one row each): each read once.
+// The experts an MoE call of the prefill ran (at least one row each): each read once, in float.
 double Decoder::moe_bytes(const MoeActs<float>& A) const {
   int used = 0;
   for (size_t e = 0; e + 1 < A.off.size(); ++e) used += A.off[e + 1] > A.off[e];
   return 4.0 * 3.0 * cfg_.d_model * cfg_.moe.d_expert * used;
+}
+
+void Decoder::mv(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) const {
+  if (!half_of_.empty()) {
+    const auto it = half_of_.find(W);
+    if (it != half_of_.end()) return matvec(it->second, out, in, X, ldx, B, Y, ldy, accumulate);
+  }
+  matvec(W, out, in, X, ldx, B, Y, ldy, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +212,7 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
         const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
         cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + 2 * D);
       }
-      weight_bytes_ += block_bytes(l);
+      weight_bytes_ += block_bytes(l, 4.0);
       if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
     }
     std::swap(x, y);
@@ -163,11 +230,13 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
                              pxf_.data() + (size_t)i * D, D, pinv_.data() + i);
   }
   if ((size_t)rows * V > logits_.size()) logits_.resize((size_t)rows * V);
-  if (rows <= 32)
-    matvec(w_.output, V, D, pxf_.data(), D, rows, logits_.data(), V);
-  else
+  if (rows <= 32) {
+    mv(w_.output, V, D, pxf_.data(), D, rows, logits_.data(), V);
+    weight_bytes_ += matrix_bytes_ * V * D + 4.0 * D;
+  } else {
     linear_forward<float>(pxf_.data(), D, w_.output, rows, D, V, logits_.data(), V);
-  weight_bytes_ += 4.0 * ((double)V * D + D);
+    weight_bytes_ += 4.0 * ((double)V * D + D);
+  }
   logit_rows_ = rows;
   for (int i = 0; i < P; ++i) length_[slots[i]] = (int)prompts[i].size();
 }
@@ -225,7 +294,7 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
   layer_forward<float>(W, dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
                        /*moe_capacity=*/false);
-  weight_bytes_ += block_bytes(l);
+  weight_bytes_ += block_bytes(l, 4.0);
   if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
   for (int i = 0; i < m; ++i) {
     const int row = psel_[i];
@@ -272,13 +341,13 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
       routed_step(l, B, x, y);
     } else {
       block_step(l, B, x, row_slot_.data(), row_pos_.data(), y);
-      weight_bytes_ += block_bytes(l);
+      weight_bytes_ += block_bytes(l, matrix_bytes_);
     }
     std::swap(x, y);
   }
   rmsnorm_forward<float>(x, D, w_.norm, B, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
-  matvec(w_.output, V, D, sxn_.data(), D, B, logits_.data(), V);
-  weight_bytes_ += 4.0 * ((double)V * D + D);
+  mv(w_.output, V, D, sxn_.data(), D, B, logits_.data(), V);
+  weight_bytes_ += matrix_bytes_ * V * D + 4.0 * D;
   logit_rows_ = B;
   for (int i = 0; i < B; ++i) ++length_[slots[i]];
 }
@@ -324,7 +393,7 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
   const int m = (int)ssel_.size();
   if (m == 0) return;  // nobody processes this block: its weights are not read at all
   block_step(l, m, sxg_.data(), sslot_.data(), ssel_pos_.data(), syg_.data());
-  weight_bytes_ += block_bytes(l);
+  weight_bytes_ += block_bytes(l, matrix_bytes_);
   for (int i = 0; i < m; ++i) {
     const float g = routes_[(size_t)ssel_[i] * R + j].gate;
     float* yr = y + (size_t)ssel_[i] * D;
@@ -346,7 +415,7 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   float* a = sa_.data();
   // Attention half.
   rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
-  matvec(W.wqkv, 3 * D, D, xn, D, m, qkv, 3 * D);
+  mv(W.wqkv, 3 * D, D, xn, D, m, qkv, 3 * D);
   rope_forward<float>(qkv, 3 * D, m, H, Dh, pos, rope_);
   rope_forward<float>(qkv + D, 3 * D, m, H, Dh, pos, rope_);
   for (int i = 0; i < m; ++i) cache_.append(l, slots[i], pos[i], qkv + (size_t)i * 3 * D + D, qkv + (size_t)i * 3 * D + 2 * D);
@@ -387,7 +456,7 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
       for (int d = 0; d < Dh; ++d) o[d] *= inv;
     }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
-  matvec(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);
+  mv(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);
   // MLP half.
   rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
   if (W.moe_gate) {
@@ -395,10 +464,10 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
     moe_step(W, xn, m, y);
     return;
   }
-  matvec(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
+  mv(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
   swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
   std::memcpy(y, a, sizeof(float) * (size_t)m * D);
-  matvec(W.w2, D, F, sg_.data(), F, m, y, D, /*accumulate=*/true);
+  mv(W.w2, D, F, sg_.data(), F, m, y, D, /*accumulate=*/true);
 }
 
 void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y) {
@@ -434,9 +503,9 @@ void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, flo
     if (n == 0) continue;
     ++used;
     for (int r = 0; r < n; ++r) std::memcpy(sexp_x_.data() + (size_t)r * D, xn + (size_t)(sexp_slots_[r] / K) * D, sizeof(float) * D);
-    matvec(W.expert_w13[e], 2 * De, D, sexp_x_.data(), D, n, sexp_h13_.data(), 2 * De);
+    mv(W.expert_w13[e], 2 * De, D, sexp_x_.data(), D, n, sexp_h13_.data(), 2 * De);
     swiglu_forward<float>(sexp_h13_.data(), n, De, sexp_g_.data());
-    matvec(W.expert_w2[e], D, De, sexp_g_.data(), De, n, sexp_y_.data(), D);
+    mv(W.expert_w2[e], D, De, sexp_g_.data(), De, n, sexp_y_.data(), D);
     for (int r = 0; r < n; ++r) std::memcpy(sexp_out_.data() + (size_t)sexp_slots_[r] * D, sexp_y_.data() + (size_t)r * D, sizeof(float) * D);
   }
   // y += p * Expert(x), each row's choices in rank order (as moe_forward adds them); a no-op
@@ -451,7 +520,7 @@ void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, flo
       for (int j = 0; j < D; ++j) yr[j] += pe * o[j];
     }
   }
-  weight_bytes_ += 4.0 * 3.0 * D * De * used;
+  weight_bytes_ += matrix_bytes_ * 3.0 * D * De * used;
 }
 
 }  // namespace modlm::infer

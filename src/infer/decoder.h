@@ -20,6 +20,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "infer/kv_cache.h"
@@ -40,12 +41,22 @@ struct RouteRecord {
   double decision_prob() const { return 1.0 / (1.0 + std::exp(-(double)decision_logit)); }
 };
 
+// The weights a decode step streams: float (the model's own), or bf16 copies of its matrices
+// (half the bytes per step; each weight rounded to 8 significant bits). The prefill always runs
+// the model's float weights; round them first (round_weights_to_bf16) for a model whose prefill
+// and steps use the same numbers.
+enum class DecodeWeights { F32, BF16 };
+
+// Rounds every weight matrix a bf16 decoder copies (and nothing else) to the nearest bf16 value
+// in place, so that a BF16 decoder computes exactly what Model::forward of the rounded model does.
+void round_weights_to_bf16(Model<float>& model);
+
 class Decoder {
  public:
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
-  Decoder(const Model<float>& model, int max_batch, int max_len);
+  Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights = DecodeWeights::F32);
 
   const ModelConfig& config() const { return cfg_; }
   int max_batch() const { return max_batch_; }
@@ -88,12 +99,18 @@ class Decoder {
   void routed_step(int l, int B, const float* x, float* y);
   // y += the MoE (no capacity, SPEC §3) of the m MLP-normed rows xn, with matrix-vector products.
   void moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y);
-  double block_bytes(int l) const;
+  double block_bytes(int l, double matrix_bytes) const;
+  void make_bf16_copies();
+  // matvec on W's bf16 copy when there is one, else on W.
+  void mv(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate = false) const;
   double moe_bytes(const MoeActs<float>& A) const;
 
   ModelConfig cfg_;
   LayerDims dims_;
   ModelWeights<float> w_;
+  std::vector<uint16_t> half_;                                   // bf16 copies (DecodeWeights::BF16)
+  std::unordered_map<const float*, const uint16_t*> half_of_;    // float matrix -> its copy
+  double matrix_bytes_ = 4.0;                                    // bytes per streamed matrix weight
   ops::RopeTable<float> rope_;
   int max_batch_ = 0, max_len_ = 0;
   std::vector<int> routed_;          // routed layer indices

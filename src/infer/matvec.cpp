@@ -1,9 +1,12 @@
 #include "infer/matvec.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "ops/gemm.h"
 #include "tensor/tensor.h"
+
+#include "ops/bf16.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -25,20 +28,30 @@ inline float hsum(__m512 v) {
   return s;
 }
 
+// 16 weights as floats: a plain load, or 16 bf16 widened (each the top half of a float).
+inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_w(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline __m512 load_w_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 // R weight rows j0..j0+R-1 against NB inputs: R*NB accumulators stay in zmm registers, each
 // 16-float slice of a weight row is loaded once and used NB times. Xp is the chunk's inputs
 // packed as [in/16][NB][16] (zero-padded), so the inputs a slice meets are one contiguous run.
-template <int R, int NB>
-inline void tile(const float* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
+template <int R, int NB, typename WT>
+inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
   __m512 s[R][NB];
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) s[r][b] = _mm512_setzero_ps();
-  const float* w = W + (size_t)j0 * in;
+  const WT* w = W + (size_t)j0 * in;
   int k = 0;
   const float* xp = Xp;
   for (; k + 16 <= in; k += 16, xp += NB * 16) {
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + (size_t)r * in + k);
+    for (int r = 0; r < R; ++r) wv[r] = load_w(w + (size_t)r * in + k);
     for (int b = 0; b < NB; ++b) {
       const __m512 xv = _mm512_load_ps(xp + b * 16);
       for (int r = 0; r < R; ++r) s[r][b] = _mm512_fmadd_ps(wv[r], xv, s[r][b]);
@@ -47,7 +60,7 @@ inline void tile(const float* W, int in, const float* Xp, float* Y, int ldy, int
   if (k < in) {
     const __mmask16 m = (__mmask16)((1u << (in - k)) - 1);
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_mask_loadu_ps(_mm512_setzero_ps(), m, w + (size_t)r * in + k);
+    for (int r = 0; r < R; ++r) wv[r] = load_w_masked(w + (size_t)r * in + k, m);
     for (int b = 0; b < NB; ++b) {
       const __m512 xv = _mm512_load_ps(xp + b * 16);
       for (int r = 0; r < R; ++r) s[r][b] = _mm512_fmadd_ps(wv[r], xv, s[r][b]);
@@ -60,23 +73,91 @@ inline void tile(const float* W, int in, const float* Xp, float* Y, int ldy, int
       y = acc ? y + v : v;
     }
 }
-#else
+
+// bf16 weights, 32 per step: one 64-byte load, widened to two float vectors by interleaving
+// zero low halves (unpacklo/unpackhi of 16-bit words). That puts, within each 128-bit lane, words
+// 0-3 in the first vector and 4-7 in the second, so the inputs are packed in that order
+// ([in/32][NB][32], pack_bf16_order); the sum then runs in another order than the float kernel's.
 template <int R, int NB>
-inline void tile(const float* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
+inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
+  __m512 s[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) s[r][b] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  const uint16_t* w = W + (size_t)j0 * in;
+  const float* xp = Xp;
+  for (int k = 0; k < in; k += 32, xp += NB * 32) {
+    __m512 lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512i v = k + 32 <= in ? _mm512_loadu_si512(w + (size_t)r * in + k)
+                                     : _mm512_maskz_loadu_epi16((__mmask32)((1ull << (in - k)) - 1), w + (size_t)r * in + k);
+      lo[r] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v));
+      hi[r] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v));
+    }
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xl = _mm512_load_ps(xp + b * 32), xh = _mm512_load_ps(xp + b * 32 + 16);
+      for (int r = 0; r < R; ++r) s[r][b] = _mm512_fmadd_ps(hi[r], xh, _mm512_fmadd_ps(lo[r], xl, s[r][b]));
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r) {
+      float v = hsum(s[r][b]);
+      float& y = Y[(size_t)b * ldy + j0 + r];
+      y = acc ? y + v : v;
+    }
+}
+
+// Rows per bf16 tile: R*NB accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
+// One input: 8 rows (a bf16 row is half as long, so more rows keep as many bytes in flight;
+// 1.9 vs 2.3 ms for the [32000, 1024] head, bench_kernels BM_DecodeMatvec/1/1).
+template <int NB>
+constexpr int rows_for_bf16() {
+  return NB == 1 ? 8 : NB <= 4 ? 4 : NB <= 5 ? 3 : 2;
+}
+
+template <int NB>
+inline void rows_tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+  constexpr int R = rows_for_bf16<NB>();
+  if (rows == R) tile_bf16<R, NB>(W, in, Xp, Y, ldy, j0, acc);
+  else
+    for (int r = 0; r < rows; ++r) tile_bf16<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
+}
+
+inline void rows_tile_nb(int nb, const uint16_t* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+  switch (nb) {
+    case 1: rows_tile_bf16<1>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 2: rows_tile_bf16<2>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 3: rows_tile_bf16<3>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 4: rows_tile_bf16<4>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 5: rows_tile_bf16<5>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 6: rows_tile_bf16<6>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 7: rows_tile_bf16<7>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    default: rows_tile_bf16<8>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+  }
+}
+constexpr bool kBf16Wide = true;  // the bf16 path above: 32 per step, permuted packing
+inline int rows_per_tile(const uint16_t*, int nb) { return nb == 1 ? 8 : nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
+#else
+inline float weight_at(const float* w, int i) { return w[i]; }
+inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
+
+template <int R, int NB, typename WT>
+inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) {
-      const float* w = W + (size_t)(j0 + r) * in;
+      const WT* w = W + (size_t)(j0 + r) * in;
       float s = 0;
       for (int k0 = 0; k0 < in; k0 += 16) {
         const float* x = Xp + (size_t)(k0 / 16) * NB * 16 + b * 16;
         const int n = in - k0 < 16 ? in - k0 : 16;
 #pragma omp simd reduction(+ : s)
-        for (int i = 0; i < n; ++i) s += w[k0 + i] * x[i];
+        for (int i = 0; i < n; ++i) s += weight_at(w, k0 + i) * x[i];
       }
       float& y = Y[(size_t)b * ldy + j0 + r];
       y = acc ? y + s : s;
     }
 }
+constexpr bool kBf16Wide = false;
 #endif
 
 // Rows per tile for NB inputs: R*NB + R + 1 <= 32 vector registers, and few enough weight rows
@@ -86,15 +167,16 @@ constexpr int rows_for() {
   return NB <= 4 ? 4 : 3;
 }
 
-template <int NB>
-inline void rows_tile(const float* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+template <int NB, typename WT>
+inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
   constexpr int R = rows_for<NB>();
   if (rows == R) tile<R, NB>(W, in, Xp, Y, ldy, j0, acc);
   else
     for (int r = 0; r < rows; ++r) tile<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
 }
 
-inline void rows_tile_nb(int nb, const float* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+template <typename WT>
+inline void rows_tile_nb_std(int nb, const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
   switch (nb) {
     case 1: rows_tile<1>(W, in, Xp, Y, ldy, j0, rows, acc); break;
     case 2: rows_tile<2>(W, in, Xp, Y, ldy, j0, rows, acc); break;
@@ -107,29 +189,40 @@ inline void rows_tile_nb(int nb, const float* W, int in, const float* Xp, float*
   }
 }
 
-}  // namespace
-
-void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
-  if (out <= 0 || B <= 0) return;
-  ops::FlopCounter::add(2LL * B * out * in);
-  // Pack the inputs: chunk c of up to kMaxNB rows (starting at row b0) at Xp + b0 * kpad, laid
-  // out [kpad/16][nb][16]. A few KiB, reused by every weight row.
-  const int kpad = (in + 15) / 16 * 16;
+// Packs the inputs: chunk c of up to kMaxNB rows (starting at row b0) at Xp + b0 * kpad, laid out
+// [kpad/S][nb][S] for S inputs per kernel step (16, or 32 for the wide bf16 kernel, whose 32 are
+// in the order its widening produces: in each group of 8, the first 4 go to the first 16 slots).
+// A few KiB, reused by every weight row.
+const float* pack_inputs(const float* X, int ldx, int B, int in, int S, bool bf16_order, int& kpad) {
+  kpad = (in + S - 1) / S * S;
   thread_local AlignedVector<float> pack;
   if (pack.size() < (size_t)B * kpad) pack.resize((size_t)B * kpad);
   float* Xp = pack.data();
   for (int b0 = 0; b0 < B; b0 += kMaxNB) {
     const int nb = std::min(kMaxNB, B - b0);
     float* dst = Xp + (size_t)b0 * kpad;
-    for (int kb = 0; kb < kpad / 16; ++kb)
+    for (int kb = 0; kb < kpad / S; ++kb)
       for (int b = 0; b < nb; ++b) {
-        const float* src = X + (size_t)(b0 + b) * ldx + kb * 16;
-        float* d = dst + ((size_t)kb * nb + b) * 16;
-        const int n = std::min(16, in - kb * 16);
-        for (int i = 0; i < n; ++i) d[i] = src[i];
-        for (int i = n; i < 16; ++i) d[i] = 0.0f;
+        const float* src = X + (size_t)(b0 + b) * ldx;
+        float* d = dst + ((size_t)kb * nb + b) * S;
+        for (int i = 0; i < S; ++i) {
+          // Slot i holds input k: identity, or (bf16 order) lane l = (i % 16) / 4, word w = i % 4,
+          // half h = i / 16 -> k = 8 l + 4 h + w.
+          const int k = kb * S + (bf16_order ? 8 * ((i % 16) / 4) + 4 * (i / 16) + i % 4 : i);
+          d[i] = k < in ? src[k] : 0.0f;
+        }
       }
   }
+  return Xp;
+}
+
+template <typename WT>
+void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
+  if (out <= 0 || B <= 0) return;
+  ops::FlopCounter::add(2LL * B * out * in);
+  constexpr bool wide = std::is_same_v<WT, uint16_t> && kBf16Wide;
+  int kpad = 0;
+  const float* Xp = pack_inputs(X, ldx, B, in, wide ? 32 : 16, wide, kpad);
   // Work unit: a block of 24 weight rows (divisible by every tile height), all B inputs. The
   // batch loop is inside, so a block's rows are fetched from memory once and reused from cache.
   constexpr int kBlock = 24;
@@ -141,11 +234,27 @@ void matvec(const float* W, int out, int in, const float* X, int ldx, int B, flo
     const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
     for (int b0 = 0; b0 < B; b0 += kMaxNB) {
       const int nb = std::min(kMaxNB, B - b0);
-      const int R = nb <= 4 ? 4 : 3;
-      for (int j = j_begin; j < j_end; j += R)
-        rows_tile_nb(nb, W, in, Xp + (size_t)b0 * kpad, Y + (size_t)b0 * ldy, ldy, j, std::min(R, j_end - j), accumulate);
+      const float* xp = Xp + (size_t)b0 * kpad;
+      float* y = Y + (size_t)b0 * ldy;
+      if constexpr (wide) {
+        const int R = rows_per_tile(W, nb);
+        for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
+      } else {
+        const int R = nb <= 4 ? 4 : 3;
+        for (int j = j_begin; j < j_end; j += R) rows_tile_nb_std(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
+      }
     }
   }
+}
+
+}  // namespace
+
+void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
+  matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate);
+}
+
+void matvec(const uint16_t* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
+  matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate);
 }
 
 }  // namespace modlm::infer

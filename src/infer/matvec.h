@@ -6,6 +6,7 @@
 // whole batch and multiplies it with all B inputs while it is in registers/L1.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace modlm::infer {
 
@@ -14,6 +15,10 @@ namespace modlm::infer {
 // over output rows; each weight row is read from memory once for all B inputs. Adds
 // 2 * B * out * in to the FlopCounter.
 void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
+            bool accumulate = false);
+// The same with bf16 weights (ops/bf16.h), widened to float in registers: half the bytes read.
+// On weights that bf16 holds exactly, the result is bit for bit the float version's.
+void matvec(const uint16_t* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
             bool accumulate = false);
 
 }  // namespace modlm::infer

@@ -34,30 +34,30 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
   return f;
 }
 
-double analytic_decode_weight_bytes(const ModelConfig& c, double processed) {
-  const double D = c.d_model, F = c.d_ff, V = c.vocab_size;
-  double floats = D + V * D + D;  // embedding row, LM head, final norm
+double analytic_decode_weight_bytes(const ModelConfig& c, double processed, double matrix_bytes) {
+  const double D = c.d_model, F = c.d_ff, V = c.vocab_size, mb = matrix_bytes;
+  double bytes = 4 * (D + D) + mb * V * D;  // embedding row and final norm; LM head
   for (int l = 0; l < c.n_layers; ++l) {
-    double block = 2 * D + 4 * D * D;  // two norms, q k v o
+    double block = 4 * 2 * D + mb * 4 * D * D;  // two norms; q k v o
     if (c.has_moe(l)) {
       const double G = c.moe.n_gate(), E = c.moe.n_experts, K = c.moe.top_k, De = c.moe.d_expert;
       const double experts_read = std::min(E, K * E / G);  // expected real experts per token
-      block += G * D + experts_read * 3 * D * De;
+      block += 4 * G * D + mb * experts_read * 3 * D * De;
     } else {
-      block += 3 * D * F;
+      block += mb * 3 * D * F;
     }
     if (c.routed(l)) {
-      floats += D;  // router
+      bytes += 4 * D;  // router
       if (c.routing.causal == "predictor") {
         const double Hp = c.routing.predictor_hidden;
-        floats += Hp * D + 2 * Hp + 1;
+        bytes += 4 * (Hp * D + 2 * Hp + 1);
       }
-      floats += processed * block;
+      bytes += processed * block;
     } else {
-      floats += block;
+      bytes += block;
     }
   }
-  return 4.0 * floats;
+  return bytes;
 }
 
 ModelConfig dense_twin(const ModelConfig& cfg) {

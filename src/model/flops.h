@@ -26,7 +26,9 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& cfg, int T);
 // routed layer plus its block with probability `processed` (the fraction of tokens it processes),
 // of an MoE only the experts a token is sent to (top_k of the n_gate gate outputs, routing assumed
 // uniform, no-op experts read nothing), the final norm and the LM head ([V, D], tied or not).
-double analytic_decode_weight_bytes(const ModelConfig& cfg, double processed);
+// The matrices (q k v o, MLP or experts, LM head) at `matrix_bytes` per weight (4 for float, 2
+// for a bf16 decoder), everything else (norms, embedding row, router, predictor, gate) at 4.
+double analytic_decode_weight_bytes(const ModelConfig& cfg, double processed, double matrix_bytes = 4.0);
 
 // The same config with routing "none" and no MoE: the dense twin.
 ModelConfig dense_twin(const ModelConfig& cfg);
