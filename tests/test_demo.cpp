@@ -227,6 +227,42 @@ TEST(Report, ChartIsWellFormedAndCarriesItsData) {
   EXPECT_EQ(xml_problem(demo::render_histogram(h)), "");
 }
 
+// The sweep takes every family: each run at its budget, MoE families with their causal (no
+// capacity) loss too, one frontier per family in the page.
+TEST(Sweep, MoeFamiliesAtEqualFlops) {
+  auto dir = temp_dir("sweep_moe");
+  tiny_texts(dir);
+  const std::string out = dir + "/out";
+  auto r = run_modlm("sweep --out " + out + " --data " + dir + "/train.txt --val " + dir + "/val.txt --budgets 1e9 --sizes 32x2"
+                     " --families dense,moe,mode_staged,mode_integrated --vocab-size 300 --seq-len 32 --batch-size 4 --eval-windows 4 --no-progress");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::vector<json> recs;
+  std::ifstream in(out + "/sweep.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) recs.push_back(json::parse(line));
+  ASSERT_EQ(recs.size(), 4u);
+  for (const auto& rec : recs) {
+    const std::string f = rec["family"];
+    const double step = 3.0 * 4 * rec["flops_per_forward"].get<double>();
+    EXPECT_LE(rec["train_flops"].get<double>(), 1e9) << f;
+    EXPECT_GT(rec["train_flops"].get<double>(), 1e9 - step) << f;
+    EXPECT_EQ(rec["val_loss_causal"].is_number(), f != "dense") << f;  // routing or expert capacity
+    const json& moe = rec["run"]["model"]["moe"];
+    EXPECT_EQ(moe.is_object(), f != "dense") << f;
+    if (f == "mode_integrated") EXPECT_EQ(moe["n_noop"], 4);
+    EXPECT_EQ(rec["run"]["model"].contains("routing") && rec["run"]["model"]["routing"].is_object(), f == "mode_staged") << f;
+  }
+  const std::string html = slurp(out + "/sweep.html");
+  EXPECT_EQ(xml_problem(html), "");
+  if (python_available()) {
+    json page = parse_page(out + "/sweep.html");
+    for (const char* f : {"dense", "moe", "mode_staged", "mode_integrated"})
+      EXPECT_TRUE(page["polylines"].contains(std::string("frontier-") + f)) << f;
+  }
+  EXPECT_EQ(run_modlm("sweep --out " + out + "2 --budgets 1e9 --sizes 32x2 --families dense,foo").code, 2);
+  EXPECT_EQ(run_modlm("sweep --out " + out + "2 --budgets 1e9 --sizes 32x1 --families mod").code, 2);  // no routed layer
+}
+
 TEST(Sweep, ParsesSizes) {
   auto z = demo::parse_sweep_size("256x8");
   EXPECT_EQ(z.d_model, 256);

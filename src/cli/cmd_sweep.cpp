@@ -1,7 +1,8 @@
 // `modlm sweep --budgets F1,F2,... --sizes DxL,... --out DIR`: iso-FLOP curves of dense and MoD
-// models (sweep.jsonl, sweep.html); finished runs are skipped on a rerun.
+// (or MoE / MoDE) models (sweep.jsonl, sweep.html); finished runs are skipped on a rerun.
 #include "cli/commands.h"
 #include "demo/sweep.h"
+#include "model/families.h"
 #include "util/error.h"
 
 namespace modlm::cli {
@@ -11,10 +12,11 @@ Command add_sweep(CLI::App& app) {
   auto budgets = std::make_shared<std::vector<double>>();
   auto sizes = std::make_shared<std::vector<std::string>>();
   auto no_progress = std::make_shared<bool>(false);
+  auto families = std::make_shared<std::string>("dense,mod");
   CLI::App* sub = app.add_subcommand("sweep", "Iso-FLOP sweep: dense and MoD at several sizes and FLOP budgets (sweep.html)");
   sub->add_option("--budgets", *budgets, "training FLOPs per run, comma separated, e.g. 3e12,1e13")->delimiter(',')->required();
   sub->add_option("--sizes", *sizes, "model sizes DxL or DxLxHxF, comma separated, e.g. 128x4,192x6,256x8")->delimiter(',')->required();
-  sub->add_option("--families", o->families, "dense, mod or both")->delimiter(',')->capture_default_str();
+  sub->add_option("--families", *families, "comma list of dense, mod, moe, mode_staged, mode_integrated")->capture_default_str();
   sub->add_option("--out", o->out, "folder for the runs, sweep.jsonl and sweep.html")->capture_default_str();
   sub->add_option("--data", o->data, "training text (default: the shipped data/train.txt.gz)");
   sub->add_option("--val", o->val, "validation text (default: data/valid.txt.gz)");
@@ -22,6 +24,11 @@ Command add_sweep(CLI::App& app) {
   sub->add_option("--seq-len", o->seq_len, "tokens per sequence")->capture_default_str();
   sub->add_option("--batch-size", o->batch_size, "sequences per step")->capture_default_str();
   sub->add_option("--capacity", o->capacity, "MoD capacity")->capture_default_str();
+  sub->add_option("--n-experts", o->n_experts, "MoE families: experts per layer")->capture_default_str();
+  sub->add_option("--d-expert", o->d_expert, "MoE families: expert width (0 = the size's d_ff)")->capture_default_str();
+  sub->add_option("--moe-top-k", o->moe_top_k, "MoE families: experts per token")->capture_default_str();
+  sub->add_option("--capacity-factor", o->capacity_factor, "MoE families: expert capacity factor")->capture_default_str();
+  sub->add_option("--n-noop", o->n_noop, "integrated MoDE: no-op experts (0 = as many as real ones)")->capture_default_str();
   sub->add_option("--lr", o->lr, "peak learning rate")->capture_default_str();
   sub->add_option("--eval-windows", o->eval_windows, "validation windows of the final evaluation")->capture_default_str();
   sub->add_flag("--no-progress", *no_progress, "no progress bars");
@@ -30,7 +37,8 @@ Command add_sweep(CLI::App& app) {
       "is evaluated on the validation text, and becomes a line of OUT/sweep.jsonl. A rerun skips the runs already there and\n"
       "resumes an interrupted one (Ctrl-C checkpoints and exits 130). sweep.html draws final loss against parameters, one\n"
       "curve per budget and family, from every line of sweep.jsonl.");
-  return {sub, [o, budgets, sizes, no_progress]() -> int {
+  return {sub, [o, budgets, sizes, no_progress, families]() -> int {
+            o->families = parse_families(*families, "--families");
             o->budgets = *budgets;
             o->sizes.clear();
             for (const auto& s : *sizes) o->sizes.push_back(demo::parse_sweep_size(s));

@@ -93,14 +93,6 @@ json eval_json(const EvalResult& r) {
   return j;
 }
 
-// Whether causal evaluation (generation's decisions: the predictor for routed layers, no MoE
-// capacity) can differ from top-k evaluation.
-bool has_causal_mode(const ModelConfig& c) {
-  if (c.n_routed() > 0) return true;
-  for (int l = 0; l < c.n_layers; ++l)
-    if (c.has_moe(l) && c.moe.capacity_factor > 0) return true;
-  return false;
-}
 
 double mean_of(const json& routed, const char* key) {
   if (!routed.is_array() || routed.empty()) return std::nan("");

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "demo/svg.h"
+#include "model/families.h"
 
 namespace modlm::demo {
 
@@ -246,6 +247,15 @@ const char* family_color(const std::string& f) {
   if (f == "mode_staged") return "#8e44ad";
   if (f == "mode_integrated") return "#c0392b";
   return "#555555";
+}
+
+// A line style per family for charts where colour means something else (the sweep's budgets).
+std::string family_dash(const std::string& f) {
+  if (f == "mod") return "6 4";
+  if (f == "moe") return "2 3";
+  if (f == "mode_staged") return "8 3 2 3";
+  if (f == "mode_integrated") return "12 4";
+  return "";
 }
 
 // The comparison of family f with the baseline (summary "comparisons", or the two-model
@@ -706,7 +716,8 @@ std::string render_sweep_report(const std::vector<json>& records, const json& me
   std::string o = page_head("modlm sweep: iso-FLOP curves");
   o += "<header>\n<div class=\"tag\">modlm sweep</div>\n<h1>Iso-FLOP analysis: dense vs Mixture-of-Depths</h1>\n"
        "<p>For each training-FLOP budget, models of several sizes trained with exactly that budget; the final validation loss against "
-       "the parameter count. The bottom of each curve is the best model size for that budget. Dense: solid lines; MoD: dashed.</p>\n</header>\n";
+       "the parameter count. The bottom of each curve is the best model size for that budget. Colour: the budget; line: the family "
+       "(dense solid, MoD dashed, MoE dotted, staged MoDE dash-dot, integrated MoDE long dashes).</p>\n</header>\n";
   // Group: (budget, family) -> points sorted by params.
   std::map<std::pair<double, std::string>, std::vector<const json*>> groups;
   std::set<double> budgets;
@@ -725,9 +736,9 @@ std::string render_sweep_report(const std::vector<json>& records, const json& me
     std::sort(v.begin(), v.end(), [](const json* a, const json* b) { return a->value("params", 0.0) < b->value("params", 0.0); });
     Series s;
     s.key = "b" + json(k.first).dump() + "-" + k.second;
-    s.label = fmt_si(k.first) + "FLOPs, " + (k.second == "mod" ? "MoD" : k.second);
+    s.label = fmt_si(k.first) + "FLOPs, " + family_label(k.second);
     s.color = kPalette[bidx[k.first] % 8];
-    s.dashed = k.second == "mod";
+    s.dash = family_dash(k.second);
     for (const json* r : v) {
       s.x.push_back(r->value("params", 0.0));
       s.y.push_back(r->value("val_loss", 0.0));
@@ -744,12 +755,12 @@ std::string render_sweep_report(const std::vector<json>& records, const json& me
     f.x = {"training FLOPs", true, AxisFormat::SI, 0, 0};
     f.y = {"best final validation loss (nats)", false, AxisFormat::Number, 0, 0};
     f.width = 1150, f.height = 380;
-    for (const char* fam : {"dense", "mod"}) {
+    for (const std::string& fam : model_families()) {
       Series s;
-      s.key = std::string("frontier-") + fam;
-      s.label = std::string(fam == std::string("mod") ? "MoD" : "dense") + ": best size per budget";
-      s.color = fam == std::string("mod") ? kMod : kDense;
-      s.dashed = fam == std::string("mod");
+      s.key = "frontier-" + fam;
+      s.label = family_label(fam) + ": best size per budget";
+      s.color = family_color(fam);
+      s.dash = family_dash(fam);
       for (double b : budgets) {
         auto it = groups.find({b, fam});
         if (it == groups.end()) continue;
@@ -774,9 +785,9 @@ std::string render_sweep_report(const std::vector<json>& records, const json& me
     return ka < kb;
   });
   for (const json* r : sorted) {
-    const bool mod = r->value("family", std::string()) == "mod";
-    o += "<tr><td>" + esc(r->value("name", std::string())) + "</td><td>" + esc(fmt_si(r->value("budget", 0.0))) + "</td><td class=\"" +
-         (mod ? "mod" : "dense") + "\">" + (mod ? "MoD" : "dense") + "</td><td>" + std::to_string(r->value("d_model", 0)) + " \u00d7 " +
+    const std::string fam = r->value("family", std::string());
+    o += "<tr><td>" + esc(r->value("name", std::string())) + "</td><td>" + esc(fmt_si(r->value("budget", 0.0))) + "</td><td style=\"color:" +
+         family_color(fam) + "\">" + esc(family_label(fam)) + "</td><td>" + std::to_string(r->value("d_model", 0)) + " \u00d7 " +
          std::to_string(r->value("n_layers", 0)) + "</td><td>" + esc(fmt_si(r->value("params", 0.0))) + "</td><td>" +
          std::to_string(r->value("steps", (int64_t)0)) + "</td><td>" + esc(fmt_si(r->value("train_flops", 0.0))) + "</td><td>" +
          esc(fmt_seconds(r->value("train_seconds", 0.0))) + "</td><td>" + esc(fmt_fixed(r->value("val_loss", 0.0), 4)) + "</td><td>" +

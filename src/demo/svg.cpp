@@ -183,6 +183,11 @@ void data_range(const LineChart& c, bool xaxis, double& lo, double& hi) {
 
 }  // namespace
 
+static std::string dash_attr(const Series& s) {
+  const std::string d = !s.dash.empty() ? s.dash : s.dashed ? "6 4" : "";
+  return d.empty() ? "" : " stroke-dasharray=\"" + xml_escape(d) + "\"";
+}
+
 std::string render_line_chart(const LineChart& c) {
   int nleg = 0;
   for (const auto& s : c.series) nleg += !s.label.empty();
@@ -279,7 +284,7 @@ std::string render_line_chart(const LineChart& c) {
     }
     o += "<polyline data-series=\"" + xml_escape(s.key) + "\" data-x=\"" + dx + "\" data-y=\"" + dy + "\" points=\"" + pts +
          "\" fill=\"none\" stroke=\"" + s.color + "\" stroke-width=\"" + px(s.width) + "\" stroke-linejoin=\"round\" stroke-linecap=\"round\"" +
-         (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + (s.opacity < 1 ? " stroke-opacity=\"" + px(s.opacity) + "\"" : "") + "/>\n";
+         dash_attr(s) + (s.opacity < 1 ? " stroke-opacity=\"" + px(s.opacity) + "\"" : "") + "/>\n";
     if (s.ring_min && !pp.empty()) {
       size_t best = 0;
       for (size_t i = 1; i < pp.size(); ++i)
@@ -301,7 +306,7 @@ std::string render_line_chart(const LineChart& c) {
       if (s.label.empty()) continue;
       if (x > legend_x0 && x + legend_width(s) - 22 > legend_right) x = legend_x0, y += 16;
       o += "<line x1=\"" + px(x) + "\" x2=\"" + px(x + 24) + "\" y1=\"" + px(y - 4) + "\" y2=\"" + px(y - 4) + "\" stroke=\"" + s.color +
-           "\" stroke-width=\"" + px(std::max(2.2, s.width)) + "\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>";
+           "\" stroke-width=\"" + px(std::max(2.2, s.width)) + "\"" + dash_attr(s) + "/>";
       if (s.markers) o += "<circle cx=\"" + px(x + 12) + "\" cy=\"" + px(y - 4) + "\" r=\"3.2\" fill=\"" + s.color + "\" stroke=\"#fff\"/>";
       o += "<text x=\"" + px(x + 30) + "\" y=\"" + px(y) + "\">" + xml_escape(s.label) + "</text>\n";
       x += legend_width(s);

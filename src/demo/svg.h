@@ -38,7 +38,8 @@ struct Series {
   std::string label;  // legend text ("" = not in the legend)
   std::string color = "#333";
   std::vector<double> x, y;
-  bool dashed = false;
+  bool dashed = false;        // "6 4" dashes, unless dash says otherwise
+  std::string dash;           // an SVG stroke-dasharray (e.g. "2 3"); wins over dashed
   bool markers = true;
   double width = 2.2;
   double opacity = 1.0;

@@ -1,5 +1,6 @@
 #include "demo/sweep.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "demo/runs.h"
 #include "demo/svg.h"
 #include "io/model_dir.h"
+#include "model/families.h"
 #include "model/flops.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -84,8 +86,12 @@ int run_sweep(const SweepOptions& o) {
   if (o.sizes.empty()) throw usage_error("give --sizes DxL,... (e.g. 128x4,192x6,256x8)");
   for (double b : o.budgets)
     if (!(b > 0) || !std::isfinite(b)) throw usage_error("--budgets must be positive numbers");
-  for (const auto& f : o.families)
-    if (f != "dense" && f != "mod") throw usage_error("--families: \"" + f + "\" is not dense or mod");
+  if (o.families.empty()) throw usage_error("--families names no family");
+  for (const auto& f : o.families) {
+    const auto& known = model_families();
+    if (std::find(known.begin(), known.end(), f) == known.end())
+      throw usage_error("--families: \"" + f + "\" is not one of dense, mod, moe, mode_staged, mode_integrated");
+  }
   if (o.data.empty() != o.val.empty()) throw usage_error("give both --data TRAIN and --val VAL (or neither, for the shipped corpus)");
   Corpus corpus = o.data.empty() ? default_corpus() : Corpus{abs_path(o.data), abs_path(o.val)};
   for (const auto& p : {corpus.train, corpus.val})
@@ -120,12 +126,25 @@ int run_sweep(const SweepOptions& o) {
       for (const auto& fam : o.families) {
         json m{{"format", "modlm-1"}, {"vocab_size", o.vocab_size}, {"d_model", z.d_model}, {"n_layers", z.n_layers},
                {"n_heads", z.n_heads}, {"d_ff", z.d_ff}, {"max_seq_len", T}};
-        if (fam == "mod")
-          m["routing"] = {{"layers", o.routed_layers}, {"capacity", o.capacity}, {"method", "expert_choice"}, {"gate", "sigmoid"},
-                          {"causal", "predictor"}, {"predictor_hidden", 128}, {"aux_weight", 1.0}};
-        ModelConfig mc = ModelConfig::from_json(m, "sweep model " + std::to_string(z.d_model) + "x" + std::to_string(z.n_layers));
-        mc.validate("sweep model");
-        if (fam == "mod" && mc.n_routed() == 0) throw usage_error("--sizes: a MoD model of " + std::to_string(z.n_layers) + " layer(s) has no routed layer");
+        const std::string what = "sweep model " + std::to_string(z.d_model) + "x" + std::to_string(z.n_layers);
+        const ModelConfig dense = ModelConfig::from_json(m, what);
+        RoutingConfig rc;
+        rc.layers = LayerSet::parse(o.routed_layers, z.n_layers, what + ": routed layers");
+        rc.capacity = o.capacity;
+        rc.aux_weight = 1.0;
+        MoeConfig ec;
+        ec.n_experts = o.n_experts;
+        ec.d_expert = o.d_expert > 0 ? o.d_expert : z.d_ff;
+        ec.top_k = o.moe_top_k;
+        ec.capacity_factor = o.capacity_factor;
+        ec.n_noop = o.n_noop;
+        ec.balance_weight = o.balance_weight;
+        ModelConfig mc;
+        try {
+          mc = family_config(dense, fam, rc, ec);
+        } catch (const Error& e) {
+          throw usage_error(std::string("--sizes / --families: ") + e.what());
+        }
         const int64_t fwd = analytic_forward_flops(mc, T).total();
         const int64_t steps = (int64_t)std::floor(budget / (3.0 * B * fwd));
         const std::string name = fam + "-d" + std::to_string(z.d_model) + "-l" + std::to_string(z.n_layers) + "-h" +
@@ -193,7 +212,7 @@ int run_sweep(const SweepOptions& o) {
              {"val", corpus.val},
              {"run_dir", dir},
              {"run", j.run.to_json()}};
-    if (j.family == "mod") {
+    if (has_causal_mode(j.run.model)) {
       check_stop();
       Progress bar2("eval " + j.name + " causal", o.eval_windows, "win", o.progress);
       rec["val_loss_causal"] = evaluate(model, val.span, T, o.eval_windows, RouteMode::Causal, B, &bar2).loss;
@@ -216,6 +235,8 @@ int run_sweep(const SweepOptions& o) {
   json meta{{"training text", corpus.train}, {"validation text", corpus.val}, {"tokenizer", tok_path},
             {"batch", std::to_string(B) + " x " + std::to_string(T) + " tokens"},
             {"MoD routing", o.routed_layers + ", capacity " + fmt_fixed(o.capacity, 3)},
+            {"MoE", std::to_string(o.n_experts) + " experts of " + (o.d_expert > 0 ? std::to_string(o.d_expert) : std::string("d_ff")) +
+                        ", top-" + std::to_string(o.moe_top_k) + ", capacity factor " + fmt_fixed(o.capacity_factor, 2)},
             {"final evaluation", std::to_string(o.eval_windows) + " validation windows"}};
   write_text(o.out + "/sweep.html", render_sweep_report(records, meta));
   std::printf("%-40s %10s %8s %10s %10s\n", "run", "params", "steps", "val loss", "causal");

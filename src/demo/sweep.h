@@ -1,5 +1,5 @@
-// `modlm sweep`: an iso-FLOP sweep. For every training-FLOP budget and model size, a dense model
-// and its MoD twin train with exactly that budget (steps = budget / (3 * batch * forward FLOPs));
+// `modlm sweep`: an iso-FLOP sweep. For every training-FLOP budget and model size, each family
+// (model/families.h: by default a dense model and its MoD twin) trains with exactly that budget (steps = budget / (3 * batch * forward FLOPs));
 // each finished run is evaluated once and appended to OUT/sweep.jsonl, and OUT/sweep.html draws
 // final loss against parameters, one curve per budget and family (the paper's iso-FLOP analysis).
 // A rerun skips runs already in sweep.jsonl and resumes interrupted ones.
@@ -25,6 +25,10 @@ struct SweepOptions {
   int vocab_size = 4096, seq_len = 256, batch_size = 8;
   double capacity = 0.125;
   std::string routed_layers = "every_other";
+  // MoE families (as in the demo): n_experts of d_expert (0: the size's d_ff), top-k, capacity
+  // factor; integrated MoDE adds n_noop no-op experts (0: as many as real ones).
+  int n_experts = 4, d_expert = 0, moe_top_k = 1, n_noop = 0;
+  double capacity_factor = 1.25, balance_weight = 0.01;
   double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;
   uint64_t seed = 1;
   int64_t eval_windows = 64;  // final evaluation

@@ -63,4 +63,11 @@ ModelConfig family_config(const ModelConfig& dense, const std::string& family, R
   return c;
 }
 
+bool has_causal_mode(const ModelConfig& c) {
+  if (c.n_routed() > 0) return true;
+  for (int l = 0; l < c.n_layers; ++l)
+    if (c.has_moe(l) && c.moe.capacity_factor > 0) return true;
+  return false;
+}
+
 }  // namespace modlm

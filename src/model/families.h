@@ -28,4 +28,8 @@ std::vector<std::string> parse_families(const std::string& list, const std::stri
 // the others). Validated: bad_input on settings that make no model (e.g. no routed layer).
 ModelConfig family_config(const ModelConfig& dense, const std::string& family, RoutingConfig routing, MoeConfig moe);
 
+// Whether evaluating as generation decides (RouteMode::Causal: the causal decision in routed
+// layers, no MoE capacity) can differ from top-k evaluation: routed layers, or an MoE capacity.
+bool has_causal_mode(const ModelConfig& cfg);
+
 }  // namespace modlm
