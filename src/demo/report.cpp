@@ -331,29 +331,37 @@ DemoTable demo_table(const json& summary) {
 
 std::string demo_table_text(const json& summary) {
   const DemoTable t = demo_table(summary);
-  auto block = [&](size_t from, size_t to, size_t w) {
+  auto width = [](const std::string& x) {
+    size_t n = 0;  // UTF-8 code points
+    for (unsigned char c : x) n += (c & 0xC0) != 0x80;
+    return n;
+  };
+  // Columns from..to-1, each as wide as its widest cell + 2 (at least `min_w`); rows with nothing
+  // in these columns are left out.
+  auto block = [&](size_t from, size_t to, size_t min_w) {
+    std::vector<size_t> w(to, min_w);
+    for (size_t c = from; c < to; ++c) {
+      w[c] = std::max(w[c], width(t.header[c]) + 2);
+      for (const auto& r : t.rows) w[c] = std::max(w[c], width(r[c]) + 2);
+    }
     std::string s = pad("", 34);
-    for (size_t c = from; c < to; ++c) s += pad(t.header[c], w, true);
+    for (size_t c = from; c < to; ++c) s += pad(t.header[c], w[c], true);
     s += "\n";
     for (const auto& r : t.rows) {
       bool any = false;
       for (size_t c = from; c < to; ++c) any = any || !r[c].empty();
       if (!any) continue;
       s += pad(r[0], 34);
-      for (size_t c = from; c < to; ++c) s += pad(r[c], w, true);
+      for (size_t c = from; c < to; ++c) s += pad(r[c], w[c], true);
       s += "\n";
     }
     return s;
   };
   // Two models: one block with the comparison column (as it always was); more: the values,
   // then the comparisons with the baseline.
-  if (t.n_models == 2) {
-    std::string s = pad("", 34) + pad(t.header[1], 12, true) + pad(t.header[2], 12, true) + pad(t.header[3], 15, true) + "\n";
-    for (const auto& r : t.rows) s += pad(r[0], 34) + pad(r[1], 12, true) + pad(r[2], 12, true) + pad(r[3], 15, true) + "\n";
-    return s;
-  }
-  std::string s = block(1, 1 + t.n_models, 17);
-  if (t.n_ratio > 0) s += "\n" + block(1 + t.n_models, t.header.size(), 26);
+  if (t.n_models <= 2) return block(1, t.header.size(), 12);
+  std::string s = block(1, 1 + t.n_models, 12);
+  if (t.n_ratio > 0) s += "\n" + block(1 + t.n_models, t.header.size(), 12);
   return s;
 }
 
