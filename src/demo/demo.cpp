@@ -391,8 +391,6 @@ int run_demo(const DemoOptions& o) {
     } catch (const Error& e) {
       throw usage_error(e.what());
     }
-    if ((f == "mod" || f == "mode_staged") && s.model.n_routed() == 0)
-      throw usage_error("the " + s.label + " model has no routed layer (n_layers " + std::to_string(o.n_layers) + ")");
     s.flops_per_forward = analytic_forward_flops(s.model, T).total();
     s.flops_per_step = 3.0 * B * s.flops_per_forward;
     sides.push_back(std::move(s));
