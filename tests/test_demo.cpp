@@ -327,6 +327,12 @@ TEST(Demo, TinyDemoEndToEnd) {
   EXPECT_TRUE(std::isfinite(m["val_loss_topk"].get<double>()));
   if (m["decode_tokens_per_second"].is_number()) {
     EXPECT_GT(m["decode_tokens_per_second"].get<double>(), 0);
+    // Measured side by side: one thread count for both models, 3 rounds.
+    EXPECT_EQ(s["decode_race"]["rounds"], 3);
+    EXPECT_GE(s["decode_race"]["threads"].get<int>(), 1);
+    EXPECT_EQ(m["decode_threads"], s["decode_race"]["threads"]);
+    EXPECT_EQ(d["decode_threads"], s["decode_race"]["threads"]);
+    EXPECT_GT(d["decode_tokens_per_second"].get<double>(), 0);
     EXPECT_LE(m["kv_cache_bytes"].get<double>(), d["kv_cache_bytes"].get<double>());  // routed layers cache only what they process
     EXPECT_TRUE(m["sample"]["continuation"].is_string());
   }

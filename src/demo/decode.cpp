@@ -103,4 +103,32 @@ DecodeResult decode_sample(const Model<float>& model, const io::Tokenizer& tok, 
   return r;
 }
 
+DecodeRace decode_race(const std::vector<const Model<float>*>& models, const std::vector<int32_t>& prompt, int n_new,
+                       double temperature, int top_k, uint64_t seed, int rounds) {
+  DecodeRace race;
+#ifdef MODLM_DEMO_HAS_DECODER
+  if (models.empty() || prompt.empty()) return race;
+  const int all = omp_get_max_threads();
+  int threads = all;
+  if (all > 1) {
+    const int probe = std::min(n_new, 12);
+    Run a = decode_once(*models[0], prompt, probe, temperature, top_k, seed, all);
+    Run b = decode_once(*models[0], prompt, probe, temperature, top_k, seed, 1);
+    if (b.steps > 0 && a.steps > 0 && b.seconds < a.seconds) threads = 1;
+  }
+  race.threads = threads;
+  race.rounds = std::max(1, rounds);
+  race.new_tokens = n_new;
+  race.tokens_per_second.assign(models.size(), 0.0);
+  for (int r = 0; r < race.rounds; ++r)
+    for (size_t i = 0; i < models.size(); ++i) {
+      const Run run = decode_once(*models[i], prompt, n_new, temperature, top_k, seed, threads);
+      if (run.seconds > 0) race.tokens_per_second[i] = std::max(race.tokens_per_second[i], run.steps / run.seconds);
+    }
+#else
+  (void)models, (void)prompt, (void)n_new, (void)temperature, (void)top_k, (void)seed, (void)rounds;
+#endif
+  return race;
+}
+
 }  // namespace modlm::demo

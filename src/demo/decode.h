@@ -26,4 +26,15 @@ struct DecodeResult {
 DecodeResult decode_sample(const Model<float>& model, const io::Tokenizer& tok, const std::vector<int32_t>& prompt,
                            int n_new, double temperature, int top_k, uint64_t seed);
 
+// Single-stream decode rates of several models measured side by side, so that their ratios mean
+// something on a machine whose speed drifts: one thread count for all (the faster of all threads
+// and one, probed on the first model), then `rounds` rounds of model after model on the same
+// prompt, each model's best round. Empty rates where this build has no KV-cache decoder.
+struct DecodeRace {
+  int threads = 0, rounds = 0, new_tokens = 0;
+  std::vector<double> tokens_per_second;  // per model, in the order given
+};
+DecodeRace decode_race(const std::vector<const Model<float>*>& models, const std::vector<int32_t>& prompt, int n_new,
+                       double temperature, int top_k, uint64_t seed, int rounds);
+
 }  // namespace modlm::demo

@@ -566,6 +566,26 @@ int run_demo(const DemoOptions& o) {
     }
   }
 
+  // Decode rates side by side: every model in turn, the same prompt and thread count, best of 3
+  // rounds (the per-model rates measured during evaluation, at different moments and maybe with
+  // different thread counts, made ratios swing 2x on this machine). Not cached: it measures this
+  // binary.
+  DecodeRace race;
+  {
+    std::vector<Model<float>> loaded;
+    loaded.reserve(sides.size());
+    for (const auto& s : sides) loaded.push_back(io::load_model(s.outcome.checkpoint));
+    std::vector<const Model<float>*> ptrs;
+    for (const auto& m : loaded) ptrs.push_back(&m);
+    std::vector<int32_t> prompt(std::min<size_t>(o.prompt_tokens, (size_t)T / 2));
+    if (prompt.empty()) prompt.resize(1);
+    val_tokens.span.copy(passage, prompt.size(), prompt.data());
+    const int n_new = std::max(1, std::min(o.new_tokens, T - (int)prompt.size()));
+    std::fprintf(stderr, "timing single-stream decoding of the %zu models side by side ...\n", sides.size());
+    race = decode_race(ptrs, prompt, n_new, o.temperature, o.top_k, o.seed, 3);
+    phase("decode race");
+  }
+
   // summary.json
   json summary;
   summary["format"] = "modlm-demo-1";
@@ -594,6 +614,7 @@ int run_demo(const DemoOptions& o) {
                          {"threads", omp_get_max_threads()},
                          {"calibration", plan["calibration"]}};
   summary["budget_flops"] = budget;
+  summary["decode_race"] = {{"threads", race.threads}, {"rounds", race.rounds}, {"new_tokens", race.new_tokens}};
   json total_phases = record_timings();
   summary["phases"] = total_phases;
   summary["phases_this_run"] = phases;
@@ -639,10 +660,13 @@ int run_demo(const DemoOptions& o) {
     // Decode (null where this build has no KV-cache decoder).
     const json& d = r["decode"];
     const bool dec = d.contains("tokens_per_second");
-    m["decode_tokens_per_second"] = dec ? d["tokens_per_second"] : json(nullptr);
+    const size_t si = &s - sides.data();
+    const bool raced = si < race.tokens_per_second.size() && race.tokens_per_second[si] > 0;
+    m["decode_tokens_per_second"] = raced ? json(race.tokens_per_second[si]) : dec ? d["tokens_per_second"] : json(nullptr);
+    m["decode_tokens_per_second_sample"] = dec ? d["tokens_per_second"] : json(nullptr);  // while sampling, on its own
     m["kv_cache_bytes"] = dec ? d["kv_cache_bytes"] : json(nullptr);
     m["kv_cache_context_tokens"] = dec ? d["context_tokens"] : json(nullptr);
-    m["decode_threads"] = dec ? d["threads"] : json(nullptr);
+    m["decode_threads"] = raced ? json(race.threads) : dec ? d["threads"] : json(nullptr);
     m["sample"] = dec ? json{{"prompt", d["prompt"]}, {"continuation", d["continuation"]}, {"new_tokens", d["new_tokens"]},
                              {"temperature", o.temperature}, {"top_k", o.top_k}, {"seed", o.seed}}
                       : json(nullptr);
