@@ -1091,3 +1091,66 @@ TEST(BenchGenerateCli, Bf16StreamsHalfTheMatrixBytes) {
   EXPECT_DOUBLE_EQ(json::parse(b.out)["dense"]["runs"][0]["weight_bytes_per_step"].get<double>(), analytic_decode_weight_bytes(c, 1.0, 2.0));
   EXPECT_EQ(run_modlm(shape + "--weights half").code, 2);
 }
+
+TEST(KvCache, Bf16CacheHoldsRoundedKeysAtHalfTheBytes) {
+  KvCache f, h;
+  f.allocate(2, 1, 8, 2, 4);
+  h.allocate(2, 1, 8, 2, 4, /*bf16=*/true);
+  EXPECT_FALSE(f.bf16());
+  EXPECT_TRUE(h.bf16());
+  Rng r(5);
+  std::vector<float> k(8), v(8);
+  for (int t = 0; t < 3; ++t) {
+    for (auto& x : k) x = float(r.normal());
+    for (auto& x : v) x = float(r.normal());
+    f.append(1, 0, 10 + t, k.data(), v.data());
+    h.append(1, 0, 10 + t, k.data(), v.data());
+    for (int hh = 0; hh < 2; ++hh)
+      for (int d = 0; d < 4; ++d) {
+        EXPECT_EQ(bf16_to_float(h.keys_bf16(1, 0, hh)[t * 4 + d]), round_to_bf16(k[hh * 4 + d]));
+        EXPECT_EQ(bf16_to_float(h.values_bf16(1, 0, hh)[t * 4 + d]), round_to_bf16(v[hh * 4 + d]));
+        EXPECT_EQ(f.keys(1, 0, hh)[t * 4 + d], k[hh * 4 + d]);
+      }
+  }
+  EXPECT_EQ(h.count(1, 0), 3);
+  EXPECT_EQ(h.positions(1, 0)[2], 12);
+  EXPECT_EQ(f.bytes_used(), 3u * 2 * 8 * 4);
+  EXPECT_EQ(h.bytes_used(), 3u * 2 * 8 * 2);
+}
+
+TEST(Generate, Bf16KvCacheStaysCloseToTheFloatCache) {
+  // Dense and MoD: the same tokens fed to a float-cache and a bf16-cache decoder give logits within
+  // the rounding of the cached keys and values, and the caches hold the same tokens.
+  for (const Variant& v : {Variant{}, Variant{"every_other"}}) {
+    auto m = make_model(v, 31);
+    const ModelConfig& c = m->config();
+    Decoder f(*m, 1, 64), h(*m, 1, 64, DecodeWeights::F32, KvFormat::BF16);
+    const std::vector<int32_t> seq = bytes_of("Half the bytes for every past token.");
+    f.prefill({std::vector<int32_t>(seq.begin(), seq.begin() + 4)});
+    h.prefill({std::vector<int32_t>(seq.begin(), seq.begin() + 4)});
+    double worst = 0;
+    for (size_t t = 4; t < seq.size(); ++t) {
+      f.step({0}, {seq[t]});
+      h.step({0}, {seq[t]});
+      worst = std::max(worst, rel_diff(h.logits(0), f.logits(0), c.vocab_size));
+    }
+    EXPECT_GT(worst, 0.0) << v.routing;  // the bf16 cache is really read
+    EXPECT_LT(worst, 2e-2) << v.routing;
+    for (int l = 0; l < c.n_layers; ++l) {
+      EXPECT_EQ(h.cache().count(l, 0), f.cache().count(l, 0)) << l;
+      EXPECT_EQ(2 * h.cache().bytes_used(l), f.cache().bytes_used(l)) << l;
+    }
+  }
+}
+
+TEST_F(GenerateCli, Bf16KvCacheHalvesTheReportedCacheBytes) {
+  const std::string g = "generate " + model() + " --prompt 'Cache me' --max-new 8 --greedy --json";
+  auto a = run_modlm(g), b = run_modlm(g + " --kv bf16");
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  const json ja = parse_json_out(a.out), jb = parse_json_out(b.out);
+  EXPECT_EQ(jb["kv"], "bf16");
+  EXPECT_EQ(2 * jb["kv_cache"]["bytes"].get<int64_t>(), ja["kv_cache"]["bytes"].get<int64_t>());
+  EXPECT_EQ(2 * jb["kv_cache"]["dense_bytes"].get<int64_t>(), ja["kv_cache"]["dense_bytes"].get<int64_t>());
+  EXPECT_EQ(run_modlm(g + " --kv int8").code, 2);
+}

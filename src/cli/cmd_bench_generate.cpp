@@ -53,9 +53,9 @@ struct DecodeTiming {
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
 };
 
-DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new, infer::DecodeWeights weights) {
+DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new, infer::DecodeWeights weights, infer::KvFormat kv) {
   const int V = m.config().vocab_size;
-  infer::Decoder dec(m, B, prompt_len + n_new, weights);
+  infer::Decoder dec(m, B, prompt_len + n_new, weights, kv);
   Rng r(11);
   std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt_len));
   for (auto& p : prompts)
@@ -162,7 +162,7 @@ Command add_bench_generate(CLI::App& app) {
   struct Opts {
     int prompt_len = 32, n_new = 64;
     double processed_fraction = -1;
-    std::string weights = "f32";
+    std::string weights = "f32", kv = "f32";
     std::string batches = "1,8";
     bool json_out = false, no_dense = false, no_stream = false;
     ModelFlags flags;
@@ -179,6 +179,7 @@ Command add_bench_generate(CLI::App& app) {
   sub->add_option("--weights", o->weights, "f32, or bf16: the decode steps stream bf16 copies of the matrices")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
+  sub->add_option("--kv", o->kv, "f32, or bf16: the KV cache in bfloat16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
   sub->add_flag("--no-stream", o->no_stream, "do not measure the streaming read bandwidth");
   sub->add_flag("--json", o->json_out, "print JSON");
@@ -202,7 +203,7 @@ Command add_bench_generate(CLI::App& app) {
                 throw usage_error("--processed-fraction needs routed layers with --causal predictor");
             }
             const bool bf16 = o->weights == "bf16";
-            json out{{"weights", o->weights}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
+            json out{{"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
             double stream = 0;
             if (!o->no_stream) {
               stream = stream_read_gbps((size_t)1 << 30);
@@ -237,7 +238,8 @@ Command add_bench_generate(CLI::App& app) {
                             c.n_heads, c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
               json runs = json::array();
               for (int B : batches) {
-                DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32);
+                DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32,
+                                             o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
                 const double gbps = t.weight_bytes_per_step / t.step_median_s / 1e9;
                 json j{{"batch", B},
                        {"prefill_tokens_per_second", B * o->prompt_len / t.prefill_s},

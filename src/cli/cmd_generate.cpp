@@ -45,7 +45,7 @@ struct SeqResult {
 
 Command add_generate(CLI::App& app) {
   struct Opts {
-    std::string dir, prompt, prompt_file, prompts_file, trace, weights = "f32";
+    std::string dir, prompt, prompt_file, prompts_file, trace, weights = "f32", kv = "f32";
     int64_t max_new = 128;
     double temperature = 1.0, top_p = 1.0;
     int top_k = 0, batch = 8;
@@ -71,6 +71,10 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--weights", o->weights,
                   "f32, or bf16: the matrices rounded to bfloat16 and streamed at half the bytes per token (faster on a "
                   "bandwidth-bound machine; logits differ from f32 by the rounding)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  sub->add_option("--kv", o->kv,
+                  "f32, or bf16: keys and values cached in bfloat16, half the bytes per past token (long contexts)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   sub->add_flag("--json", o->json_out, "print one JSON object (ids, text, rates, KV cache, routing) instead of streaming");
@@ -143,7 +147,8 @@ Command add_generate(CLI::App& app) {
             }
             const int max_len = (int)std::min<int64_t>(cfg.max_seq_len, max_prompt + o->max_new);
             const int B = std::min(P, o->batch);
-            const double cache_bytes = 2.0 * sizeof(float) * cfg.n_layers * B * (double)max_len * D;
+            const double kv_elem = o->kv == "bf16" ? 2.0 : 4.0;
+            const double cache_bytes = 2.0 * kv_elem * cfg.n_layers * B * (double)max_len * D;
             const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
             if (phys > 0 && cache_bytes > 0.5 * phys)
               throw usage_error("the KV cache would need " + std::to_string((int64_t)(cache_bytes / (1 << 20))) +
@@ -151,7 +156,8 @@ Command add_generate(CLI::App& app) {
 
             const bool bf16 = o->weights == "bf16";
             if (bf16) infer::round_weights_to_bf16(model);  // the prefill then uses the very numbers the steps stream
-            infer::Decoder dec(model, B, max_len, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32);
+            infer::Decoder dec(model, B, max_len, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32,
+                               o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
             const std::vector<int>& routed = dec.routed_layers();
             const int R = (int)routed.size();
             const bool stream = !o->json_out && P == 1;
@@ -253,7 +259,7 @@ Command add_generate(CLI::App& app) {
               std::fprintf(stderr, "modlm: generation stopped at the model's max_seq_len (%d tokens per sequence)\n", cfg.max_seq_len);
             int64_t kv_total = 0, seq_tokens = prompt_tokens + generated_tokens;
             for (auto b : kv_layer_bytes) kv_total += b;
-            const int64_t dense_layer_bytes = seq_tokens * 2 * (int64_t)D * (int64_t)sizeof(float);
+            const int64_t dense_layer_bytes = seq_tokens * 2 * (int64_t)D * (int64_t)dec.cache().element_bytes();
 
             if (want_trace) {
               json t{{"model", o->dir}, {"routed_layers", routed},
@@ -290,6 +296,7 @@ Command add_generate(CLI::App& app) {
               json j{{"prompts", P},
                      {"batch", B},
                      {"weights", o->weights},
+                     {"kv", o->kv},
                      {"prompt_tokens", prompt_tokens},
                      {"generated_tokens", generated_tokens},
                      {"prefill_seconds", prefill_s},

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -22,9 +23,38 @@ using namespace ops;
 namespace {
 // The same expression as Model::routed_forward, so the gate is bit for bit the model's.
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+inline float widen(float x) { return x; }
+inline float widen(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }  // bf16
+
+// One query against n cached keys and values of one head ([n, Dh] each, float or bf16):
+// o = softmax(q K^T * scale) V, with s as scratch for the n scores.
+template <typename KV>
+void attend_one(const float* q, const KV* K, const KV* Vv, int n, int Dh, float scale, float* s, float* o) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int t = 0; t < n; ++t) {
+    const KV* k = K + (size_t)t * Dh;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < Dh; ++d) dot += q[d] * widen(k[d]);
+    s[t] = dot * scale;
+    mx = std::max(mx, s[t]);
+  }
+  float sum = 0;
+  for (int t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - mx));
+  for (int d = 0; d < Dh; ++d) o[d] = 0;
+  for (int t = 0; t < n; ++t) {
+    const float p = s[t];
+    const KV* v = Vv + (size_t)t * Dh;
+#pragma omp simd
+    for (int d = 0; d < Dh; ++d) o[d] += p * widen(v[d]);
+  }
+  const float inv = 1.0f / sum;
+  for (int d = 0; d < Dh; ++d) o[d] *= inv;
+}
 }  // namespace
 
-Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights)
+Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights, KvFormat kv)
     : cfg_(model.config()), dims_(LayerDims::of(model.config())), max_batch_(max_batch), max_len_(max_len) {
   if (max_batch < 1) throw bad_input("decoder: batch must be >= 1");
   if (max_len < 1 || max_len > cfg_.max_seq_len)
@@ -37,7 +67,7 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWe
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
     if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
-  cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.n_heads, cfg_.head_dim());
+  cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.n_heads, cfg_.head_dim(), kv == KvFormat::BF16);
   length_.assign(max_batch, 0);
 
   const size_t B = max_batch, D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size;
@@ -431,29 +461,11 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
       float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
       const int n = cache_.count(l, slots[i]);
       const float* q = qkv + (size_t)i * 3 * D + h * Dh;
-      const float* K = cache_.keys(l, slots[i], h);
-      const float* Vv = cache_.values(l, slots[i], h);
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int t = 0; t < n; ++t) {
-        const float* k = K + (size_t)t * Dh;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < Dh; ++d) dot += q[d] * k[d];
-        s[t] = dot * scale;
-        mx = std::max(mx, s[t]);
-      }
-      float sum = 0;
-      for (int t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - mx));
       float* o = att + (size_t)i * D + h * Dh;
-      for (int d = 0; d < Dh; ++d) o[d] = 0;
-      for (int t = 0; t < n; ++t) {
-        const float p = s[t];
-        const float* v = Vv + (size_t)t * Dh;
-#pragma omp simd
-        for (int d = 0; d < Dh; ++d) o[d] += p * v[d];
-      }
-      const float inv = 1.0f / sum;
-      for (int d = 0; d < Dh; ++d) o[d] *= inv;
+      if (cache_.bf16())
+        attend_one(q, cache_.keys_bf16(l, slots[i], h), cache_.values_bf16(l, slots[i], h), n, Dh, scale, s, o);
+      else
+        attend_one(q, cache_.keys(l, slots[i], h), cache_.values(l, slots[i], h), n, Dh, scale, s, o);
     }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
   mv(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);

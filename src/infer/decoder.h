@@ -47,6 +47,10 @@ struct RouteRecord {
 // and steps use the same numbers.
 enum class DecodeWeights { F32, BF16 };
 
+// The KV cache's element type: float, or bf16 (half the bytes per past token a step reads; keys and
+// values rounded to 8 significant bits, so logits move slightly from the float cache's).
+enum class KvFormat { F32, BF16 };
+
 // Rounds every weight matrix a bf16 decoder copies (and nothing else) to the nearest bf16 value
 // in place, so that a BF16 decoder computes exactly what Model::forward of the rounded model does.
 void round_weights_to_bf16(Model<float>& model);
@@ -56,7 +60,8 @@ class Decoder {
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
-  Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights = DecodeWeights::F32);
+  Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights = DecodeWeights::F32,
+          KvFormat kv = KvFormat::F32);
 
   const ModelConfig& config() const { return cfg_; }
   int max_batch() const { return max_batch_; }
