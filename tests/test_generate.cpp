@@ -307,15 +307,17 @@ TEST(Generate, PrefillPlusDecodeLogitsEqualFullForward) {
     auto m = make_model(v, 2);
     const int V = 256;
     Rng r(5);
-    std::vector<int32_t> toks(40);
+    // 90 tokens: long enough that every step attends over more than one SIMD block of cached keys.
+    const int N = 90;
+    std::vector<int32_t> toks(N);
     for (auto& t : toks) t = (int32_t)r.below(V);
     std::vector<float> full = forward_logits(*m, toks, RouteMode::Causal);
-    for (int k : {1, 9, 40}) {
-      Decoder dec(*m, 1, 40);
+    for (int k : {1, 9, 64, N}) {
+      Decoder dec(*m, 1, N);
       dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
       ASSERT_EQ(dec.logit_rows(), k);
       for (int t = 0; t < k; ++t) ASSERT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * V, V), 1e-4) << v.method << " prefill row " << t;
-      for (int t = k; t < 40; ++t) {
+      for (int t = k; t < N; ++t) {
         dec.step({0}, {toks[t]});
         ASSERT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * V, V), 1e-4) << v.method << " k " << k << " step " << t;
       }
@@ -1110,6 +1112,7 @@ TEST(KvCache, Bf16CacheHoldsRoundedKeysAtHalfTheBytes) {
         EXPECT_EQ(bf16_to_float(h.keys_bf16(1, 0, hh)[t * 4 + d]), round_to_bf16(k[hh * 4 + d]));
         EXPECT_EQ(bf16_to_float(h.values_bf16(1, 0, hh)[t * 4 + d]), round_to_bf16(v[hh * 4 + d]));
         EXPECT_EQ(f.keys(1, 0, hh)[t * 4 + d], k[hh * 4 + d]);
+        EXPECT_EQ(f.values(1, 0, hh)[t * 4 + d], v[hh * 4 + d]);
       }
   }
   EXPECT_EQ(h.count(1, 0), 3);
