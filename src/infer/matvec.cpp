@@ -107,36 +107,7 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
     }
 }
 
-// Rows per bf16 tile: R*NB accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
-// One input: 8 rows (a bf16 row is half as long, so more rows keep as many bytes in flight;
-// 1.9 vs 2.3 ms for the [32000, 1024] head, bench_kernels BM_DecodeMatvec/1/1).
-template <int NB>
-constexpr int rows_for_bf16() {
-  return NB == 1 ? 8 : NB <= 4 ? 4 : NB <= 5 ? 3 : 2;
-}
-
-template <int NB>
-inline void rows_tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
-  constexpr int R = rows_for_bf16<NB>();
-  if (rows == R) tile_bf16<R, NB>(W, in, Xp, Y, ldy, j0, acc);
-  else
-    for (int r = 0; r < rows; ++r) tile_bf16<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
-}
-
-inline void rows_tile_nb(int nb, const uint16_t* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
-  switch (nb) {
-    case 1: rows_tile_bf16<1>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 2: rows_tile_bf16<2>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 3: rows_tile_bf16<3>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 4: rows_tile_bf16<4>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 5: rows_tile_bf16<5>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 6: rows_tile_bf16<6>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 7: rows_tile_bf16<7>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    default: rows_tile_bf16<8>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-  }
-}
 constexpr bool kBf16Wide = true;  // the bf16 path above: 32 per step, permuted packing
-inline int rows_per_tile(const uint16_t*, int nb) { return nb == 1 ? 8 : nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
@@ -160,23 +131,43 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
 constexpr bool kBf16Wide = false;
 #endif
 
-// Rows per tile for NB inputs: R*NB + R + 1 <= 32 vector registers, and few enough weight rows
+// Rows per tile for nb inputs: R*nb + R + 1 <= 32 vector registers, and few enough weight rows
 // (each a separate stream, often 4 KiB apart: the same L1 set) for the cache's associativity.
-template <int NB>
-constexpr int rows_for() {
-  return NB <= 4 ? 4 : 3;
+constexpr int rows_for(int nb) { return nb <= 4 ? 4 : 3; }
+// The wide bf16 kernel: R*nb accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
+// One input: 8 rows (a bf16 row is half as long, so more rows keep as many bytes in flight;
+// 1.9 vs 2.3 ms for the [32000, 1024] head, bench_kernels BM_DecodeMatvec/1/1).
+constexpr int rows_for_bf16(int nb) { return nb == 1 ? 8 : nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
+
+template <typename WT>
+constexpr bool is_wide() {
+  return std::is_same_v<WT, uint16_t> && kBf16Wide;
+}
+template <typename WT>
+constexpr int tile_rows(int nb) {
+  return is_wide<WT>() ? rows_for_bf16(nb) : rows_for(nb);
 }
 
+// `rows` (<= tile_rows) weight rows from j0 against NB inputs: one full tile, or row by row.
 template <int NB, typename WT>
 inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
-  constexpr int R = rows_for<NB>();
-  if (rows == R) tile<R, NB>(W, in, Xp, Y, ldy, j0, acc);
-  else
-    for (int r = 0; r < rows; ++r) tile<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
+  constexpr int R = tile_rows<WT>(NB);
+#if defined(__AVX512F__)
+  if constexpr (is_wide<WT>()) {
+    if (rows == R) tile_bf16<R, NB>(W, in, Xp, Y, ldy, j0, acc);
+    else
+      for (int r = 0; r < rows; ++r) tile_bf16<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
+  } else
+#endif
+  {
+    if (rows == R) tile<R, NB>(W, in, Xp, Y, ldy, j0, acc);
+    else
+      for (int r = 0; r < rows; ++r) tile<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
+  }
 }
 
 template <typename WT>
-inline void rows_tile_nb_std(int nb, const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+inline void rows_tile_nb(int nb, const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
   switch (nb) {
     case 1: rows_tile<1>(W, in, Xp, Y, ldy, j0, rows, acc); break;
     case 2: rows_tile<2>(W, in, Xp, Y, ldy, j0, rows, acc); break;
@@ -220,7 +211,7 @@ template <typename WT>
 void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
   if (out <= 0 || B <= 0) return;
   ops::FlopCounter::add(2LL * B * out * in);
-  constexpr bool wide = std::is_same_v<WT, uint16_t> && kBf16Wide;
+  constexpr bool wide = is_wide<WT>();
   int kpad = 0;
   const float* Xp = pack_inputs(X, ldx, B, in, wide ? 32 : 16, wide, kpad);
   // Work unit: a block of 24 weight rows (divisible by every tile height), all B inputs. The
@@ -236,13 +227,8 @@ void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, f
       const int nb = std::min(kMaxNB, B - b0);
       const float* xp = Xp + (size_t)b0 * kpad;
       float* y = Y + (size_t)b0 * ldy;
-      if constexpr (wide) {
-        const int R = rows_per_tile(W, nb);
-        for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
-      } else {
-        const int R = nb <= 4 ? 4 : 3;
-        for (int j = j_begin; j < j_end; j += R) rows_tile_nb_std(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
-      }
+      const int R = tile_rows<WT>(nb);
+      for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
     }
   }
 }
