@@ -1,6 +1,7 @@
 // `modlm demo [--minutes M] [--budget-flops F] [--out DIR] [--data TRAIN --val VAL]`: a dense model
 // and its Mixture-of-Depths twin, trained with the same FLOPs, compared and drawn (report.html).
 #include "cli/commands.h"
+#include "cli/model_flags.h"
 #include "demo/demo.h"
 #include "model/families.h"
 #include "util/error.h"
@@ -31,14 +32,7 @@ Command add_demo(CLI::App& app) {
   sub->add_option("--n-heads", o->n_heads)->group(adv);
   sub->add_option("--d-ff", o->d_ff)->group(adv);
   sub->add_option("--vocab-size", o->vocab_size)->group(adv);
-  sub->add_option("--capacity", o->capacity)->group(adv);
-  sub->add_option("--routed-layers", o->routed_layers)->group(adv);
-  sub->add_option("--n-experts", o->n_experts)->group(adv);
-  sub->add_option("--d-expert", o->d_expert)->group(adv);
-  sub->add_option("--moe-top-k", o->moe_top_k)->group(adv);
-  sub->add_option("--capacity-factor", o->capacity_factor)->group(adv);
-  sub->add_option("--n-noop", o->n_noop)->group(adv);
-  sub->add_option("--moe-balance-weight", o->balance_weight)->group(adv);
+  add_family_flags(*sub, o->family_settings, adv);
   sub->add_option("--seq-len", o->seq_len)->group(adv);
   sub->add_option("--batch-size", o->batch_size)->group(adv);
   sub->add_option("--lr", o->lr)->group(adv);

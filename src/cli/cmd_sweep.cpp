@@ -1,6 +1,7 @@
 // `modlm sweep --budgets F1,F2,... --sizes DxL,... --out DIR`: iso-FLOP curves of dense and MoD
 // (or MoE / MoDE) models (sweep.jsonl, sweep.html); finished runs are skipped on a rerun.
 #include "cli/commands.h"
+#include "cli/model_flags.h"
 #include "demo/sweep.h"
 #include "model/families.h"
 #include "util/error.h"
@@ -23,12 +24,7 @@ Command add_sweep(CLI::App& app) {
   sub->add_option("--vocab-size", o->vocab_size, "SentencePiece vocabulary")->capture_default_str();
   sub->add_option("--seq-len", o->seq_len, "tokens per sequence")->capture_default_str();
   sub->add_option("--batch-size", o->batch_size, "sequences per step")->capture_default_str();
-  sub->add_option("--capacity", o->capacity, "MoD capacity")->capture_default_str();
-  sub->add_option("--n-experts", o->n_experts, "MoE families: experts per layer")->capture_default_str();
-  sub->add_option("--d-expert", o->d_expert, "MoE families: expert width (0 = the size's d_ff)")->capture_default_str();
-  sub->add_option("--moe-top-k", o->moe_top_k, "MoE families: experts per token")->capture_default_str();
-  sub->add_option("--capacity-factor", o->capacity_factor, "MoE families: expert capacity factor")->capture_default_str();
-  sub->add_option("--n-noop", o->n_noop, "integrated MoDE: no-op experts (0 = as many as real ones)")->capture_default_str();
+  add_family_flags(*sub, o->family_settings, "Family options");
   sub->add_option("--lr", o->lr, "peak learning rate")->capture_default_str();
   sub->add_option("--eval-windows", o->eval_windows, "validation windows of the final evaluation")->capture_default_str();
   sub->add_flag("--no-progress", *no_progress, "no progress bars");

@@ -113,4 +113,15 @@ ModelConfig ModelFlags::apply(json j, const std::string& source) const {
   return ModelConfig::from_json(j, source);
 }
 
+void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group) {
+  app.add_option("--capacity", f.capacity, "MoD families: fraction of tokens a routed layer processes")->capture_default_str()->group(group);
+  app.add_option("--routed-layers", f.routed_layers, "MoD families: every_other, all or none")->capture_default_str()->group(group);
+  app.add_option("--n-experts", f.n_experts, "MoE families: experts per layer")->capture_default_str()->group(group);
+  app.add_option("--d-expert", f.d_expert, "MoE families: expert width (0 = the dense d_ff)")->capture_default_str()->group(group);
+  app.add_option("--moe-top-k", f.moe_top_k, "MoE families: experts per token")->capture_default_str()->group(group);
+  app.add_option("--capacity-factor", f.capacity_factor, "MoE families: expert capacity factor")->capture_default_str()->group(group);
+  app.add_option("--n-noop", f.n_noop, "integrated MoDE: no-op experts (0 = as many as real ones)")->capture_default_str()->group(group);
+  app.add_option("--moe-balance-weight", f.balance_weight, "MoE families: load-balancing loss weight")->capture_default_str()->group(group);
+}
+
 }  // namespace modlm::cli

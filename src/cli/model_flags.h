@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "model/families.h"
 
 namespace modlm::cli {
 
@@ -23,5 +24,10 @@ struct ModelFlags {
   // Applies the given flags onto cfg (json form, so unknown keys survive) and validates.
   ModelConfig apply(json base, const std::string& source) const;
 };
+
+// --capacity --routed-layers (MoD) and --n-experts --d-expert --moe-top-k --capacity-factor --n-noop
+// --moe-balance-weight (MoE), the settings that make the other families from a dense shape, as
+// `modlm demo` and `modlm sweep` take them; `group` "" hides them from --help.
+void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group);
 
 }  // namespace modlm::cli

@@ -52,19 +52,7 @@ ModelConfig make_config(const DemoOptions& o, const std::string& family) {
          {"n_layers", o.n_layers},       {"n_heads", o.n_heads},       {"d_ff", o.d_ff},
          {"max_seq_len", o.seq_len},     {"rope_theta", 10000.0},      {"norm_eps", 1e-5},
          {"tie_embeddings", false}};
-  const ModelConfig dense = ModelConfig::from_json(m, what);
-  RoutingConfig r;
-  r.layers = LayerSet::parse(o.routed_layers, o.n_layers, what + ": --routed-layers");
-  r.capacity = o.capacity;  // expert choice, sigmoid gate, causal predictor of 128 (the defaults), aux weight 1
-  r.aux_weight = 1.0;
-  MoeConfig e;
-  e.n_experts = o.n_experts;
-  e.d_expert = o.d_expert > 0 ? o.d_expert : o.d_ff;
-  e.top_k = o.moe_top_k;
-  e.capacity_factor = o.capacity_factor;
-  e.n_noop = o.n_noop;
-  e.balance_weight = o.balance_weight;
-  return family_config(dense, family, r, e);
+  return family_config(ModelConfig::from_json(m, what), family, o.family_settings, what);
 }
 
 RunConfig make_run(const DemoOptions& o, const ModelConfig& mc, int64_t steps, const std::string& tokenizer) {
@@ -606,8 +594,8 @@ int run_demo(const DemoOptions& o) {
                          {"batch_size", B},
                          {"lr", o.lr},
                          {"min_lr", o.min_lr},
-                         {"capacity", o.capacity},
-                         {"routed_layers", o.routed_layers},
+                         {"capacity", o.family_settings.capacity},
+                         {"routed_layers", o.family_settings.routed_layers},
                          {"minutes", o.budget_flops > 0 ? json(nullptr) : json(o.minutes)},
                          {"final_windows", sides[0].result["topk"]["windows"]},
                          {"eval_windows", o.eval_windows},

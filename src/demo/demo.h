@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/families.h"
 
 namespace modlm::demo {
 
@@ -30,14 +31,7 @@ struct DemoOptions {
   std::vector<std::string> families = {"dense", "mod"};
   // The dense baseline's shape; the other families add routing and/or experts to it.
   int d_model = 256, n_layers = 8, n_heads = 4, d_ff = 704, vocab_size = 4096;
-  // MoD (mod, mode_staged): routed layers and their capacity.
-  double capacity = 0.125;
-  std::string routed_layers = "every_other";
-  // MoE (moe, mode_staged, mode_integrated): every layer's MLP becomes n_experts experts of
-  // d_expert (0: d_ff, so top-1 costs what the dense MLP costs), top-k token choice with this
-  // capacity factor; integrated MoDE adds n_noop no-op experts (0: as many as real ones).
-  int n_experts = 4, d_expert = 0, moe_top_k = 1, n_noop = 0;
-  double capacity_factor = 1.25, balance_weight = 0.01;
+  FamilySettings family_settings;
   // Training.
   int seq_len = 256, batch_size = 8;
   double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;

@@ -128,20 +128,9 @@ int run_sweep(const SweepOptions& o) {
                {"n_heads", z.n_heads}, {"d_ff", z.d_ff}, {"max_seq_len", T}};
         const std::string what = "sweep model " + std::to_string(z.d_model) + "x" + std::to_string(z.n_layers);
         const ModelConfig dense = ModelConfig::from_json(m, what);
-        RoutingConfig rc;
-        rc.layers = LayerSet::parse(o.routed_layers, z.n_layers, what + ": routed layers");
-        rc.capacity = o.capacity;
-        rc.aux_weight = 1.0;
-        MoeConfig ec;
-        ec.n_experts = o.n_experts;
-        ec.d_expert = o.d_expert > 0 ? o.d_expert : z.d_ff;
-        ec.top_k = o.moe_top_k;
-        ec.capacity_factor = o.capacity_factor;
-        ec.n_noop = o.n_noop;
-        ec.balance_weight = o.balance_weight;
         ModelConfig mc;
         try {
-          mc = family_config(dense, fam, rc, ec);
+          mc = family_config(dense, fam, o.family_settings, what);
         } catch (const Error& e) {
           throw usage_error(std::string("--sizes / --families: ") + e.what());
         }
@@ -232,11 +221,12 @@ int run_sweep(const SweepOptions& o) {
     ++trained;
   }
 
+  const FamilySettings& fs = o.family_settings;
   json meta{{"training text", corpus.train}, {"validation text", corpus.val}, {"tokenizer", tok_path},
             {"batch", std::to_string(B) + " x " + std::to_string(T) + " tokens"},
-            {"MoD routing", o.routed_layers + ", capacity " + fmt_fixed(o.capacity, 3)},
-            {"MoE", std::to_string(o.n_experts) + " experts of " + (o.d_expert > 0 ? std::to_string(o.d_expert) : std::string("d_ff")) +
-                        ", top-" + std::to_string(o.moe_top_k) + ", capacity factor " + fmt_fixed(o.capacity_factor, 2)},
+            {"MoD routing", fs.routed_layers + ", capacity " + fmt_fixed(fs.capacity, 3)},
+            {"MoE", std::to_string(fs.n_experts) + " experts of " + (fs.d_expert > 0 ? std::to_string(fs.d_expert) : std::string("d_ff")) +
+                        ", top-" + std::to_string(fs.moe_top_k) + ", capacity factor " + fmt_fixed(fs.capacity_factor, 2)},
             {"final evaluation", std::to_string(o.eval_windows) + " validation windows"}};
   write_text(o.out + "/sweep.html", render_sweep_report(records, meta));
   std::printf("%-40s %10s %8s %10s %10s\n", "run", "params", "steps", "val loss", "causal");

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "model/families.h"
+
 namespace modlm::demo {
 
 struct SweepSize {
@@ -23,12 +25,7 @@ struct SweepOptions {
   std::string out = "runs/sweep";
   std::string data, val;  // empty: the shipped corpus
   int vocab_size = 4096, seq_len = 256, batch_size = 8;
-  double capacity = 0.125;
-  std::string routed_layers = "every_other";
-  // MoE families (as in the demo): n_experts of d_expert (0: the size's d_ff), top-k, capacity
-  // factor; integrated MoDE adds n_noop no-op experts (0: as many as real ones).
-  int n_experts = 4, d_expert = 0, moe_top_k = 1, n_noop = 0;
-  double capacity_factor = 1.25, balance_weight = 0.01;
+  FamilySettings family_settings;  // how mod, moe, mode_staged and mode_integrated differ from dense
   double lr = 2e-3, min_lr = 2e-4, warmup_fraction = 0.1;
   uint64_t seed = 1;
   int64_t eval_windows = 64;  // final evaluation

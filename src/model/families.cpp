@@ -63,6 +63,21 @@ ModelConfig family_config(const ModelConfig& dense, const std::string& family, R
   return c;
 }
 
+ModelConfig family_config(const ModelConfig& dense, const std::string& family, const FamilySettings& f, const std::string& what) {
+  RoutingConfig r;
+  r.layers = LayerSet::parse(f.routed_layers, dense.n_layers, what + ": routed layers");
+  r.capacity = f.capacity;
+  r.aux_weight = 1.0;
+  MoeConfig e;
+  e.n_experts = f.n_experts;
+  e.d_expert = f.d_expert > 0 ? f.d_expert : dense.d_ff;
+  e.top_k = f.moe_top_k;
+  e.capacity_factor = f.capacity_factor;
+  e.n_noop = f.n_noop;
+  e.balance_weight = f.balance_weight;
+  return family_config(dense, family, r, e);
+}
+
 bool has_causal_mode(const ModelConfig& c) {
   if (c.n_routed() > 0) return true;
   for (int l = 0; l < c.n_layers; ++l)

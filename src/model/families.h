@@ -28,6 +28,23 @@ std::vector<std::string> parse_families(const std::string& list, const std::stri
 // the others). Validated: bad_input on settings that make no model (e.g. no routed layer).
 ModelConfig family_config(const ModelConfig& dense, const std::string& family, RoutingConfig routing, MoeConfig moe);
 
+// The few settings `modlm demo` and `modlm sweep` expose for the non-dense families.
+struct FamilySettings {
+  // MoD (mod, mode_staged): routed layers at this capacity; expert choice, sigmoid gate, causal
+  // predictor of 128, aux weight 1.
+  double capacity = 0.125;
+  std::string routed_layers = "every_other";
+  // MoE (moe, mode_staged, mode_integrated): every layer's MLP becomes n_experts experts of
+  // d_expert (0: the dense d_ff, so top-1 costs what the dense MLP costs), top-k token choice at
+  // this capacity factor; integrated MoDE adds n_noop no-op experts (0: as many as real ones).
+  int n_experts = 4, d_expert = 0, moe_top_k = 1, n_noop = 0;
+  double capacity_factor = 1.25, balance_weight = 0.01;
+};
+// family_config with routing and experts made from `settings` (bad_input naming `what` on a bad
+// routed-layer list).
+ModelConfig family_config(const ModelConfig& dense, const std::string& family, const FamilySettings& settings,
+                          const std::string& what);
+
 // Whether evaluating as generation decides (RouteMode::Causal: the causal decision in routed
 // layers, no MoE capacity) can differ from top-k evaluation: routed layers, or an MoE capacity.
 bool has_causal_mode(const ModelConfig& cfg);
