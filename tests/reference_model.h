@@ -12,6 +12,7 @@
 
 #include "model/config.h"
 #include "model/model.h"
+#include "util/rng.h"
 
 namespace modlm::testing {
 
@@ -204,5 +205,16 @@ struct ReferenceModel {
     return logits;
   }
 };
+
+// Random weights in [-0.5, 0.5) with every bias 0 (unbiased routing decisions: some tokens each
+// way), and B * T random token ids: the inputs the model-vs-reference tests share.
+inline std::vector<int32_t> randomize_for_reference(Model<double>& m, Rng& r, int B, int T) {
+  for (auto& v : m.params()) v = 0.5 * (2 * r.uniform() - 1);
+  for (const ParamInfo& p : m.layout().params())
+    if (p.name.find(".bias") != std::string::npos) std::fill_n(m.params().data() + p.offset, p.numel, 0.0);
+  std::vector<int32_t> tok((size_t)B * T);
+  for (auto& t : tok) t = (int32_t)r.below(m.config().vocab_size);
+  return tok;
+}
 
 }  // namespace modlm::testing

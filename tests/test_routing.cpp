@@ -104,12 +104,8 @@ TEST_P(RoutedVsNaive, LogitsMatchNaiveTokenLoop) {
   ModelConfig c = small_routed(gate, causal, layers);
   Model<double> m(c);
   Rng r(11);
-  for (auto& v : m.params()) v = 0.5 * (2 * r.uniform() - 1);
-  for (const ParamInfo& p : m.layout().params())  // unbiased decisions: some tokens each way
-    if (p.name.find(".bias") != std::string::npos) std::fill_n(m.params().data() + p.offset, p.numel, 0.0);
   const int B = 3, T = 13;
-  std::vector<int32_t> tok(B * T);
-  for (auto& t : tok) t = (int32_t)r.below(c.vocab_size);
+  const std::vector<int32_t> tok = modlm::testing::randomize_for_reference(m, r, B, T);
   Ref ref{c, m};
   for (RouteMode mode : {RouteMode::TopK, RouteMode::Causal}) {
     ForwardOptions o;
