@@ -182,7 +182,7 @@ Command add_bench(CLI::App& app) {
               }
             } else {
               const bool twin = cfg.n_routed() || cfg.n_moe();
-              const char* kind = cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
+              const std::string kind = model_kind(cfg);
               StepTiming m = report(kind, cfg);
               if (twin && !o->no_dense) {
                 StepTiming d = report("dense", dense_twin(cfg));
@@ -191,7 +191,7 @@ Command add_bench(CLI::App& app) {
                 out["cpu_time_ratio"] = m.cpu_s / d.cpu_s;
                 out["flop_ratio"] = flop_ratio;
                 if (!o->json_out)
-                  std::printf("%s / dense: time %.3f, FLOPs %.3f (time/FLOP ratio %.2f)\n", kind, time_ratio, flop_ratio, time_ratio / flop_ratio);
+                  std::printf("%s / dense: time %.3f, FLOPs %.3f (time/FLOP ratio %.2f)\n", kind.c_str(), time_ratio, flop_ratio, time_ratio / flop_ratio);
               }
             }
             if (!o->no_peak) {

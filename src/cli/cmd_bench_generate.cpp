@@ -211,7 +211,7 @@ Command add_bench_generate(CLI::App& app) {
               if (!o->json_out) std::printf("stream read bandwidth: %.1f GB/s (OpenMP sum over 1 GiB, %d threads)\n", stream, omp_get_max_threads());
             }
             // The model, then its dense twin (a routed or MoE model's comparison).
-            const std::string kind = cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
+            const std::string kind = model_kind(cfg);
             std::vector<std::pair<std::string, ModelConfig>> models = {{kind, cfg}};
             if (kind != "dense" && !o->no_dense) models.push_back({"dense", dense_twin(cfg)});
             for (const auto& [name, c] : models) {

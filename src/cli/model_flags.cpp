@@ -113,6 +113,10 @@ ModelConfig ModelFlags::apply(json j, const std::string& source) const {
   return ModelConfig::from_json(j, source);
 }
 
+std::string model_kind(const ModelConfig& cfg) {
+  return cfg.n_routed() ? (cfg.n_moe() ? "mode" : "mod") : (cfg.n_moe() ? "moe" : "dense");
+}
+
 void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group) {
   app.add_option("--capacity", f.capacity, "MoD families: fraction of tokens a routed layer processes")->capture_default_str()->group(group);
   app.add_option("--routed-layers", f.routed_layers, "MoD families: every_other, all or none")->capture_default_str()->group(group);

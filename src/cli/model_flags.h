@@ -25,6 +25,10 @@ struct ModelFlags {
   ModelConfig apply(json base, const std::string& source) const;
 };
 
+// The short name benchmarks give a model in their output: dense, mod, moe, or mode (routed layers
+// and experts).
+std::string model_kind(const ModelConfig& cfg);
+
 // --capacity --routed-layers (MoD) and --n-experts --d-expert --moe-top-k --capacity-factor --n-noop
 // --moe-balance-weight (MoE), the settings that make the other families from a dense shape, as
 // `modlm demo` and `modlm sweep` take them; `group` "" hides them from --help.
