@@ -11,6 +11,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq || true
-  $SUDO apt-get install -y -qq "${missing[@]}"
+  # Another apt (unattended upgrades at boot) may hold the dpkg lock: wait for it, up to 10 min,
+  # instead of failing at once.
+  APT=(apt-get -o DPkg::Lock::Timeout=600)
+  $SUDO "${APT[@]}" update -qq || true
+  $SUDO "${APT[@]}" install -y -qq "${missing[@]}"
 fi

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -37,6 +38,20 @@ inline std::string temp_dir(const std::string& name) {
   return d.string();
 }
 
-inline std::string shared_dir() { return MODLM_SHARED_DIR; }
+// Text for tests comes from the project's own shipped corpus (data/, see data/README.md), so a
+// plain clone without ../shared passes. ../shared may only add optional, skipped extras.
+inline std::string project_train_gz() { return std::string(MODLM_SOURCE_DIR) + "/data/train.txt.gz"; }
+inline std::string project_valid_gz() { return std::string(MODLM_SOURCE_DIR) + "/data/valid.txt.gz"; }
+
+// Writes the first `bytes` bytes of the shipped training text to `path`; true on success.
+inline bool write_train_head(const std::string& path, size_t bytes) {
+  std::string cmd = "gzip -dc '" + project_train_gz() + "' | head -c " + std::to_string(bytes) + " > '" + path + "'";
+  return std::system(cmd.c_str()) == 0;
+}
+// Writes the first `bytes` bytes of the shipped validation text (no book shared with training).
+inline bool write_valid_head(const std::string& path, size_t bytes) {
+  std::string cmd = "gzip -dc '" + project_valid_gz() + "' | head -c " + std::to_string(bytes) + " > '" + path + "'";
+  return std::system(cmd.c_str()) == 0;
+}
 
 }  // namespace modlm::testing

@@ -17,10 +17,9 @@ using namespace modlm::testing;
 namespace fs = std::filesystem;
 
 static std::string small_text(const std::string& dir, size_t bytes = 60000) {
-  // A slice of real English text: the first bytes of the shared validation corpus.
+  // A slice of real English text: the first bytes of the shipped validation corpus.
   std::string path = dir + "/text.txt";
-  std::string cmd = "zcat " + shared_dir() + "/data/gutenberg-valid.txt.gz | head -c " + std::to_string(bytes) + " > " + path;
-  EXPECT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_TRUE(write_valid_head(path, bytes));
   return path;
 }
 

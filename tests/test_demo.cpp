@@ -30,11 +30,10 @@ std::string slurp(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// Small train / validation texts (plain) cut from the shared corpus.
+// Small train / validation texts (plain) cut from the shipped corpus.
 void tiny_texts(const std::string& dir) {
-  const std::string sh = shared_dir() + "/data/tinyshakespeare.txt.gz";
-  ASSERT_EQ(std::system(("zcat " + sh + " | head -c 200000 > " + dir + "/train.txt").c_str()), 0);
-  ASSERT_EQ(std::system(("zcat " + sh + " | tail -c 40000 > " + dir + "/val.txt").c_str()), 0);
+  ASSERT_TRUE(write_train_head(dir + "/train.txt", 200000));
+  ASSERT_TRUE(write_valid_head(dir + "/val.txt", 40000));
 }
 
 std::string tiny_model_flags() {

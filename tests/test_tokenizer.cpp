@@ -82,11 +82,17 @@ void expect_error(const std::function<void()>& fn, int exit_code, const std::vec
   }
 }
 
-// The first ~`bytes` of tinyshakespeare, cut after a newline.
-std::string shakespeare_prefix(size_t bytes) {
-  static const std::string all = read_text(std::string(MODLM_SHARED_DIR) + "/data/tinyshakespeare.txt.gz");
+// The first ~`bytes` of the shipped training text (data/train.txt.gz), cut after a newline.
+std::string corpus_prefix(size_t bytes) {
+  static const std::string all = read_text(std::string(MODLM_SOURCE_DIR) + "/data/train.txt.gz");
   size_t end = all.find('\n', bytes);
   return all.substr(0, end == std::string::npos ? all.size() : end + 1);
+}
+// About `bytes` of running prose from the middle of the first book, whole lines.
+std::string corpus_prose(size_t bytes) {
+  const std::string head = corpus_prefix(100000 + bytes);
+  const size_t start = head.find('\n', 100000) + 1;
+  return head.substr(start);
 }
 
 std::vector<int32_t> all_tokens(const TokenFile& tf) {
@@ -121,7 +127,7 @@ class BigVocabTokenizer final : public Tokenizer {
 // TextFile
 
 TEST_F(TextFileTest, GzipReadsEqualPlain) {
-  const std::string text = shakespeare_prefix(50000) + std::string("\0tail", 5);
+  const std::string text = corpus_prefix(50000) + std::string("\0tail", 5);
   write_bytes(file("a.txt"), text);
   write_bytes(file("a.txt.gz"), gzip(text));
   write_bytes(file("gz_without_extension"), gzip(text));
@@ -137,7 +143,7 @@ TEST_F(TextFileTest, GzipReadsEqualPlain) {
 }
 
 TEST_F(TextFileTest, CorruptGzipIsBadInput) {
-  const std::string gz = gzip(shakespeare_prefix(20000));
+  const std::string gz = gzip(corpus_prefix(20000));
   write_bytes(file("truncated.gz"), gz.substr(0, gz.size() / 2));
   expect_error([&] { read_text(file("truncated.gz")); }, modlm::kExitBadInput, {file("truncated.gz"), "truncated"});
   std::string bad = gz;
@@ -173,7 +179,7 @@ TEST(Tokenizer, ByteRoundTrip) {
 }
 
 TEST_F(TokenizerTest, SentencePieceTrainRoundTrip) {
-  const std::string corpus = shakespeare_prefix(200000);
+  const std::string corpus = corpus_prefix(200000);
   write_bytes(file("corpus.txt.gz"), gzip(corpus));  // training reads gzip too
   train_sentencepiece(file("corpus.txt.gz"), 300, file("model"));
   ASSERT_TRUE(fs::exists(file("model/tokenizer.model")));
@@ -190,7 +196,7 @@ TEST_F(TokenizerTest, SentencePieceTrainRoundTrip) {
   EXPECT_EQ(vocab.rfind("<unk>\t", 0), 0u);
 
   // A paragraph round-trips exactly, newlines and repeated spaces included, in fewer tokens than bytes.
-  const std::string para = shakespeare_prefix(600) + "  double  spaces, trailing space \n\n";
+  const std::string para = corpus_prose(600) + "  double  spaces, trailing space \n\n";
   const auto ids = tok->encode(para);
   EXPECT_EQ(tok->decode(ids), para);
   EXPECT_LT(ids.size(), para.size());  // only 43 non-byte pieces: little compression
@@ -205,7 +211,7 @@ TEST_F(TokenizerTest, SentencePieceTrainRoundTrip) {
     for (int32_t id : e) EXPECT_NE(id, 0) << s;
   }
   // Encoding line by line equals encoding the whole text (what the token cache relies on).
-  const std::string text = shakespeare_prefix(5000);
+  const std::string text = corpus_prefix(5000);
   std::vector<int32_t> by_line;
   for (size_t pos = 0; pos < text.size();) {
     size_t end = text.find('\n', pos) + 1;
@@ -256,7 +262,7 @@ TEST_F(TokenizerTest, SentencePieceBadInputs) {
 TEST_F(TokenFileTest, BuildReuseRebuild) {
   ByteTokenizer tok;
   const std::string path = file("text.txt");
-  const std::string text = shakespeare_prefix(3000);
+  const std::string text = corpus_prefix(3000);
   write_bytes(path, text);
   set_mtime(path, 1000000000);
 
@@ -296,7 +302,7 @@ TEST_F(TokenFileTest, BuildReuseRebuild) {
 
 TEST_F(TokenFileTest, TokenizerChangeRebuilds) {
   const std::string path = file("text.txt.gz");
-  const std::string text = shakespeare_prefix(20000);
+  const std::string text = corpus_prefix(20000);
   write_bytes(path, gzip(text));  // gzip text is tokenized from its decompressed content
   ByteTokenizer bytes;
   BigVocabTokenizer big;
@@ -326,7 +332,7 @@ TEST_F(TokenFileTest, TokenizerChangeRebuilds) {
 TEST_F(TokenFileTest, LinesEncodedInParallelMatchWholeText) {
   // More than one 1 MiB block, so several threads share the work.
   std::string text;
-  while (text.size() < (size_t(5) << 19)) text += shakespeare_prefix(100000);
+  while (text.size() < (size_t(5) << 19)) text += corpus_prefix(100000);
   text += "no final newline";
   write_bytes(file("big.txt"), text);
   ByteTokenizer tok;
@@ -337,7 +343,7 @@ TEST_F(TokenFileTest, LinesEncodedInParallelMatchWholeText) {
 TEST_F(TokenFileTest, CorruptFilesAreBadInput) {
   ByteTokenizer tok;
   const std::string path = file("text.txt");
-  write_bytes(path, shakespeare_prefix(2000));
+  write_bytes(path, corpus_prefix(2000));
   const std::string cache = load_or_build_tokens(path, tok).path();
   const std::string good = read_bytes(cache);
 
