@@ -43,15 +43,14 @@ inline std::string temp_dir(const std::string& name) {
 inline std::string project_train_gz() { return std::string(MODLM_SOURCE_DIR) + "/data/train.txt.gz"; }
 inline std::string project_valid_gz() { return std::string(MODLM_SOURCE_DIR) + "/data/valid.txt.gz"; }
 
-// Writes the first `bytes` bytes of the shipped training text to `path`; true on success.
-inline bool write_train_head(const std::string& path, size_t bytes) {
-  std::string cmd = "gzip -dc '" + project_train_gz() + "' | head -c " + std::to_string(bytes) + " > '" + path + "'";
+// Writes the first `bytes` bytes of the gzip file `gz`, decompressed, to `path`; true on success.
+inline bool write_gz_head(const std::string& gz, const std::string& path, size_t bytes) {
+  std::string cmd = "gzip -dc '" + gz + "' | head -c " + std::to_string(bytes) + " > '" + path + "'";
   return std::system(cmd.c_str()) == 0;
 }
-// Writes the first `bytes` bytes of the shipped validation text (no book shared with training).
-inline bool write_valid_head(const std::string& path, size_t bytes) {
-  std::string cmd = "gzip -dc '" + project_valid_gz() + "' | head -c " + std::to_string(bytes) + " > '" + path + "'";
-  return std::system(cmd.c_str()) == 0;
-}
+// The first `bytes` bytes of the shipped training text, or of the validation text (which shares
+// no book with it).
+inline bool write_train_head(const std::string& path, size_t bytes) { return write_gz_head(project_train_gz(), path, bytes); }
+inline bool write_valid_head(const std::string& path, size_t bytes) { return write_gz_head(project_valid_gz(), path, bytes); }
 
 }  // namespace modlm::testing

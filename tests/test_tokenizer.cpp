@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_helpers.h"
 #include "io/text_file.h"
 #include "io/token_file.h"
 #include "io/tokenizer.h"
@@ -84,7 +85,7 @@ void expect_error(const std::function<void()>& fn, int exit_code, const std::vec
 
 // The first ~`bytes` of the shipped training text (data/train.txt.gz), cut after a newline.
 std::string corpus_prefix(size_t bytes) {
-  static const std::string all = read_text(std::string(MODLM_SOURCE_DIR) + "/data/train.txt.gz");
+  static const std::string all = read_text(modlm::testing::project_train_gz());
   size_t end = all.find('\n', bytes);
   return all.substr(0, end == std::string::npos ? all.size() : end + 1);
 }
