@@ -2,7 +2,8 @@
 # Installs the Debian packages modlm builds against, only those that are missing.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libomp-dev nlohmann-json3-dev
-      libcli11-dev libsentencepiece-dev zlib1g-dev libgtest-dev libbenchmark-dev)
+      libcli11-dev libsentencepiece-dev zlib1g-dev libgtest-dev libbenchmark-dev
+      libcpp-httplib-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
