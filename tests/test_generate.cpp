@@ -547,6 +547,68 @@ TEST(Generate, BatchDecodingEqualsOneByOne) {
   }
 }
 
+TEST(Generate, ExtendInChunksEqualsStepByStep) {
+  // A prompt fed in chunks (the server's chunked prefill), while another slot steps between the
+  // chunks, gives the step-by-step logits (to float rounding: the kernels block several rows
+  // differently), routing decisions and caches: each row attends over its slot's cache up to
+  // itself.
+  std::vector<Variant> variants = {Variant{}};
+  variants.insert(variants.end(), kRouted.begin(), kRouted.end());
+  variants.push_back(kMoe[0].v);
+  variants.push_back(kMoe[1].v);
+  for (const Variant& v : variants) {
+    auto m = make_model(v, 4);
+    const int V = 256, N = 70;
+    Rng r(11);
+    std::vector<int32_t> toks(N);
+    for (auto& t : toks) t = (int32_t)r.below(V);
+    Decoder one(*m, 1, N + 1);
+    one.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + 2)});
+    std::vector<std::vector<RouteRecord>> want_routes;
+    for (int t = 2; t < N; ++t) {
+      one.step({0}, {toks[t]});
+      std::vector<RouteRecord> rr;
+      for (int j = 0; j < (int)one.routed_layers().size(); ++j) rr.push_back(one.route(0, j));
+      want_routes.push_back(rr);
+    }
+    std::vector<float> want(one.logits(0), one.logits(0) + V);
+
+    Decoder dec(*m, 2, N + 1);
+    dec.prefill({0, 1}, {std::vector<int32_t>(toks.begin(), toks.begin() + 2), bytes_of("other")});
+    int t = 2, chunk = 1;
+    while (t < N) {
+      const int n = std::min(chunk, N - t);
+      dec.extend(0, std::vector<int32_t>(toks.begin() + t, toks.begin() + t + n));
+      ASSERT_EQ(dec.logit_rows(), 1);
+      ASSERT_EQ(dec.token_rows(), n);
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < (int)dec.routed_layers().size(); ++j) {
+          EXPECT_EQ(dec.route(i, j).processed, want_routes[t - 2 + i][j].processed) << v.method << " token " << t + i;
+          EXPECT_NEAR(dec.route(i, j).decision_logit, want_routes[t - 2 + i][j].decision_logit, 1e-4);
+        }
+      t += n;
+      chunk = chunk * 2 + 1;
+      dec.step({1}, {(int32_t)'x'});  // the other sequence goes on between the chunks
+    }
+    EXPECT_EQ(dec.length(0), N);
+    dec.step({1}, {(int32_t)'y'});
+    // One more step from both decoders: the chunked slot's cache holds what the steps cached.
+    one.step({0}, {5});
+    dec.step({0}, {5});
+    EXPECT_LT(rel_diff(dec.logits(0), one.logits(0), V), 1e-5) << v.method;
+    for (int l = 0; l < 4; ++l) EXPECT_EQ(dec.cache().count(l, 0), one.cache().count(l, 0)) << v.method << " layer " << l;
+  }
+  auto m = make_model(Variant{}, 1);
+  Decoder dec(*m, 2, 16);
+  EXPECT_THROW(dec.extend(0, {1, 2}), Error);  // nothing started in the slot
+  dec.prefill({0}, {{1, 2, 3}});
+  EXPECT_THROW(dec.extend(0, std::vector<int32_t>(14, 1)), Error);  // past max_len
+  EXPECT_THROW(dec.extend(0, {}), Error);
+  EXPECT_THROW(dec.extend(0, {1, 999}), Error);  // outside the vocabulary
+  dec.extend(0, std::vector<int32_t>(13, 1));
+  EXPECT_EQ(dec.length(0), 16);
+}
+
 TEST(Generate, DecoderRejectsWhatItCannotDo) {
   auto m = make_model(Variant{}, 1, 16);
   EXPECT_THROW(Decoder(*m, 1, 17), Error);  // beyond max_seq_len

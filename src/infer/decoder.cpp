@@ -74,18 +74,10 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWe
   cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.n_heads, cfg_.head_dim(), kv == KvFormat::BF16);
   length_.assign(max_batch, 0);
 
-  const size_t B = max_batch, D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size;
-  const size_t Hp = cfg_.routing.predictor_hidden;
-  for (auto* v : {&sx_, &sy_, &sxn_, &satt_, &sa_, &sxg_, &syg_}) v->assign(B * D, 0.f);
-  sinv_.assign(B, 0.f);
-  sqkv_.assign(B * 3 * D, 0.f);
-  sh13_.assign(B * 2 * F, 0.f);
-  sg_.assign(B * F, 0.f);
-  sr_.assign(B, 0.f);
-  sdec_.assign(B, 0.f);
-  sz_.assign(B * Hp, 0.f);
+  ensure_rows(max_batch);
   sscore_.assign((size_t)omp_get_max_threads() * max_len, 0.f);
-  logits_.assign(B * V, 0.f);
+  logits_.assign((size_t)max_batch * cfg_.vocab_size, 0.f);
+  const size_t B = max_batch;
   ssel_.reserve(B);
   sslot_.reserve(B);
   spos_.reserve(B);
@@ -147,6 +139,22 @@ void Decoder::make_bf16_copies() {
     at += (n + 31) / 32 * 32;
   }
   matrix_bytes_ = 2.0;
+}
+
+void Decoder::ensure_rows(int n) {
+  if (n <= row_capacity_) return;
+  const size_t B = n, D = cfg_.d_model, F = cfg_.d_ff;
+  const size_t Hp = cfg_.routing.predictor_hidden;
+  for (auto* v : {&sx_, &sy_, &sxn_, &satt_, &sa_, &sxg_, &syg_}) v->assign(B * D, 0.f);
+  sinv_.assign(B, 0.f);
+  sqkv_.assign(B * 3 * D, 0.f);
+  sh13_.assign(B * 2 * F, 0.f);
+  sg_.assign(B * F, 0.f);
+  sr_.assign(B, 0.f);
+  sdec_.assign(B, 0.f);
+  sz_.assign(B * Hp, 0.f);
+  scount_.assign(B, 0);
+  row_capacity_ = n;
 }
 
 void Decoder::check_ids(const int32_t* ids, size_t n) const {
@@ -348,7 +356,7 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
 // Decode step: one token per sequence, matrix-vector products, attention over the cache.
 
 void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& tokens) {
-  const int B = (int)slots.size(), D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+  const int B = (int)slots.size();
   if (B < 1 || B > max_batch_ || (int)tokens.size() != B) throw bad_input("step: need 1..max_batch slots, one token each");
   check_ids(tokens.data(), tokens.size());
   row_slot_.assign(slots.begin(), slots.end());
@@ -363,6 +371,28 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
                       " tokens");
     row_pos_[i] = length_[s];
   }
+  forward_rows(tokens.data(), B, /*last_only=*/false);
+  for (int i = 0; i < B; ++i) ++length_[slots[i]];
+}
+
+void Decoder::extend(int slot, const std::vector<int32_t>& tokens) {
+  const int n = (int)tokens.size();
+  if (slot < 0 || slot >= max_batch_ || length_[slot] == 0) throw bad_input("extend: slot " + std::to_string(slot) + " holds no sequence");
+  if (n < 1) throw bad_input("extend: no tokens");
+  if (length_[slot] + n > max_len_)
+    throw bad_input("extend: " + std::to_string(length_[slot]) + " + " + std::to_string(n) + " tokens exceed the sequence limit of " +
+                    std::to_string(max_len_));
+  check_ids(tokens.data(), tokens.size());
+  ensure_rows(n);
+  row_slot_.assign(n, slot);
+  row_pos_.resize(n);
+  for (int i = 0; i < n; ++i) row_pos_[i] = length_[slot] + i;
+  forward_rows(tokens.data(), n, /*last_only=*/true);
+  length_[slot] += n;
+}
+
+void Decoder::forward_rows(const int32_t* tokens, int B, bool last_only) {
+  const int D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
   token_rows_ = B;
   routes_.assign((size_t)B * routed_.size(), RouteRecord{});
   weight_bytes_ = 4.0 * B * D;
@@ -379,11 +409,11 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
     }
     std::swap(x, y);
   }
-  rmsnorm_forward<float>(x, D, w_.norm, B, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
-  mv(w_.output, V, D, sxn_.data(), D, B, logits_.data(), V);
+  const int first = last_only ? B - 1 : 0, rows = B - first;
+  rmsnorm_forward<float>(x + (size_t)first * D, D, w_.norm, rows, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
+  mv(w_.output, V, D, sxn_.data(), D, rows, logits_.data(), V);
   weight_bytes_ += matrix_bytes_ * V * D + 4.0 * D;
-  logit_rows_ = B;
-  for (int i = 0; i < B; ++i) ++length_[slots[i]];
+  logit_rows_ = rows;
 }
 
 void Decoder::routed_step(int l, int B, const float* x, float* y) {
@@ -452,10 +482,14 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   mv(W.wqkv, 3 * D, D, xn, D, m, qkv, 3 * D);
   rope_forward<float>(qkv, 3 * D, m, H, Dh, pos, rope_);
   rope_forward<float>(qkv + D, 3 * D, m, H, Dh, pos, rope_);
-  for (int i = 0; i < m; ++i) cache_.append(l, slots[i], pos[i], qkv + (size_t)i * 3 * D + D, qkv + (size_t)i * 3 * D + 2 * D);
-  const float scale = float(1.0 / std::sqrt((double)Dh));
+  // Each row attends over its slot's cache up to and including itself: rows of one slot (an
+  // extend chunk) come in position order, so a row sees the chunk's earlier rows, not later ones.
   int64_t pairs = 0;
-  for (int i = 0; i < m; ++i) pairs += cache_.count(l, slots[i]);
+  for (int i = 0; i < m; ++i) {
+    cache_.append(l, slots[i], pos[i], qkv + (size_t)i * 3 * D + D, qkv + (size_t)i * 3 * D + 2 * D);
+    pairs += scount_[i] = cache_.count(l, slots[i]);
+  }
+  const float scale = float(1.0 / std::sqrt((double)Dh));
   FlopCounter::add(pairs * 4 * Dh * H);
   const int cap = max_len_;
   if ((size_t)omp_get_max_threads() * cap > sscore_.size()) sscore_.resize((size_t)omp_get_max_threads() * cap);
@@ -463,7 +497,7 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   for (int i = 0; i < m; ++i)
     for (int h = 0; h < H; ++h) {
       float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
-      const int n = cache_.count(l, slots[i]);
+      const int n = scount_[i];
       const float* q = qkv + (size_t)i * 3 * D + h * Dh;
       float* o = att + (size_t)i * D + h * Dh;
       if (cache_.bf16())

@@ -81,6 +81,15 @@ class Decoder {
   // (bad_input); check length() first.
   void step(const std::vector<int>& slots, const std::vector<int32_t>& tokens);
 
+  // Continues the started sequence in `slot` with tokens (1..max_len - length(slot) of them) in
+  // one call: a prefill chunk that attends over what the slot already caches, so a long prompt
+  // can be fed piece by piece between other sequences' steps (the server's chunked prefill).
+  // The rows go through the step's code (matrix-vector kernels reading each weight once for all
+  // rows; each row causal over the cache and the chunk's earlier rows), so the result is the
+  // step-by-step result; it may differ from one whole prefill by float rounding. Logits: row 0 =
+  // the next-token logits after the last token; routes: one row per token.
+  void extend(int slot, const std::vector<int32_t>& tokens);
+
   void release(int slot);  // forgets the sequence in a slot
 
   // Outputs of the last prefill/step.
@@ -99,6 +108,10 @@ class Decoder {
 
  private:
   void check_ids(const int32_t* ids, size_t n) const;
+  // The layers, final norm and head for the B rows set up in row_slot_/row_pos_ (step/extend);
+  // logits for every row, or (last_only) for the last row alone.
+  void forward_rows(const int32_t* tokens, int B, bool last_only);
+  void ensure_rows(int n);  // grows the step buffers to n rows
   void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
@@ -140,7 +153,8 @@ class Decoder {
   // Step buffers, sized for max_batch once.
   AlignedVector<float> sx_, sy_, sxn_, sinv_, sqkv_, satt_, sa_, sh13_, sg_, sscore_;
   AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
-  std::vector<int> ssel_, sslot_;
+  std::vector<int> ssel_, sslot_, scount_;
+  int row_capacity_ = 0;  // rows the step buffers hold
   std::vector<int32_t> spos_, ssel_pos_;
   // The MoE of the layer being stepped (moe_step): gate probabilities [m, G], choices [m, K],
   // each (row, rank) choice's expert output [m * K, D], one expert's gathered rows and products.
