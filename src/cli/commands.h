@@ -20,6 +20,7 @@ Command add_train(CLI::App& app);
 Command add_tokenizer(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_generate(CLI::App& app);
+Command add_serve(CLI::App& app);     // OpenAI-compatible HTTP server
 Command add_bench_generate(CLI::App& app);  // `bench generate`: call after add_bench
 
 }  // namespace modlm::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
       modlm::cli::add_tokenizer(app),
       modlm::cli::add_bench(app),
       modlm::cli::add_generate(app),
+      modlm::cli::add_serve(app),
   };
   commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
   try {
