@@ -30,6 +30,19 @@ inline CmdResult run_modlm(const std::string& args) {
   return r;
 }
 
+// Any shell command: exit code and combined output.
+inline CmdResult run_modlm_raw(const std::string& cmd) {
+  CmdResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
 // A fresh, empty temporary folder for one test.
 inline std::string temp_dir(const std::string& name) {
   auto d = std::filesystem::temp_directory_path() / ("modlm_test_" + name + "_" + std::to_string(::getpid()));
