@@ -127,7 +127,10 @@ Reply post(int port, const std::string& path, const std::string& body, const htt
   auto c = client(port);
   Reply r;
   auto res = c.Post(path, h, body, "application/json");
-  if (!res) return r;
+  if (!res) {
+    r.raw = "no response: " + httplib::to_string(res.error());
+    return r;
+  }
   r.status = res->status;
   r.raw = res->body;
   r.content_type = res->get_header_value("Content-Type");
@@ -333,10 +336,10 @@ TEST_F(Serve, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
     const json j = request(i);
     if (j.value("stream", false)) {
       Streamed st = parse_stream(post_stream(s.port(), "/v1/completions", j.dump()), false);
-      return st.text.size() == 1 && st.done ? st.text[0] : "\x01bad stream";
+      return st.text.size() == 1 && st.done ? st.text[0] : "\x01" "bad stream";
     }
     Reply r = post(s.port(), "/v1/completions", j.dump());
-    return r.status == 200 ? r.body["choices"][0]["text"].get<std::string>() : "\x01status " + std::to_string(r.status);
+    return r.status == 200 ? r.body["choices"][0]["text"].get<std::string>() : "\x01status " + std::to_string(r.status) + " " + r.raw;
   };
   std::vector<std::string> alone(N), together(N);
   for (int i = 0; i < N; ++i) alone[i] = text_of(i);

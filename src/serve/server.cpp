@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cstdio>
@@ -238,20 +239,24 @@ std::string metrics_text(Context& C) {
 
 }  // namespace
 
-int run_server(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt) {
-  // SIGTERM/SIGINT go to one waiting thread (sigwait), not to whichever thread runs: block them
-  // before any thread exists so every thread inherits the mask.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
-
-  Scheduler sched(model, tok, opt.scheduler);
-  Context C{model, tok, opt, sched, {}, {0}};
+struct HttpServer::Impl {
+  Impl(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& o)
+      : opt(o), sched(model, tok, opt.scheduler), C{model, tok, opt, sched, {}, {0}} {
+    setup();
+  }
+  void setup();
+  ServerOptions opt;
+  Scheduler sched;
+  Context C;
   httplib::Server svr;
+  int port = 0;
+  int listen_fd = -1;  // the listening socket, seen through set_socket_options
+};
+
+void HttpServer::Impl::setup() {
+  const ServerOptions& opt = this->opt;
+  Scheduler& sched = this->sched;
+  Context& C = this->C;
   const int threads = opt.scheduler.max_batch + opt.scheduler.max_queue + 8;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
   svr.set_payload_max_length(opt.max_body);
@@ -317,7 +322,25 @@ int run_server(const Model<float>& model, const io::Tokenizer& tok, const Server
     res.set_content(metrics_text(C), "text/plain; version=0.0.4");
   });
 
+}
+
+HttpServer::HttpServer(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt)
+    : impl_(std::make_unique<Impl>(model, tok, opt)) {}
+HttpServer::~HttpServer() { stop(std::chrono::milliseconds(0)); }
+Scheduler& HttpServer::scheduler() { return impl_->sched; }
+
+int HttpServer::bind() {
+  const ServerOptions& opt = impl_->opt;
+  httplib::Server& svr = impl_->svr;
   int port = opt.port;
+  // cpp-httplib listens with a backlog of 5: a burst of clients connecting at once overflows it
+  // and some connections are reset. Calling listen() again on the bound socket raises it (Linux).
+  int& fd = impl_->listen_fd;
+  svr.set_socket_options([&fd](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    fd = sock;
+  });
   if (port == 0) {
     port = svr.bind_to_any_port(opt.host);
     if (port <= 0) throw io_error("cannot listen on " + opt.host + " (any port)");
@@ -325,19 +348,44 @@ int run_server(const Model<float>& model, const io::Tokenizer& tok, const Server
     throw io_error("cannot listen on " + opt.host + ":" + std::to_string(port) + " (in use, or not an address of this machine)");
   }
 
+  if (fd >= 0) ::listen(fd, SOMAXCONN);
+  impl_->port = port;
+  return port;
+}
+
+bool HttpServer::run() { return impl_->svr.listen_after_bind(); }
+
+void HttpServer::stop(std::chrono::milliseconds grace) {
+  impl_->sched.shutdown(grace);
+  impl_->svr.stop();
+}
+
+int run_server(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt) {
+  // SIGTERM/SIGINT go to one waiting thread (sigwait), not to whichever thread runs: block them
+  // before any thread exists so every thread inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
+
+  HttpServer server(model, tok, opt);
+  const int port = server.bind();
+  Scheduler& sched = server.scheduler();
   std::thread signals([&] {
     int sig = 0;
     sigwait(&sigs, &sig);
     if (sig == SIGUSR1) return;  // the server ended on its own
     std::fprintf(stderr, "modlm serve: %s: finishing in-flight requests (up to %.0f s), then exiting\n",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT", opt.shutdown_grace_s);
-    sched.shutdown(std::chrono::milliseconds((int64_t)(opt.shutdown_grace_s * 1000)));
-    svr.stop();
+    server.stop(std::chrono::milliseconds((int64_t)(opt.shutdown_grace_s * 1000)));
   });
   std::printf("modlm serve: listening on http://%s:%d (model %s, %d slots of %d tokens)\n", opt.host.c_str(), port,
               opt.model_id.c_str(), opt.scheduler.max_batch, sched.max_context());
   std::fflush(stdout);
-  const bool ok = svr.listen_after_bind();
+  const bool ok = server.run();
   pthread_kill(signals.native_handle(), SIGUSR1);
   signals.join();
   sched.shutdown(std::chrono::milliseconds(0));

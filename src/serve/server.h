@@ -2,6 +2,8 @@
 // parsed by serve/api.h and handed to the Scheduler (serve/scheduler.h), whose one thread owns
 // the decoder; handler threads only wait for text and write it out. docs/serving.md has the API.
 #pragma once
+#include <chrono>
+#include <memory>
 #include <string>
 
 #include "io/tokenizer.h"
@@ -18,6 +20,22 @@ struct ServerOptions {
   size_t max_body = 1 << 20;       // request bodies beyond this get 413
   double shutdown_grace_s = 5.0;   // on SIGTERM: seconds in-flight requests get to finish
   SchedulerOptions scheduler;
+};
+
+// The server without signal handling (run_server adds it; benchmarks embed this).
+class HttpServer {
+ public:
+  HttpServer(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt);
+  ~HttpServer();
+  int bind();  // binds opt.host:opt.port (0 = any free port) and returns the port; io_error if it cannot
+  bool run();  // serves until stop(); false if listening failed
+  // Stops admitting, gives in-flight sequences `grace`, then stops listening (run() returns).
+  void stop(std::chrono::milliseconds grace);
+  Scheduler& scheduler();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // Serves until SIGTERM or SIGINT, then finishes or cancels what is in flight and returns 0.
