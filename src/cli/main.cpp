@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
       modlm::cli::add_serve(app),
   };
   commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
+  commands.insert(commands.begin(), modlm::cli::add_bench_serve(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -254,16 +254,14 @@ struct HttpServer::Impl {
 };
 
 void HttpServer::Impl::setup() {
-  const ServerOptions& opt = this->opt;
-  Scheduler& sched = this->sched;
-  Context& C = this->C;
+  // Handlers run on the server's threads while this Impl lives: they capture `this` only.
   const int threads = opt.scheduler.max_batch + opt.scheduler.max_queue + 8;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
   svr.set_payload_max_length(opt.max_body);
   svr.set_read_timeout(30);
   svr.set_write_timeout(30);
 
-  svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+  svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!opt.api_key.empty() && req.path.rfind("/v1/", 0) == 0 && req.get_header_value("Authorization") != "Bearer " + opt.api_key) {
       ++C.http_errors;
       send_error(res, 401,
@@ -273,7 +271,7 @@ void HttpServer::Impl::setup() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  svr.set_error_handler(httplib::Server::HandlerWithResponse([&](const httplib::Request& req, httplib::Response& res) {
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     ++C.http_errors;
     std::string msg = "HTTP " + std::to_string(res.status);
@@ -285,7 +283,7 @@ void HttpServer::Impl::setup() {
     res.set_content(error_body(msg, res.status >= 500 ? "server_error" : "invalid_request_error", code), "application/json");
     return httplib::Server::HandlerResponse::Handled;
   }));
-  svr.set_exception_handler([&](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+  svr.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "internal error";
     try {
       if (ep) std::rethrow_exception(ep);
@@ -298,7 +296,7 @@ void HttpServer::Impl::setup() {
   });
 
   svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(kWebPage, "text/html; charset=utf-8"); });
-  svr.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+  svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     if (sched.shutting_down()) {
       res.status = 503;
       res.set_content(R"({"status":"shutting_down"})", "application/json");
@@ -307,18 +305,18 @@ void HttpServer::Impl::setup() {
     }
   });
   const json model_obj{{"id", opt.model_id}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "modlm"}};
-  svr.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+  svr.Get("/v1/models", [this, model_obj](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(json{{"object", "list"}, {"data", json::array({model_obj})}}), "application/json");
   });
-  svr.Get("/v1/models/(.+)", [&](const httplib::Request& req, httplib::Response& res) {
+  svr.Get("/v1/models/(.+)", [this, model_obj](const httplib::Request& req, httplib::Response& res) {
     if (req.matches[1] != opt.model_id)
       return send_error(res, 404, "no model '" + std::string(req.matches[1]) + "' (this server serves '" + opt.model_id + "')",
                         "invalid_request_error", "model_not_found");
     res.set_content(dump(model_obj), "application/json");
   });
-  svr.Post("/v1/completions", [&](const httplib::Request& req, httplib::Response& res) { handle_generation(C, req, res, false); });
-  svr.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) { handle_generation(C, req, res, true); });
-  svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+  svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_generation(C, req, res, false); });
+  svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_generation(C, req, res, true); });
+  svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_text(C), "text/plain; version=0.0.4");
   });
 
