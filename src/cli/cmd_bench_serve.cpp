@@ -15,6 +15,7 @@
 #include "cli/model_flags.h"
 #include "infer/calibrate.h"
 #include "infer/decoder.h"
+#include "infer/sampler.h"
 #include "model/flops.h"
 #include "serve/server.h"
 #include "util/error.h"
@@ -177,10 +178,29 @@ Command add_bench_serve(CLI::App& app) {
               if (bf16) infer::round_weights_to_bf16(*s.model);
               if (c.n_routed() && o->processed_fraction >= 0) {
                 if (c.routing.causal != "predictor") throw usage_error("--processed-fraction needs --causal predictor");
+                const double f = std::min(1.0, o->processed_fraction);
                 Rng r(23);
                 std::vector<int32_t> text(std::min(c.max_seq_len, 256));
                 for (auto& t : text) t = (int32_t)r.below(c.vocab_size);
-                infer::force_processed_fraction(*s.model, text, std::min(1.0, o->processed_fraction));
+                infer::force_processed_fraction(*s.model, text, f);
+                // What is served is random prompts and their greedy continuations, whose hidden
+                // states differ from a random text's: calibrate twice more on such sequences.
+                for (int it = 0; it < 2; ++it) {
+                  std::vector<int32_t> cal;
+                  infer::Decoder dec(*s.model, 1, o->prompt_len + o->n_new);
+                  while ((int)cal.size() < std::min(c.max_seq_len, 4 * (o->prompt_len + o->n_new))) {
+                    std::vector<int32_t> seq(o->prompt_len);
+                    for (auto& t : seq) t = (int32_t)r.below(c.vocab_size);
+                    dec.prefill({seq});
+                    for (int k = 0; k < o->n_new; ++k) {
+                      seq.push_back(infer::argmax(dec.logits(0), c.vocab_size));
+                      if (k + 1 < o->n_new) dec.step({0}, {seq.back()});
+                    }
+                    cal.insert(cal.end(), seq.begin(), seq.end());
+                  }
+                  cal.resize(std::min<size_t>(cal.size(), (size_t)c.max_seq_len));
+                  infer::force_processed_fraction(*s.model, cal, f);
+                }
               }
               s.tok = std::make_unique<LetterTokenizer>(c.vocab_size);
               serve::ServerOptions so;

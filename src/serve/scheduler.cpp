@@ -164,10 +164,26 @@ void Scheduler::admit() {
 }
 
 bool Scheduler::prefill_one() {
-  for (auto& a : active_) {
+  // Whole prompts that fit in one chunk's budget start together, in one packed prefill (as
+  // `modlm generate` prefills a batch); a longer prompt, or the rest of one, goes alone.
+  std::vector<int> group;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> slots;
+  size_t budget = (size_t)opt_.prefill_chunk;
+  for (int i = 0; i < (int)active_.size(); ++i) {
+    Active& a = active_[i];
     if (a.slot < 0) continue;
     const std::vector<int32_t>& p = a.req->seqs[a.seq].prompt;
     if (a.fed >= p.size()) continue;
+    if (!a.started && p.size() <= budget) {
+      group.push_back(i);
+      prompts.push_back(p);
+      slots.push_back(a.slot);
+      budget -= p.size();
+      continue;
+    }
+    if (!group.empty()) break;
+    // Alone: the first chunk of a long prompt, or the next chunk of one begun earlier.
     const size_t n = std::min(p.size() - a.fed, (size_t)opt_.prefill_chunk);
     std::vector<int32_t> chunk(p.begin() + (long)a.fed, p.begin() + (long)(a.fed + n));
     if (!a.started) {
@@ -184,7 +200,27 @@ bool Scheduler::prefill_one() {
     if (a.fed == p.size()) take_token(a, a.sampler->sample(dec_->logits(0), model_.config().vocab_size));
     return true;
   }
-  return false;
+  if (group.empty()) return false;
+  dec_->prefill(slots, prompts);
+  const int V = model_.config().vocab_size;
+  int64_t tokens = 0;
+  for (size_t g = 0; g < group.size(); ++g) {
+    Active& a = active_[group[g]];
+    a.started = true;
+    a.fed = prompts[g].size();
+    tokens += (int64_t)a.fed;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.prompt_tokens += tokens;
+  }
+  // Sampling reads row g of the prefill's logits; take_token may finish (and release) a
+  // sequence, which does not touch the logits of the others.
+  for (size_t g = 0; g < group.size(); ++g) {
+    Active& a = active_[group[g]];
+    take_token(a, a.sampler->sample(dec_->logits((int)g), V));
+  }
+  return true;
 }
 
 void Scheduler::decode_step() {

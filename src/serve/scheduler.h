@@ -2,8 +2,9 @@
 // decode steps, lets sequences join (a free slot, then their prompt in chunks) and leave
 // (finished, stopped, cancelled, or their client gone).
 //
-// Each loop iteration does at most one prefill chunk (at most `prefill_chunk` prompt tokens of
-// the oldest sequence still prefilling) and then ONE decode step for every sequence that has a
+// Each loop iteration does at most one prefill call of at most `prefill_chunk` prompt tokens
+// (whole prompts that fit start together in one packed prefill; a longer prompt is fed alone,
+// chunk by chunk) and then ONE decode step for every sequence that has a
 // token to feed. A long prompt therefore delays the others by one chunk per step, not by its
 // whole length. The decode step is Decoder::step: in each routed layer only the rows whose
 // causal decision says "process" run the block, as one packed batch, and a block nobody needs is
@@ -11,7 +12,7 @@
 //
 // Sequence i of a request samples with Sampler(params, seed + i), exactly as `modlm generate`
 // samples prompt i of a batch, and a prompt of at most prefill_chunk tokens is prefilled in one
-// call, as generate does: same prompt, seed and settings, same tokens.
+// packed call, as generate prefills a batch: same prompt, seed and settings, same tokens.
 #pragma once
 #include <atomic>
 #include <chrono>
