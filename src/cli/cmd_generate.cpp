@@ -25,8 +25,19 @@ namespace {
 using clk = std::chrono::steady_clock;
 double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
 
+// A prompt is at most this many bytes: no tokenizer here makes fewer tokens than bytes / 64, so
+// anything larger is far beyond every model's context; it is refused before it is read whole.
+constexpr size_t kMaxPromptBytes = 16u << 20;
+constexpr size_t kMaxPromptsFileBytes = 256u << 20;
+
 std::string read_stdin() {
-  std::string s((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  std::string s;
+  char buf[1 << 16];
+  while (std::cin.read(buf, sizeof buf) || std::cin.gcount() > 0) {
+    s.append(buf, (size_t)std::cin.gcount());
+    if (s.size() > kMaxPromptBytes)
+      throw bad_input("the prompt on stdin exceeds the limit of " + std::to_string(kMaxPromptBytes) + " bytes");
+  }
   if (std::cin.bad()) throw io_error("cannot read the prompt from stdin");
   return s;
 }
@@ -86,7 +97,7 @@ Command add_generate(CLI::App& app) {
       "otherwise p ~ exp(logit / T), restricted to the top-k logits, then to the smallest prefix (by logit) whose\n"
       "probability reaches top-p (at least one token is kept). Same seed, same output.\n"
       "A sequence (prompt + generated) never exceeds the model's max_seq_len: generation stops there with a\n"
-      "message; a longer prompt is an error (exit 3). Routed (MoD) layers process a token iff its decision\n"
+      "message; a longer prompt is an error (exit 3), and so is a prompt file or stdin over 16 MiB. Routed (MoD) layers process a token iff its decision\n"
       "probability (the predictor's, or sigmoid of the router logit) is > 0.5, and cache only those tokens.\n"
       "Human output: the continuation on stdout (a batch: each after a \"--- [i] ---\" line), rates on stderr.\n"
       "Examples: modlm generate m --prompt 'Once upon a time' --max-new 200 --temperature 0.8 --top-p 0.95\n"
@@ -107,14 +118,14 @@ Command add_generate(CLI::App& app) {
 
             std::vector<std::string> prompts;
             if (!o->prompts_file.empty()) {
-              std::istringstream in(read_text_file(o->prompts_file));
+              std::istringstream in(read_text_file(o->prompts_file, kMaxPromptsFileBytes));
               for (std::string line; std::getline(in, line);) {
                 if (!line.empty() && line.back() == '\r') line.pop_back();
                 if (!line.empty()) prompts.push_back(line);
               }
               if (prompts.empty()) throw usage_error(o->prompts_file + ": no prompts (one per line, empty lines are skipped)");
             } else if (!o->prompt_file.empty()) {
-              prompts.push_back(read_text_file(o->prompt_file));
+              prompts.push_back(read_text_file(o->prompt_file, kMaxPromptBytes));
             } else if (has_prompt && o->prompt != "-") {
               prompts.push_back(o->prompt);
             } else if (has_prompt || !isatty(0)) {

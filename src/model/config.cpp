@@ -82,8 +82,10 @@ int get_int(const json& j, const char* key, int def, const std::string& src) {
   if (!j.contains(key)) return def;
   const json& v = j.at(key);
   if (!v.is_number_integer()) throw bad_input(src + ": \"" + key + "\" must be an integer");
-  long long x = v.get<long long>();
-  if (x < INT32_MIN || x > INT32_MAX) throw bad_input(src + ": \"" + key + "\" is out of range");
+  if (v.is_number_unsigned() ? v.get<unsigned long long>() > (unsigned long long)INT32_MAX
+                              : (v.get<long long>() < INT32_MIN || v.get<long long>() > INT32_MAX))
+    throw bad_input(src + ": \"" + key + "\" = " + v.dump() + " is out of range (an int32)");
+  const long long x = v.get<long long>();
   return (int)x;
 }
 double get_num(const json& j, const char* key, double def, const std::string& src) {
@@ -187,26 +189,26 @@ void ModelConfig::validate(const std::string& src) const {
   auto need = [&](bool ok, const std::string& msg) {
     if (!ok) throw bad_input(src + ": " + msg);
   };
-  need(vocab_size >= 2 && vocab_size <= (1 << 24), "vocab_size must be in [2, 16777216]");
-  need(d_model >= 2 && d_model <= 65536, "d_model must be in [2, 65536]");
-  need(n_layers >= 1 && n_layers <= 1024, "n_layers must be in [1, 1024]");
-  need(n_heads >= 1 && n_heads <= d_model, "n_heads must be in [1, d_model]");
+  need(vocab_size >= 2 && vocab_size <= (1 << 24), "vocab_size must be in [2, 16777216], got " + std::to_string(vocab_size));
+  need(d_model >= 2 && d_model <= 65536, "d_model must be in [2, 65536], got " + std::to_string(d_model));
+  need(n_layers >= 1 && n_layers <= 1024, "n_layers must be in [1, 1024], got " + std::to_string(n_layers));
+  need(n_heads >= 1 && n_heads <= d_model, "n_heads must be in [1, d_model], got " + std::to_string(n_heads));
   need(d_model % n_heads == 0, "d_model (" + std::to_string(d_model) + ") must be divisible by n_heads (" +
                                    std::to_string(n_heads) + ")");
   need(head_dim() % 2 == 0, "head dim d_model/n_heads = " + std::to_string(head_dim()) + " must be even (RoPE)");
-  need(d_ff >= 1 && d_ff <= 1 << 20, "d_ff must be in [1, 1048576]");
-  need(max_seq_len >= 1 && max_seq_len <= 1 << 20, "max_seq_len must be in [1, 1048576]");
+  need(d_ff >= 1 && d_ff <= 1 << 20, "d_ff must be in [1, 1048576], got " + std::to_string(d_ff));
+  need(max_seq_len >= 1 && max_seq_len <= 1 << 20, "max_seq_len must be in [1, 1048576], got " + std::to_string(max_seq_len));
   need(std::isfinite(rope_theta) && rope_theta > 1.0, "rope_theta must be a finite number > 1");
-  need(std::isfinite(norm_eps) && norm_eps > 0 && norm_eps < 1, "norm_eps must be in (0, 1)");
+  need(std::isfinite(norm_eps) && norm_eps > 0 && norm_eps < 1, "norm_eps must be in (0, 1), got " + std::to_string(norm_eps));
   need(tokenizer.empty() || tokenizer == "bytes", "\"tokenizer\" must be \"bytes\" (or absent with tokenizer.model)");
   need(tokenizer != "bytes" || vocab_size >= 256, "the byte tokenizer needs vocab_size >= 256");
   if (routing.present) {
     const RoutingConfig& r = routing;
-    need(std::isfinite(r.capacity) && r.capacity > 0 && r.capacity <= 1, "routing.capacity must be in (0, 1]");
+    need(std::isfinite(r.capacity) && r.capacity > 0 && r.capacity <= 1, "routing.capacity must be in (0, 1], got " + std::to_string(r.capacity));
     check_one_of(r.method, {"expert_choice", "stochastic", "token_choice"}, src + ": routing.method");
     check_one_of(r.gate, {"sigmoid", "linear"}, src + ": routing.gate");
     check_one_of(r.causal, {"predictor", "aux_loss"}, src + ": routing.causal");
-    need(r.predictor_hidden >= 1 && r.predictor_hidden <= 65536, "routing.predictor_hidden must be in [1, 65536]");
+    need(r.predictor_hidden >= 1 && r.predictor_hidden <= 65536, "routing.predictor_hidden must be in [1, 65536], got " + std::to_string(r.predictor_hidden));
     need(std::isfinite(r.aux_weight) && r.aux_weight >= 0, "routing.aux_weight must be >= 0");
     need(std::isfinite(r.balance_weight) && r.balance_weight >= 0, "routing.balance_weight must be >= 0");
     for (int l : r.layers.list)

@@ -65,7 +65,9 @@ void atomic_write_file(const std::string& path, const std::function<void(std::FI
   fsync_dir(parent_dir(path));
 }
 
-std::string read_text_file(const std::string& path) {
+std::string read_text_file(const std::string& path) { return read_text_file(path, (std::size_t)-1); }
+
+std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   // O_NONBLOCK so that a FIFO given as a path fails below instead of blocking in open().
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw io_error(path + ": cannot open: " + errno_text(errno));
@@ -78,6 +80,11 @@ std::string read_text_file(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     throw io_error(path + ": cannot read: " + (S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file"));
+  }
+  if ((std::size_t)st.st_size > max_bytes) {
+    ::close(fd);
+    throw bad_input(path + ": " + std::to_string((long long)st.st_size) + " bytes, more than the limit of " + std::to_string(max_bytes) +
+                    " bytes");
   }
   std::string out;
   out.reserve(static_cast<std::size_t>(st.st_size));

@@ -22,6 +22,8 @@ void fwrite_checked(std::FILE* f, const void* data, std::size_t n, const std::st
 // Reads a whole regular file. Missing, unreadable or not a regular file -> modlm::io_error
 // whose message names the file.
 std::string read_text_file(const std::string& path);
+// The same, refusing (bad_input, naming both sizes) a file of more than max_bytes before reading it.
+std::string read_text_file(const std::string& path, std::size_t max_bytes);
 
 // True if something (file, directory, ...) exists at `path`.
 bool file_exists(const std::string& path);
