@@ -258,3 +258,51 @@ TEST(Train, PredictorLearnsTheTopKDecision) {
   for (const auto& l : ej["causal"]["routed_layers"]) EXPECT_GT(l["decision_accuracy"].get<double>(), 0.85);
   EXPECT_NEAR(ej["causal_minus_topk"].get<double>(), causal - topk, 1e-12);
 }
+
+// No space, a file-size limit, a read-only folder: the checkpoint write fails with a clear error
+// and exit 4, leaves no half-written folder, and `latest` still names the previous checkpoint,
+// which loads and resumes.
+TEST(Train, FullDiskOrReadOnlyFolderExits4AndKeepsThePreviousCheckpoint) {
+  auto dir = temp_dir("diskfull");
+  auto data = corpus(dir, 60000);
+  const std::string run = dir + "/run";
+  auto r = run_modlm("train --out " + run + " --data " + data + " --steps 6 --stop-at 3 --ckpt-every 3" + kTiny);
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(slurp(run + "/latest"), "ckpt-00000003\n");
+  auto check_intact = [&](const std::string& rd, const std::string& what) {
+    EXPECT_EQ(slurp(rd + "/latest"), "ckpt-00000003\n") << what;
+    for (const auto& e : fs::directory_iterator(rd)) EXPECT_NE(e.path().filename().string()[0], '.') << what << ": left " << e.path();
+    EXPECT_EQ(run_modlm("eval " + rd + "/ckpt-00000003 --data " + data + " --seq-len 32 --max-windows 1").code, 0) << what;
+  };
+  // A file-size limit (ulimit -f, in KiB for bash): the 148 KB model file cannot be written.
+  r = run_modlm_raw("bash -c 'ulimit -f 64; OMP_WAIT_POLICY=passive exec " + std::string(MODLM_BINARY) + " train --resume " + run + "' 2>&1");
+  EXPECT_EQ(r.code, 4) << r.out;
+  EXPECT_NE(r.out.find("File too large"), std::string::npos) << r.out;
+  check_intact(run, "ulimit -f");
+
+  // A small tmpfs (where this machine lets the test mount one): no space for a second checkpoint;
+  // then the same folder read-only.
+  const std::string mnt = dir + "/small";
+  fs::create_directories(mnt);
+  if (std::system(("mount -t tmpfs -o size=700k tmpfs '" + mnt + "' 2>/dev/null").c_str()) == 0) {
+    fs::copy(run, mnt + "/run", fs::copy_options::recursive);
+    r = run_modlm("train --resume " + mnt + "/run");
+    EXPECT_EQ(r.code, 4) << r.out;
+    EXPECT_NE(r.out.find("No space left"), std::string::npos) << r.out;
+    check_intact(mnt + "/run", "full tmpfs");
+    ASSERT_EQ(std::system(("mount -o remount,ro '" + mnt + "'").c_str()), 0);
+    r = run_modlm("train --resume " + mnt + "/run");
+    EXPECT_EQ(r.code, 4) << r.out;
+    EXPECT_NE(r.out.find("Read-only"), std::string::npos) << r.out;
+    EXPECT_EQ(slurp(mnt + "/run/latest"), "ckpt-00000003\n");
+    EXPECT_EQ(run_modlm("eval " + mnt + "/run/ckpt-00000003 --data " + data + " --seq-len 32 --max-windows 1").code, 0);
+    EXPECT_EQ(std::system(("umount '" + mnt + "'").c_str()), 0);
+  } else {
+    std::printf("(no tmpfs mount here: the full-disk and read-only cases were skipped; ulimit -f ran)\n");
+  }
+  // Without the limits the run goes on from the intact checkpoint.
+  r = run_modlm("train --resume " + run);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(slurp(run + "/latest"), "ckpt-00000006\n");
+  fs::remove_all(dir);
+}

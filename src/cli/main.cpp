@@ -1,6 +1,7 @@
 // `modlm`: one binary, subcommands, `--help` on each.
 #include <omp.h>
 
+#include <csignal>
 #include <cstdio>
 #include <vector>
 
@@ -8,6 +9,9 @@
 #include "util/error.h"
 
 int main(int argc, char** argv) {
+  // A write past a file-size limit (ulimit -f) fails with EFBIG, reported as an I/O error (exit 4)
+  // with the previous checkpoint intact, instead of killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"modlm: train, evaluate and run Mixture-of-Depths transformer language models on a CPU.\n"
                "Run `modlm <command> --help` for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage,\n"
                "3 invalid input (file or value), 4 I/O, 130 interrupted."};

@@ -49,22 +49,29 @@ std::string save_checkpoint(const std::string& run_dir, const Model<float>& mode
   const std::string tmp = run_dir + "/." + name + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  io::save_model(tmp, model);
-  std::vector<io::TensorRef> refs;
-  for (const ParamInfo& p : model.layout().params()) {
-    refs.push_back({"adam.m." + p.name, io::DType::F32, p.shape, adam.m.data() + p.offset});
-    refs.push_back({"adam.v." + p.name, io::DType::F32, p.shape, adam.v.data() + p.offset});
+  // A write that fails (disk full, a file-size limit, a read-only folder) leaves no half-written
+  // folder behind: the previous checkpoint and `latest` are untouched.
+  try {
+    io::save_model(tmp, model);
+    std::vector<io::TensorRef> refs;
+    for (const ParamInfo& p : model.layout().params()) {
+      refs.push_back({"adam.m." + p.name, io::DType::F32, p.shape, adam.m.data() + p.offset});
+      refs.push_back({"adam.v." + p.name, io::DType::F32, p.shape, adam.v.data() + p.offset});
+    }
+    io::write_safetensors(tmp + "/train_state.safetensors", refs, {{"adam_t", std::to_string(adam.t)}});
+    json state = progress.to_json();
+    state["adam_t"] = adam.t;
+    const std::string text = state.dump(2) + "\n";
+    atomic_write_file(tmp + "/train_state.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), tmp); });
+    if (!tokenizer_model.empty()) {
+      fs::copy_file(tokenizer_model, tmp + "/tokenizer.model", fs::copy_options::overwrite_existing, ec);
+      if (ec) throw io_error(tmp + "/tokenizer.model: " + ec.message());
+    }
+    sync_dir(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
   }
-  io::write_safetensors(tmp + "/train_state.safetensors", refs, {{"adam_t", std::to_string(adam.t)}});
-  json state = progress.to_json();
-  state["adam_t"] = adam.t;
-  const std::string text = state.dump(2) + "\n";
-  atomic_write_file(tmp + "/train_state.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), tmp); });
-  if (!tokenizer_model.empty()) {
-    fs::copy_file(tokenizer_model, tmp + "/tokenizer.model", fs::copy_options::overwrite_existing, ec);
-    if (ec) throw io_error(tmp + "/tokenizer.model: " + ec.message());
-  }
-  sync_dir(tmp);
   fs::remove_all(final_dir, ec);  // a same-step checkpoint from an earlier attempt
   fs::rename(tmp, final_dir, ec);
   if (ec) throw io_error(final_dir + ": cannot rename checkpoint into place: " + ec.message());
