@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "cli_helpers.h"
 #include "io/model_dir.h"
 #include "train/optimizer.h"
+#include "util/rng.h"
 
 using namespace modlm;
 using namespace modlm::testing;
@@ -304,5 +306,70 @@ TEST(Train, FullDiskOrReadOnlyFolderExits4AndKeepsThePreviousCheckpoint) {
   r = run_modlm("train --resume " + run);
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(slurp(run + "/latest"), "ckpt-00000006\n");
+  fs::remove_all(dir);
+}
+
+// Checkpoint torture: SIGKILL a training run at random moments, most of them inside checkpoint
+// writes (a checkpoint every step), until 60 runs were killed. After every kill `latest` is absent (killed before
+// the first checkpoint) or names a checkpoint that loads; resuming after kills always ends on the
+// uninterrupted run's weights, bit for bit.
+TEST(Train, SigkillAtRandomMomentsNeverBreaksLatest) {
+  auto dir = temp_dir("torture");
+  auto data = corpus(dir, 60000);
+  const std::string args = " --data " + data + " --steps 10 --ckpt-every 1 --log-every 1" + kTiny;
+  auto r = run_modlm("train --out " + dir + "/ref" + args);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string want = slurp(dir + "/ref/ckpt-00000010/model.safetensors");
+  ASSERT_FALSE(want.empty());
+  // How long a whole run takes here: the kills are spread uniformly over it.
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(run_modlm("train --out " + dir + "/timing" + args).code, 0);
+  const double run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  modlm::Rng rng(2024);
+  int kills = 0, loaded = 0, completed = 0, run_id = 0;
+  std::string run = dir + "/run0";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  for (int trial = 0; kills < 60 && trial < 300 && std::chrono::steady_clock::now() < deadline; ++trial) {
+    const bool resume = fs::exists(run + "/latest");
+    if (!resume) fs::remove_all(run);
+    const std::string cmd = std::string(MODLM_BINARY) + (resume ? " train --resume " + run : " train --out " + run + args) + " > /dev/null 2>&1";
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv("OMP_WAIT_POLICY", "passive", 1);
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds((int64_t)(rng.uniform() * run_ms * 1000.0)));
+    kill(pid, SIGKILL);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (WIFSIGNALED(st)) ++kills;
+    else ASSERT_EQ(WEXITSTATUS(st), 0) << "trial " << trial << " exited " << WEXITSTATUS(st);
+    if (fs::exists(run + "/latest")) {
+      std::string name = slurp(run + "/latest");
+      ASSERT_FALSE(name.empty()) << "trial " << trial << ": empty latest";
+      ASSERT_EQ(name.back(), '\n') << "trial " << trial << ": partial latest";
+      name.pop_back();
+      ASSERT_TRUE(fs::is_directory(run + "/" + name)) << "trial " << trial << ": latest names missing " << name;
+      EXPECT_NO_THROW(modlm::io::load_model(run + "/" + name)) << "trial " << trial << ": " << name;
+      EXPECT_TRUE(fs::exists(run + "/" + name + "/train_state.json")) << name;
+      ++loaded;
+      if (name == "ckpt-00000010") {
+        // Finished: the weights are the uninterrupted run's.
+        EXPECT_EQ(slurp(run + "/" + name + "/model.safetensors"), want) << "trial " << trial;
+        ++completed;
+        run = dir + "/run" + std::to_string(++run_id);
+      }
+    }
+  }
+  // The run in progress, resumed to the end without kills, lands on the same weights.
+  if (fs::exists(run + "/latest")) {
+    r = run_modlm("train --resume " + run);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(slurp(run + "/ckpt-00000010/model.safetensors"), want);
+  }
+  std::printf("%d kills, latest checked %d times, %d runs completed through kills\n", kills, loaded, completed);
+  EXPECT_GE(kills, 50);
+  EXPECT_GE(loaded, 25);
   fs::remove_all(dir);
 }
