@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "train/distributed.h"
 #include "cli/model_flags.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -134,7 +135,9 @@ Command add_train(CLI::App& app) {
             t.echo_log = o->echo_log;
             install_stop_signal_handlers();
             TrainSummary s = train(t);
-            if (o->json_out) {
+            if (!dist::is_root()) {
+              // The other ranks of an mpirun job: rank 0 reports.
+            } else if (o->json_out) {
               json j{{"steps", s.steps},           {"train_loss", s.train_loss},  {"tokens", s.progress.tokens},
                      {"flops", s.progress.flops},  {"flops_executed", s.progress.flops_executed},
                      {"seconds", s.progress.seconds}, {"interrupted", s.interrupted}, {"checkpoint", s.checkpoint}};

@@ -159,6 +159,7 @@ void Model<T>::routed_forward(int l, const T* x, T* y, const ForwardOptions& opt
   std::vector<T> noise;
   if (rc.method == "stochastic") {
     Rng rng(opt.noise_seed ^ stable_hash("stochastic-routing") ^ (uint64_t)l * 0x9E3779B97F4A7C15ull);
+    for (int64_t i = 0; i < opt.noise_offset; ++i) rng.uniform();
     noise.resize(n);
     for (auto& v : noise) v = T(rng.uniform());
   }

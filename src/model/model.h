@@ -22,6 +22,7 @@ struct ForwardOptions {
   RouteMode mode = RouteMode::TopK;
   bool train = false;        // keep what backward needs and write dL/dlogits in place
   uint64_t noise_seed = 0;   // random scores of the "stochastic" method
+  int64_t noise_offset = 0;  // draws of that stream to skip: the rows before this batch (data parallel)
   bool moe_capacity = true;  // apply the MoE capacity (SPEC §3); never in Causal mode (as generation)
 };
 

@@ -14,6 +14,7 @@
 #include "model/flops.h"
 #include "ops/gemm.h"
 #include "train/evaluate.h"
+#include "train/distributed.h"
 #include "train/sampler.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -111,6 +112,43 @@ void truncate_log(const std::string& path, int64_t step) {
 
 }  // namespace
 
+// Sums a step's statistics over the ranks (distributed.h): counts add, per-rank means average.
+void reduce_stats(double& loss, double& lm_loss, int64_t& exec, std::vector<RoutedLayerStats>& rs, std::vector<MoeLayerStats>& ms) {
+  if (!dist::enabled()) return;
+  const double N = dist::size();
+  std::vector<double> v = {loss, lm_loss, (double)exec};
+  for (const auto& r : rs) v.insert(v.end(), {(double)r.tokens, (double)r.processed, r.gate_sum, (double)r.decision_correct, r.decision_loss});
+  for (const auto& m : ms) {
+    v.insert(v.end(), {(double)m.tokens, (double)m.assignments, (double)m.dropped, (double)m.noop, (double)m.computed,
+                       (double)m.sequences, m.balance * m.sequences, m.balance_loss * m.sequences});
+    for (int64_t l : m.load) v.push_back((double)l);
+  }
+  dist::allreduce_sum(v.data(), v.size());
+  size_t i = 0;
+  loss = v[i++] / N;
+  lm_loss = v[i++] / N;
+  exec = (int64_t)v[i++];
+  for (auto& r : rs) {
+    r.tokens = (int64_t)v[i++];
+    r.processed = (int64_t)v[i++];
+    r.gate_sum = v[i++];
+    r.decision_correct = (int64_t)v[i++];
+    r.decision_loss = v[i++] / N;
+  }
+  for (auto& m : ms) {
+    m.tokens = (int64_t)v[i++];
+    m.assignments = (int64_t)v[i++];
+    m.dropped = (int64_t)v[i++];
+    m.noop = (int64_t)v[i++];
+    m.computed = (int64_t)v[i++];
+    m.sequences = (int64_t)v[i++];
+    const double bsum = v[i++], lsum = v[i++];
+    m.balance = m.sequences ? bsum / (double)m.sequences : 0;
+    m.balance_loss = m.sequences ? lsum / (double)m.sequences : 0;
+    for (auto& l : m.load) l = (int64_t)v[i++];
+  }
+}
+
 TrainSummary train(const TrainOptions& o) {
   const std::string& dir = o.out_dir;
   const ModelConfig& mc = o.run.model;
@@ -120,15 +158,26 @@ TrainSummary train(const TrainOptions& o) {
   if (!o.val_path.empty() && !file_exists(o.val_path)) throw io_error(o.val_path + ": no such file");
   tc.validate(mc, "train config");
   if (o.stop_at < 0) throw usage_error("--stop-at must be >= 0");
+  dist::init();
+  const int n_ranks = dist::size(), rank = dist::rank();
+  const bool root = dist::is_root();
+  if (tc.batch_size % n_ranks != 0)
+    throw usage_error("--batch-size " + std::to_string(tc.batch_size) + " does not split over " + std::to_string(n_ranks) +
+                      " MPI ranks: give a multiple of " + std::to_string(n_ranks));
 
   std::error_code ec;
   if (!o.resume) {
     if (file_exists(dir + "/run.json"))
       throw usage_error(dir + " already holds a training run (use --resume to continue it, or another --out)");
-    fs::create_directories(dir, ec);
+    dist::barrier();  // every rank has seen the folder without a run before rank 0 starts one
+    if (root) fs::create_directories(dir, ec);
     if (ec) throw io_error(dir + ": cannot create: " + ec.message());
   }
-  Data data = prepare_data(o, dir);
+  // Rank 0 tokenizes (and caches) the text first; the others then read its cache.
+  Data data;
+  if (root) data = prepare_data(o, dir);
+  dist::barrier();
+  if (!root) data = prepare_data(o, dir);
   WindowSampler sampler(span_of(data.train), tc.seq_len, tc.seed);
   if (data.val && count_windows(data.val->size(), tc.seq_len) < 1)
     throw bad_input(o.val_path + ": fewer tokens than one sequence of seq_len + 1 = " + std::to_string(tc.seq_len + 1));
@@ -141,13 +190,15 @@ TrainSummary train(const TrainOptions& o) {
   if (o.resume) {
     if (auto ck = latest_checkpoint(dir)) {
       prog = load_checkpoint(*ck, model, adam);
-      std::fprintf(stderr, "resuming %s from %s (step %lld)\n", dir.c_str(), ck->c_str(), (long long)prog.step);
+      if (root) std::fprintf(stderr, "resuming %s from %s (step %lld)\n", dir.c_str(), ck->c_str(), (long long)prog.step);
     } else {
       model.init_weights(tc.seed);
     }
-    truncate_log(log_path, prog.step);
+    if (root) truncate_log(log_path, prog.step);
   } else {
     model.init_weights(tc.seed);
+  }
+  if (!o.resume && root) {
     json run = o.run.to_json();
     run["data"] = o.data_path;
     run["val"] = o.val_path;
@@ -155,17 +206,21 @@ TrainSummary train(const TrainOptions& o) {
     atomic_write_file(dir + "/run.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), dir + "/run.json"); });
     atomic_write_file(log_path, [](std::FILE*) {});
   }
-  std::FILE* log = std::fopen(log_path.c_str(), "a");
-  if (!log) throw io_error(log_path + ": cannot open for appending");
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_guard(log, std::fclose);
+  // Only rank 0 writes: the log, the progress bar, checkpoints.
+  std::FILE* log = root ? std::fopen(log_path.c_str(), "a") : nullptr;
+  if (root && !log) throw io_error(log_path + ": cannot open for appending");
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_guard(log, [](std::FILE* f) { return f ? std::fclose(f) : 0; });
 
-  const int B = tc.batch_size, T = tc.seq_len, A = tc.grad_accum;
+  // This rank's share of each micro-batch: sequences [rank * Bl, (rank + 1) * Bl) of B.
+  const int B = tc.batch_size, T = tc.seq_len, A = tc.grad_accum, Bl = B / n_ranks;
   const int64_t step_flops = 3 * (int64_t)B * A * analytic_forward_flops(mc, T).total();
-  std::vector<int32_t> tok((size_t)B * T), tgt((size_t)B * T);
+  std::vector<int32_t> tok((size_t)Bl * T), tgt((size_t)Bl * T);
   TrainSummary sum;
   sum.steps = prog.step;
   std::string last_ckpt;
-  auto checkpoint = [&]() { last_ckpt = save_checkpoint(dir, model, adam, prog, data.tokenizer_model, tc.keep_checkpoints); };
+  auto checkpoint = [&]() {
+    if (root) last_ckpt = save_checkpoint(dir, model, adam, prog, data.tokenizer_model, tc.keep_checkpoints);
+  };
   auto validate = [&]() -> double {
     if (!data.val) return -1;
     return evaluate(model, span_of(data.val), T, tc.eval_windows, RouteMode::TopK, B).loss;
@@ -173,7 +228,7 @@ TrainSummary train(const TrainOptions& o) {
 
   g_stop.store(false);
   const int64_t end = o.stop_at > 0 ? std::min(o.stop_at, tc.steps) : tc.steps;
-  Progress bar("train", tc.steps, "step", o.progress_bar);
+  Progress bar("train", tc.steps, "step", o.progress_bar && root);
   bar.update(prog.step);
   auto t_run = std::chrono::steady_clock::now();
   const double seconds_before = prog.seconds;
@@ -187,11 +242,12 @@ TrainSummary train(const TrainOptions& o) {
     int64_t exec_before = ops::FlopCounter::total().load();
     for (int a = 0; a < A; ++a) {
       const int64_t g0 = (step * A + a) * (int64_t)B;
-      sampler.fill(g0, B, tok.data(), tgt.data());
+      sampler.fill(g0 + (int64_t)rank * Bl, Bl, tok.data(), tgt.data());
       ForwardOptions fo;
       fo.train = true;
       fo.noise_seed = tc.seed * 1000003ull + (uint64_t)(step * A + a);
-      ForwardResult fr = model.forward(tok.data(), tgt.data(), B, T, fo);
+      fo.noise_offset = (int64_t)rank * Bl * T;  // the draws the sequences before this rank's took
+      ForwardResult fr = model.forward(tok.data(), tgt.data(), Bl, T, fo);
       model.backward();
       loss += fr.loss / A;
       lm_loss += fr.lm_loss / A;
@@ -208,16 +264,22 @@ TrainSummary train(const TrainOptions& o) {
         }
     }
     for (auto& s : rstats) s.decision_loss /= A;
+    int64_t exec = ops::FlopCounter::total().load() - exec_before;
+    // Data parallel: the gradient of the global batch's mean loss is the mean of the ranks'.
+    if (dist::enabled()) {
+      dist::allreduce_sum(model.grads().data(), model.grads().size());
+      reduce_stats(loss, lm_loss, exec, rstats, mstats);
+    }
     if (!std::isfinite(loss))
       throw Error(kExitFailure, "training stopped: the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
                                     " at step " + std::to_string(step + 1) + "; the last good checkpoint is " +
                                     (last_ckpt.empty() ? std::string("(none this run)") : last_ckpt) +
                                     " (try a lower lr or stronger clipping)");
-    const int64_t exec = ops::FlopCounter::total().load() - exec_before;
-    // Accumulated micro-batch gradients are sums of per-batch means: average them.
-    if (A > 1) {
-      scale_grads(model.layout(), model.grads().data(), true, 1.0f / A);
-      scale_grads(model.layout(), model.grads().data(), false, 1.0f / A);
+    // Accumulated micro-batch gradients (summed over ranks too) are sums of per-batch means:
+    // average them.
+    if (A * n_ranks > 1) {
+      scale_grads(model.layout(), model.grads().data(), true, 1.0f / (float)(A * n_ranks));
+      scale_grads(model.layout(), model.grads().data(), false, 1.0f / (float)(A * n_ranks));
     }
     // Clip the backbone and the predictor separately: a joint norm would let the predictor's
     // gradient change the backbone's update, which its stop-gradient forbids.
@@ -238,9 +300,9 @@ TrainSummary train(const TrainOptions& o) {
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool last = prog.step == tc.steps;
     const bool do_eval = data.val && ((tc.eval_every > 0 && prog.step % tc.eval_every == 0) || last);
-    double val = do_eval ? validate() : -1;
+    double val = do_eval && root ? validate() : -1;
     if (do_eval) sum.val_loss = val;
-    if (prog.step % tc.log_every == 0 || last || do_eval) {
+    if (root && (prog.step % tc.log_every == 0 || last || do_eval)) {
       json line{{"step", prog.step},       {"tokens", prog.tokens}, {"loss", loss},
                 {"lm_loss", lm_loss},      {"lr", lr},              {"grad_norm", gnorm},
                 {"time", prog.seconds},    {"step_seconds", step_s}, {"flops", prog.flops},
@@ -261,7 +323,7 @@ TrainSummary train(const TrainOptions& o) {
                   step_flops / step_s / 1e9, val >= 0 ? ("  val " + std::to_string(val).substr(0, 6)).c_str() : "");
     bar.update(prog.step, extra);
     sum.train_loss = lm_loss;
-    const bool stop = g_stop.load();
+    const bool stop = dist::any(g_stop.load());  // every rank stops at the same step
     if ((tc.ckpt_every > 0 && prog.step % tc.ckpt_every == 0) || prog.step == end || stop) checkpoint();
     if (stop) {
       sum.interrupted = true;
@@ -269,10 +331,11 @@ TrainSummary train(const TrainOptions& o) {
     }
   }
   bar.finish();
-  if (last_ckpt.empty()) {
+  if (last_ckpt.empty() && root) {
     if (auto ck = latest_checkpoint(dir)) last_ckpt = *ck;
     else checkpoint();
   }
+  dist::barrier();  // the last checkpoint is in place before any rank returns
   sum.steps = prog.step;
   sum.progress = prog;
   sum.checkpoint = last_ckpt;
