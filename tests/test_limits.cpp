@@ -89,3 +89,20 @@ TEST(Limits, HugeClaimsAreRefusedBeforeAllocation) {
   EXPECT_NE(r.out.find("stdin"), std::string::npos) << r.out;
   std::filesystem::remove_all(d);
 }
+
+TEST(Limits, FuzzFindingsStayFixed) {
+  // fuzz_config found this: a number too large for a double (1e999) in config.json escaped as
+  // an uncaught exception (std::terminate) instead of a bad_input error.
+  const std::string d = temp_dir("fuzz_regressions");
+  ASSERT_EQ(run_modlm("init " + d + "/m --d-model 8 --n-layers 2 --n-heads 2 --d-ff 16 --vocab bytes --max-seq-len 32").code, 0);
+  write(d + "/m/config.json", R"({"format": "modlm-1", "vocab_size": 256, "d_model": 8, "rope_theta": 1e999})");
+  auto r = run_modlm("generate " + d + "/m --prompt hi --max-new 1");
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("config.json"), std::string::npos) << r.out;
+  // The fuzzer's own input, kept in the seed corpus.
+  std::filesystem::copy_file(std::string(MODLM_SOURCE_DIR) + "/fuzz/corpus/config/regression_number_out_of_range", d + "/m/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  r = run_modlm("generate " + d + "/m --prompt hi --max-new 1");
+  EXPECT_EQ(r.code, 3) << r.out;
+  std::filesystem::remove_all(d);
+}

@@ -39,7 +39,7 @@ Command add_init(CLI::App& app) {
             if (!o->config.empty()) {
               try {
                 base = json::parse(read_text_file(o->config));
-              } catch (const json::parse_error& e) {
+              } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e999)
                 throw bad_input(o->config + ": not valid JSON: " + e.what());
               }
             }

@@ -17,7 +17,7 @@ namespace {
 json parse_json_file(const std::string& path) {
   try {
     return json::parse(read_text_file(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e999)
     throw bad_input(path + ": not valid JSON: " + e.what());
   }
 }

@@ -279,10 +279,14 @@ ModelConfig ModelConfig::load(const std::string& path) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e999)
     throw bad_input(path + ": not valid JSON: " + e.what());
   }
-  return from_json(j, path);
+  try {
+    return from_json(j, path);
+  } catch (const json::exception& e) {  // a shape from_json's own checks did not foresee
+    throw bad_input(path + ": " + e.what());
+  }
 }
 
 }  // namespace modlm
