@@ -85,7 +85,12 @@ Command add_train(CLI::App& app) {
   sub->add_flag("--json", o->json_out, "print a JSON summary at the end");
   o->model.add_to(*sub);
   o->train.add_to(*sub);
-  sub->footer("Every config value can be set by flag; flags override --config. Ctrl-C saves a checkpoint and exits.");
+  sub->footer(
+      "Every config value can be set by flag; flags override --config. Ctrl-C saves a checkpoint and exits.\n"
+      "Data parallel: mpirun -np N modlm train ... splits each batch of --batch-size sequences over N ranks\n"
+      "(--batch-size must be a multiple of N; the global batch, data order and schedule do not change), sums the\n"
+      "gradients over the ranks (MPI all-reduce) and lets rank 0 alone write the log, progress and checkpoints.\n"
+      "--resume works with any N that divides the batch (docs/distributed.md).");
   return {sub, [o]() -> int {
             TrainOptions t;
             json cfg = json::object();

@@ -266,6 +266,7 @@ TrainSummary train(const TrainOptions& o) {
     for (auto& s : rstats) s.decision_loss /= A;
     int64_t exec = ops::FlopCounter::total().load() - exec_before;
     // Data parallel: the gradient of the global batch's mean loss is the mean of the ranks'.
+    const double ar0 = dist::allreduce_seconds();
     if (dist::enabled()) {
       dist::allreduce_sum(model.grads().data(), model.grads().size());
       reduce_stats(loss, lm_loss, exec, rstats, mstats);
@@ -312,6 +313,10 @@ TrainSummary train(const TrainOptions& o) {
         line["routed"] = routed_log(rstats);
       }
       if (!mstats.empty()) line["moe"] = moe_stats_json(mstats);
+      if (dist::enabled()) {
+        line["ranks"] = n_ranks;
+        line["allreduce_seconds"] = dist::allreduce_seconds() - ar0;  // this step's gradient all-reduce
+      }
       if (do_eval) line["val_loss"] = val;
       const std::string s = line.dump() + "\n";
       fwrite_checked(log, s.data(), s.size(), log_path);
