@@ -16,6 +16,8 @@
 #include "infer/sampler.h"
 #include "model/flops.h"
 #include "model/model.h"
+#include "ops/gemm.h"
+#include "tensor/tensor.h"
 #include "util/error.h"
 #include "util/rng.h"
 
@@ -46,8 +48,23 @@ double stream_read_gbps(size_t bytes) {
   return (double)n * sizeof(float) / best / 1e9;
 }
 
+// Best-of-5 SGEMM rate (GFLOP/s) of the model's largest prefill product shape: [512, D] x [D, 4D]
+// through the same BLAS call the prefill makes (ops/gemm.h).
+double sgemm_gflops(int D) {
+  const int M = 512, K = D, N = 4 * D;
+  AlignedVector<float> x((size_t)M * K, 0.01f), w((size_t)N * K, 0.02f), y((size_t)M * N);
+  double best = 1e30;
+  for (int rep = 0; rep < 6; ++rep) {
+    auto t0 = clk::now();
+    ops::linear_forward<float>(x.data(), K, w.data(), M, K, N, y.data(), N);
+    if (rep > 0) best = std::min(best, seconds_since(t0));  // the first call warms up
+  }
+  return 2.0 * M * K * N / best / 1e9;
+}
+
 struct DecodeTiming {
   int batch = 0;
+  double prefill_flops = 0, step_flops = 0;  // executed FLOPs (ops::FlopCounter) of the prefill / a median step
   double prefill_s = 0, step_median_s = 0, step_mean_s = 0, step_min_s = 0, weight_bytes_per_step = 0;
   double kv_bytes = 0;                  // K and V the cache holds at the end (prompt + new tokens)
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
@@ -55,6 +72,7 @@ struct DecodeTiming {
 
 DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new, infer::DecodeWeights weights, infer::KvFormat kv) {
   const int V = m.config().vocab_size;
+  ops::CountFlops counting;  // the executed FLOPs of prefill and steps, for the GFLOP/s figures
   infer::Decoder dec(m, B, prompt_len + n_new, weights, kv);
   Rng r(11);
   std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt_len));
@@ -65,9 +83,12 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
   DecodeTiming t;
   t.batch = B;
   for (int pass = 0; pass < 2; ++pass) {  // the first pass warms up (page faults, thread team)
+    const int64_t f0 = ops::FlopCounter::total().load();
     auto t0 = clk::now();
     dec.prefill(prompts);
     const double prefill = seconds_since(t0);
+    const double prefill_flops = (double)(ops::FlopCounter::total().load() - f0);
+    const int64_t f1 = ops::FlopCounter::total().load();
     std::vector<double> steps;
     double bytes = 0;
     std::vector<int64_t> processed(dec.routed_layers().size(), 0);
@@ -84,6 +105,8 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
     }
     if (pass == 0) continue;
     t.prefill_s = prefill;
+    t.prefill_flops = prefill_flops;
+    t.step_flops = (double)(ops::FlopCounter::total().load() - f1) / n;
     double sum = 0;
     for (double x : steps) sum += x;
     t.step_mean_s = sum / steps.size();
@@ -238,6 +261,10 @@ Command add_bench_generate(CLI::App& app) {
                             c.n_heads, c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
               json runs = json::array();
               for (int B : batches) {
+                // The probes run right before each timing: the machine's bandwidth and clock move
+                // between phases within minutes, so each ratio compares numbers of the same minute.
+                const double stream_now = o->no_stream ? 0.0 : stream_read_gbps((size_t)1 << 28);
+                const double sgemm_now = sgemm_gflops(c.d_model);
                 DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32,
                                              o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
                 const double gbps = t.weight_bytes_per_step / t.step_median_s / 1e9;
@@ -254,13 +281,21 @@ Command add_bench_generate(CLI::App& app) {
                 double mean_processed = 0;
                 for (double p : t.processed) mean_processed += p / t.processed.size();
                 if (!t.processed.empty()) j["processed_fraction"] = t.processed, j["processed_fraction_mean"] = mean_processed;
-                if (stream > 0) j["fraction_of_stream"] = gbps / stream;
+                if (stream_now > 0) j["fraction_of_stream"] = gbps / stream_now, j["stream_read_gbps"] = stream_now;
+                const double prefill_gf = t.prefill_flops / t.prefill_s / 1e9, step_gf = t.step_flops / t.step_median_s / 1e9;
+                j["sgemm_gflops"] = sgemm_now;
+                j["prefill_gflops"] = prefill_gf;
+                j["prefill_fraction_of_sgemm"] = prefill_gf / sgemm_now;
+                j["decode_gflops"] = step_gf;
+                j["decode_fraction_of_sgemm"] = step_gf / sgemm_now;
                 runs.push_back(j);
                 if (!o->json_out) {
                   std::printf("  batch %-3d prefill %8.0f tok/s | decode %8.1f tok/s (%.2f ms/step, min %.2f) | %.1f MB weights/step -> %.1f GB/s",
                               B, B * o->prompt_len / t.prefill_s, B / t.step_median_s, t.step_median_s * 1e3, t.step_min_s * 1e3,
                               t.weight_bytes_per_step / 1e6, gbps);
-                  if (stream > 0) std::printf(" (%.0f%% of stream)", 100 * gbps / stream);
+                  if (stream_now > 0) std::printf(" (%.0f%% of stream %.1f)", 100 * gbps / stream_now, stream_now);
+                  std::printf(" | prefill %.1f, decode %.1f GFLOP/s = %.0f%%, %.0f%% of SGEMM %.0f", prefill_gf, step_gf, 100 * prefill_gf / sgemm_now,
+                              100 * step_gf / sgemm_now, sgemm_now);
                   std::printf(" | KV %.1f MB at %d tokens", t.kv_bytes / 1e6, o->prompt_len + o->n_new);
                   if (!t.processed.empty()) std::printf(" | processed %.3f", mean_processed);
                   std::printf("\n");
