@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test suite with AddressSanitizer + UndefinedBehaviorSanitizer in ./build-asan and runs
-# it. Any report fails the run (halt_on_error). Not yet called by .ci/run: it has not run clean.
+# it. Any report fails the run (halt_on_error). .ci/run calls it after scripts/test.sh.
 # MODLM_SANITIZE_EXCLUDE (a CTest regex) leaves out tests too slow under the sanitizers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
