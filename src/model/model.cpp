@@ -246,6 +246,7 @@ void Model<T>::backward() {
     linear_backward_input<T>(logits_.data(), V, w_.output, n, D, V, dh_b_.data(), D, false);
   }
   rmsnorm_backward<T>(dh_b_.data(), D, h_[L].data(), D, w_.norm, invf_.data(), n, D, dh_a_.data(), D, false, gw_.norm);
+  if (on_grads_ready) on_grads_ready(L);
   T* dy = dh_a_.data();
   T* dx = dh_b_.data();
   for (int l = L - 1; l >= 0; --l) {
@@ -254,6 +255,7 @@ void Model<T>::backward() {
     else
       layer_backward<T>(w_.layers[l], gw_.layers[l], dims_, rope_, h_[l].data(), n, pos_.data(), seqs_, acts_[l], dy,
                         scratch_, dx);
+    if (on_grads_ready) on_grads_ready(l);
     std::swap(dy, dx);
   }
   // Embedding rows: a scatter-add, serial because tokens repeat.

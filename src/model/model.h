@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include "model/config.h"
@@ -68,6 +69,11 @@ class Model {
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int B, int T_len, const ForwardOptions& opt);
   // After forward(..., train=true) with targets: ADDS dLoss/dparams into grads().
   void backward();
+  // Called by backward() as soon as a part's gradients are final for this backward pass: the LM
+  // head and final norm (part = n_layers), then layer l (part = l, from the last down to 0); the
+  // embedding gradients are final when backward() returns. Data-parallel training starts each
+  // part's all-reduce there, overlapped with the rest of the backward pass. Empty: nothing.
+  std::function<void(int part)> on_grads_ready;
   // [B*T, V] logits of the last forward without targets.
   const T* logits() const { return logits_.data(); }
 

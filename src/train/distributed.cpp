@@ -1,6 +1,8 @@
 #include "train/distributed.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -91,6 +93,63 @@ void allreduce_sum(float* data, size_t n, size_t bucket) {
     check(MPI_Iallreduce(MPI_IN_PLACE, data + off, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs.back()), "MPI_Iallreduce");
   }
   check(MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (gradient all-reduce)");
+  g_allreduce_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#endif
+}
+
+#ifdef MODLM_WITH_MPI
+static_assert(sizeof(MPI_Request) <= sizeof(void*), "MPI_Request stored in a void*");
+#endif
+
+GradientReducer::~GradientReducer() {
+  if (!reqs_.empty()) {
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+}
+
+void GradientReducer::post(float* data, size_t n) {
+  if (!enabled() || n == 0) return;
+#ifdef MODLM_WITH_MPI
+  for (size_t off = 0; off < n; off += (size_t)1 << 22) {
+    MPI_Request r;
+    check(MPI_Iallreduce(MPI_IN_PLACE, data + off, (int)std::min(n - off, (size_t)1 << 22), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
+          "MPI_Iallreduce");
+    void* slot = nullptr;
+    std::memcpy(&slot, &r, sizeof r);
+    reqs_.push_back(slot);
+  }
+#endif
+}
+
+void GradientReducer::progress() {
+#ifdef MODLM_WITH_MPI
+  if (reqs_.empty()) return;
+  std::vector<MPI_Request> r(reqs_.size());
+  for (size_t i = 0; i < r.size(); ++i) std::memcpy(&r[i], &reqs_[i], sizeof(MPI_Request));
+  int done = 0;
+  check(MPI_Testall((int)r.size(), r.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+  // Completed requests became MPI_REQUEST_NULL: keep the rest.
+  reqs_.clear();
+  for (auto& x : r)
+    if (x != MPI_REQUEST_NULL) {
+      void* slot = nullptr;
+      std::memcpy(&slot, &x, sizeof x);
+      reqs_.push_back(slot);
+    }
+#endif
+}
+
+void GradientReducer::wait() {
+#ifdef MODLM_WITH_MPI
+  if (reqs_.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<MPI_Request> r(reqs_.size());
+  for (size_t i = 0; i < r.size(); ++i) std::memcpy(&r[i], &reqs_[i], sizeof(MPI_Request));
+  reqs_.clear();
+  check(MPI_Waitall((int)r.size(), r.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (gradient all-reduce)");
   g_allreduce_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 #endif
 }

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace modlm::dist {
 
@@ -33,7 +34,22 @@ void allreduce_sum(float* data, size_t n, size_t bucket_floats = (size_t)1 << 22
 void allreduce_sum(double* data, size_t n);
 bool any(bool flag);  // logical OR over ranks
 void barrier();
-// Seconds spent in allreduce_sum(float*) since start (the gradient all-reduce's cost).
+// Seconds the gradient all-reduce kept a rank waiting since start (allreduce_sum(float*) and
+// GradientReducer::wait): the communication not hidden behind computation.
 double allreduce_seconds();
+
+// Sums gradient slices over the ranks while the backward pass goes on: post() starts a
+// non-blocking all-reduce of one slice (as soon as its gradients are final), progress() lets MPI
+// move the posted ones along (called between layers), wait() completes them all.
+class GradientReducer {
+ public:
+  ~GradientReducer();
+  void post(float* data, size_t n);
+  void progress();
+  void wait();
+
+ private:
+  std::vector<void*> reqs_;  // MPI_Request values, opaque here
+};
 
 }  // namespace modlm::dist

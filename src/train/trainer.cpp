@@ -211,6 +211,20 @@ TrainSummary train(const TrainOptions& o) {
   if (root && !log) throw io_error(log_path + ": cannot open for appending");
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_guard(log, [](std::FILE* f) { return f ? std::fclose(f) : 0; });
 
+  // Overlap: each part's gradient all-reduce starts as soon as backward() finishes that part
+  // (Model::on_grads_ready), during the last micro-batch; the embeddings (final last) after it.
+  // MODLM_DP_OVERLAP=0 reduces the whole buffer after backward instead (for benchmarks).
+  const bool overlap = dist::enabled() && !(std::getenv("MODLM_DP_OVERLAP") && std::string(std::getenv("MODLM_DP_OVERLAP")) == "0");
+  std::vector<std::vector<const ParamInfo*>> part_params(mc.n_layers + 1);
+  std::vector<const ParamInfo*> rest_params;
+  for (const ParamInfo& p : model.layout().params()) {
+    int part = -1;
+    if (p.name.rfind("layers.", 0) == 0) part = std::stoi(p.name.substr(7));
+    else if (p.name == "norm.weight" || p.name == "output.weight") part = mc.n_layers;
+    (part >= 0 ? part_params[part] : rest_params).push_back(&p);
+  }
+  dist::GradientReducer reducer;
+
   // This rank's share of each micro-batch: sequences [rank * Bl, (rank + 1) * Bl) of B.
   const int B = tc.batch_size, T = tc.seq_len, A = tc.grad_accum, Bl = B / n_ranks;
   const int64_t step_flops = 3 * (int64_t)B * A * analytic_forward_flops(mc, T).total();
@@ -248,7 +262,13 @@ TrainSummary train(const TrainOptions& o) {
       fo.noise_seed = tc.seed * 1000003ull + (uint64_t)(step * A + a);
       fo.noise_offset = (int64_t)rank * Bl * T;  // the draws the sequences before this rank's took
       ForwardResult fr = model.forward(tok.data(), tgt.data(), Bl, T, fo);
+      if (overlap && a == A - 1)
+        model.on_grads_ready = [&](int part) {
+          for (const ParamInfo* p : part_params[part]) reducer.post(model.grads().data() + p->offset, p->numel);
+          reducer.progress();
+        };
       model.backward();
+      model.on_grads_ready = nullptr;
       loss += fr.loss / A;
       lm_loss += fr.lm_loss / A;
       if (mstats.empty()) mstats.resize(fr.moe.size());
@@ -268,7 +288,12 @@ TrainSummary train(const TrainOptions& o) {
     // Data parallel: the gradient of the global batch's mean loss is the mean of the ranks'.
     const double ar0 = dist::allreduce_seconds();
     if (dist::enabled()) {
-      dist::allreduce_sum(model.grads().data(), model.grads().size());
+      if (overlap) {
+        for (const ParamInfo* p : rest_params) reducer.post(model.grads().data() + p->offset, p->numel);
+        reducer.wait();
+      } else {
+        dist::allreduce_sum(model.grads().data(), model.grads().size());
+      }
       reduce_stats(loss, lm_loss, exec, rstats, mstats);
     }
     if (!std::isfinite(loss))
