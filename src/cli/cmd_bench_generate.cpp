@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -226,7 +227,9 @@ Command add_bench_generate(CLI::App& app) {
                 throw usage_error("--processed-fraction needs routed layers with --causal predictor");
             }
             const bool bf16 = o->weights == "bf16";
-            json out{{"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
+            const char* spin = std::getenv("GOMP_SPINCOUNT");
+            const char* wait = std::getenv("OMP_WAIT_POLICY");
+            json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
             double stream = 0;
             if (!o->no_stream) {
               stream = stream_read_gbps((size_t)1 << 30);
