@@ -537,6 +537,7 @@ TEST_F(Serve, ApiKeyFullQueueDisconnectAndSigterm) {
 
   // SIGTERM while a request is in flight: it finishes (grace), and the server exits 0.
   std::string in_flight;
+  std::atomic<bool> started{false};
   std::thread late([&] {
     httplib::Request req;
     req.method = "POST";
@@ -545,12 +546,13 @@ TEST_F(Serve, ApiKeyFullQueueDisconnectAndSigterm) {
     req.set_header("Authorization", "Bearer sekrit");
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
       in_flight.append(d, n);
+      started = true;
       return true;
     };
     auto c2 = client(s.port());
     c2.send(req);
   });
-  while (in_flight.empty() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  while (!started && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   EXPECT_EQ(s.stop(SIGTERM), 0) << s.log();
   late.join();
   Streamed st = parse_stream(in_flight, false);

@@ -55,6 +55,9 @@ struct Context {
   Scheduler& sched;
   std::mutex tok_mu;  // encode from several handler threads, one at a time
   std::atomic<int64_t> http_errors{0};
+  // Generation responses admitted and not yet written out: shutdown waits for them, so a
+  // request that finished in the grace period reaches its client whole.
+  std::atomic<int> open_responses{0};
 };
 
 json usage_json(const Request& r, int64_t prompt_tokens) {
@@ -102,6 +105,8 @@ void handle_generation(Context& C, const httplib::Request& req, httplib::Respons
                           std::to_string(C.opt.scheduler.max_queue) + " sequences are full; retry later",
                       "server_error", "server_busy");
   }
+  ++C.open_responses;
+  std::atomic<int>* open = &C.open_responses;
   const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
   const int64_t created = unix_now();
   const std::string model = C.opt.model_id;
@@ -121,7 +126,12 @@ void handle_generation(Context& C, const httplib::Request& req, httplib::Respons
     json out{{"id", id},         {"object", chat ? "chat.completion" : "text_completion"},
              {"created", created}, {"model", model},
              {"choices", choices}, {"usage", usage_json(*R, prompt_tokens)}};
-    res.set_content(dump(out), "application/json");
+    // Through a provider, so that the end of the write is known (open_responses).
+    auto body = std::make_shared<std::string>(dump(out));
+    res.set_content_provider(
+        body->size(), "application/json",
+        [body](size_t offset, size_t length, httplib::DataSink& sink) { return sink.write(body->data() + offset, length); },
+        [open](bool) { --*open; });
     return;
   }
 
@@ -198,8 +208,9 @@ void handle_generation(Context& C, const httplib::Request& req, httplib::Respons
         if (st->finished) sink.done();
         return true;
       },
-      [R](bool success) {
+      [R, open](bool success) {
         if (!success) R->cancelled = true;
+        --*open;
       });
 }
 
@@ -241,7 +252,7 @@ std::string metrics_text(Context& C) {
 
 struct HttpServer::Impl {
   Impl(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& o)
-      : opt(o), sched(model, tok, opt.scheduler), C{model, tok, opt, sched, {}, {0}} {
+      : opt(o), sched(model, tok, opt.scheduler), C{model, tok, opt, sched, {}, {0}, {0}} {
     setup();
   }
   void setup();
@@ -355,6 +366,11 @@ bool HttpServer::run() { return impl_->svr.listen_after_bind(); }
 
 void HttpServer::stop(std::chrono::milliseconds grace) {
   impl_->sched.shutdown(grace);
+  // The sequences are over; let their responses finish writing (bounded: a client that stopped
+  // reading cannot hold the server) before the sockets close.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (impl_->C.open_responses.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   impl_->svr.stop();
 }
 
