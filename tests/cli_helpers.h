@@ -17,19 +17,6 @@ struct CmdResult {
   std::string out;  // stdout + stderr
 };
 
-inline CmdResult run_modlm(const std::string& args) {
-  std::string cmd = std::string("OMP_WAIT_POLICY=passive ") + MODLM_BINARY + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
-
 // Any shell command: exit code and combined output.
 inline CmdResult run_modlm_raw(const std::string& cmd) {
   CmdResult r;
@@ -41,6 +28,11 @@ inline CmdResult run_modlm_raw(const std::string& cmd) {
   int st = pclose(p);
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
+}
+
+// The real `modlm` binary with `args`.
+inline CmdResult run_modlm(const std::string& args) {
+  return run_modlm_raw(std::string("OMP_WAIT_POLICY=passive ") + MODLM_BINARY + " " + args + " 2>&1");
 }
 
 // A fresh, empty temporary folder for one test.

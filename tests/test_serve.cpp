@@ -123,10 +123,8 @@ struct Reply {
   std::string raw, content_type;
 };
 
-Reply post(int port, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
-  auto c = client(port);
+Reply reply_of(const httplib::Result& res) {
   Reply r;
-  auto res = c.Post(path, h, body, "application/json");
   if (!res) {
     r.raw = "no response: " + httplib::to_string(res.error());
     return r;
@@ -141,19 +139,14 @@ Reply post(int port, const std::string& path, const std::string& body, const htt
   return r;
 }
 
+Reply post(int port, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
+  auto c = client(port);
+  return reply_of(c.Post(path, h, body, "application/json"));
+}
+
 Reply get(int port, const std::string& path, const httplib::Headers& h = {}) {
   auto c = client(port);
-  Reply r;
-  auto res = c.Get(path, h);
-  if (!res) return r;
-  r.status = res->status;
-  r.raw = res->body;
-  r.content_type = res->get_header_value("Content-Type");
-  try {
-    r.body = json::parse(res->body);
-  } catch (...) {
-  }
-  return r;
+  return reply_of(c.Get(path, h));
 }
 
 // A streamed request: the raw SSE text. With stop_after > 0, the client hangs up after that

@@ -121,22 +121,6 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
   return t;
 }
 
-std::vector<int> parse_int_list(const std::string& s, const char* flag) {
-  std::vector<int> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) {
-    try {
-      size_t used = 0;
-      int v = std::stoi(item, &used);
-      if (used != item.size() || v < 1 || v > 256) throw std::invalid_argument("");
-      out.push_back(v);
-    } catch (const std::exception&) {
-      throw usage_error(std::string(flag) + " must be a comma list of integers in [1, 256], got \"" + s + "\"");
-    }
-  }
-  if (out.empty()) throw usage_error(std::string(flag) + " is empty");
-  return out;
-}
 
 // MoD against its dense twin, side by side: measured decode speed, weight bytes and KV-cache
 // bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of

@@ -6,7 +6,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 #include <thread>
 
 #include <httplib.h>
@@ -136,22 +135,7 @@ Command add_bench_serve(CLI::App& app) {
             json base{{"vocab_size", 32000}, {"d_model", 1024}, {"n_layers", 16}, {"n_heads", 16}, {"d_ff", 2816},
                       {"routing", {{"layers", "every_other"}, {"capacity", 0.125}, {"causal", "predictor"}}}};
             ModelConfig cfg = o->flags.apply(base, "flags");
-            std::vector<int> levels;
-            {
-              std::stringstream in(o->clients);
-              for (std::string item; std::getline(in, item, ',');) {
-                int v = 0;
-                try {
-                  size_t used = 0;
-                  v = std::stoi(item, &used);
-                  if (used != item.size()) v = 0;
-                } catch (...) {
-                }
-                if (v < 1 || v > 256) throw usage_error("--clients must be a comma list of integers in [1, 256], got \"" + o->clients + "\"");
-                levels.push_back(v);
-              }
-            }
-            if (levels.empty()) throw usage_error("--clients is empty");
+            const std::vector<int> levels = parse_int_list(o->clients, "--clients");
             if (o->prompt_len < 1 || o->n_new < 1 || o->requests < 1) throw usage_error("--prompt-len, --new and --requests must be >= 1");
             if (o->prompt_len + o->n_new > cfg.max_seq_len) throw usage_error("--prompt-len + --new exceeds max_seq_len");
             const int max_clients = *std::max_element(levels.begin(), levels.end());

@@ -1,5 +1,7 @@
 #include "cli/model_flags.h"
 
+#include <sstream>
+
 #include "util/error.h"
 
 namespace modlm::cli {
@@ -126,6 +128,23 @@ void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group
   app.add_option("--capacity-factor", f.capacity_factor, "MoE families: expert capacity factor")->capture_default_str()->group(group);
   app.add_option("--n-noop", f.n_noop, "integrated MoDE: no-op experts (0 = as many as real ones)")->capture_default_str()->group(group);
   app.add_option("--moe-balance-weight", f.balance_weight, "MoE families: load-balancing loss weight")->capture_default_str()->group(group);
+}
+
+std::vector<int> parse_int_list(const std::string& s, const char* flag) {
+  std::vector<int> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    try {
+      size_t used = 0;
+      int v = std::stoi(item, &used);
+      if (used != item.size() || v < 1 || v > 256) throw std::invalid_argument("");
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw usage_error(std::string(flag) + " must be a comma list of integers in [1, 256], got \"" + s + "\"");
+    }
+  }
+  if (out.empty()) throw usage_error(std::string(flag) + " is empty");
+  return out;
 }
 
 }  // namespace modlm::cli

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "model/families.h"
@@ -33,5 +34,9 @@ std::string model_kind(const ModelConfig& cfg);
 // --moe-balance-weight (MoE), the settings that make the other families from a dense shape, as
 // `modlm demo` and `modlm sweep` take them; `group` "" hides them from --help.
 void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group);
+
+// "1,4,16" -> {1, 4, 16}: each an integer in [1, 256] (batch sizes, client counts); usage_error
+// naming `flag` otherwise.
+std::vector<int> parse_int_list(const std::string& s, const char* flag);
 
 }  // namespace modlm::cli

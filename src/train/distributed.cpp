@@ -80,25 +80,22 @@ int size() { return g_size; }
 bool is_root() { return g_rank == 0; }
 double allreduce_seconds() { return g_allreduce_s; }
 
-void allreduce_sum(float* data, size_t n, size_t bucket) {
-  if (!enabled() || n == 0) return;
-#ifdef MODLM_WITH_MPI
-  const auto t0 = std::chrono::steady_clock::now();
-  if (bucket == 0) bucket = n;
-  // Buckets: MPI counts are ints, and several moderate messages pipeline better than one huge one.
-  std::vector<MPI_Request> reqs;
-  for (size_t off = 0; off < n; off += bucket) {
-    const int cnt = (int)std::min(bucket, n - off);
-    reqs.emplace_back();
-    check(MPI_Iallreduce(MPI_IN_PLACE, data + off, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs.back()), "MPI_Iallreduce");
-  }
-  check(MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (gradient all-reduce)");
-  g_allreduce_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-#endif
-}
-
 #ifdef MODLM_WITH_MPI
 static_assert(sizeof(MPI_Request) <= sizeof(void*), "MPI_Request stored in a void*");
+
+namespace {
+// The requests kept opaque (void*) in the header, as MPI_Request values and back.
+std::vector<MPI_Request> as_mpi(const std::vector<void*>& slots) {
+  std::vector<MPI_Request> r(slots.size());
+  for (size_t i = 0; i < r.size(); ++i) std::memcpy(&r[i], &slots[i], sizeof(MPI_Request));
+  return r;
+}
+void* as_slot(MPI_Request r) {
+  void* slot = nullptr;
+  std::memcpy(&slot, &r, sizeof r);
+  return slot;
+}
+}  // namespace
 #endif
 
 GradientReducer::~GradientReducer() {
@@ -110,35 +107,32 @@ GradientReducer::~GradientReducer() {
   }
 }
 
+// Buckets: MPI counts are ints, and several moderate messages pipeline better than one huge one.
+constexpr size_t kBucketFloats = (size_t)1 << 22;
+
 void GradientReducer::post(float* data, size_t n) {
   if (!enabled() || n == 0) return;
 #ifdef MODLM_WITH_MPI
-  for (size_t off = 0; off < n; off += (size_t)1 << 22) {
+  for (size_t off = 0; off < n; off += kBucketFloats) {
     MPI_Request r;
-    check(MPI_Iallreduce(MPI_IN_PLACE, data + off, (int)std::min(n - off, (size_t)1 << 22), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
+    check(MPI_Iallreduce(MPI_IN_PLACE, data + off, (int)std::min(n - off, kBucketFloats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
           "MPI_Iallreduce");
-    void* slot = nullptr;
-    std::memcpy(&slot, &r, sizeof r);
-    reqs_.push_back(slot);
+    reqs_.push_back(as_slot(r));
   }
 #endif
 }
 
+
 void GradientReducer::progress() {
 #ifdef MODLM_WITH_MPI
   if (reqs_.empty()) return;
-  std::vector<MPI_Request> r(reqs_.size());
-  for (size_t i = 0; i < r.size(); ++i) std::memcpy(&r[i], &reqs_[i], sizeof(MPI_Request));
+  std::vector<MPI_Request> r = as_mpi(reqs_);
   int done = 0;
   check(MPI_Testall((int)r.size(), r.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
   // Completed requests became MPI_REQUEST_NULL: keep the rest.
   reqs_.clear();
-  for (auto& x : r)
-    if (x != MPI_REQUEST_NULL) {
-      void* slot = nullptr;
-      std::memcpy(&slot, &x, sizeof x);
-      reqs_.push_back(slot);
-    }
+  for (MPI_Request x : r)
+    if (x != MPI_REQUEST_NULL) reqs_.push_back(as_slot(x));
 #endif
 }
 
@@ -146,12 +140,17 @@ void GradientReducer::wait() {
 #ifdef MODLM_WITH_MPI
   if (reqs_.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<MPI_Request> r(reqs_.size());
-  for (size_t i = 0; i < r.size(); ++i) std::memcpy(&r[i], &reqs_[i], sizeof(MPI_Request));
+  std::vector<MPI_Request> r = as_mpi(reqs_);
   reqs_.clear();
   check(MPI_Waitall((int)r.size(), r.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (gradient all-reduce)");
   g_allreduce_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 #endif
+}
+
+void allreduce_sum(float* data, size_t n) {
+  GradientReducer r;
+  r.post(data, n);
+  r.wait();
 }
 
 void allreduce_sum(double* data, size_t n) {

@@ -28,9 +28,9 @@ int size();
 bool is_root();  // rank 0: the one that writes logs, progress and checkpoints
 bool built_with_mpi();
 
-// In-place sums over all ranks (no-ops for one process). Large arrays go in buckets of at most
-// `bucket_floats` elements.
-void allreduce_sum(float* data, size_t n, size_t bucket_floats = (size_t)1 << 22);
+// In-place sums over all ranks (no-ops for one process). Float arrays go in buckets of at most
+// 4 Mi elements (GradientReducer).
+void allreduce_sum(float* data, size_t n);
 void allreduce_sum(double* data, size_t n);
 bool any(bool flag);  // logical OR over ranks
 void barrier();
