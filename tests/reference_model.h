@@ -47,7 +47,7 @@ struct ReferenceModel {
   }
   void rope(Vec& v, int pos) const {
     int Dh = c.head_dim(), half = Dh / 2;
-    for (int h = 0; h < c.n_heads; ++h)
+    for (int h = 0; h < (int)v.size() / Dh; ++h)
       for (int i = 0; i < half; ++i) {
         double ang = pos * std::pow(c.rope_theta, -2.0 * i / Dh);
         double a = v[h * Dh + i], b = v[h * Dh + i + half];
@@ -111,21 +111,23 @@ struct ReferenceModel {
   std::vector<Vec> block(int l, const std::vector<Vec>& xs, const std::vector<int>& pos, bool capacity) const {
     const std::string p = "layers." + std::to_string(l) + ".";
     const int D = c.d_model, H = c.n_heads, Dh = c.head_dim(), n = (int)xs.size();
+    const int Dkv = c.kv_dim(), group = H / c.kv_heads();  // grouped-query attention
     std::vector<Vec> q(n), k(n), v(n), a(n), xn2(n);
     for (int t = 0; t < n; ++t) {
       Vec xn = rmsnorm(xs[t], P(p + "attn_norm.weight"));
-      q[t] = matvec(P(p + "attn.wq.weight"), xn, D), k[t] = matvec(P(p + "attn.wk.weight"), xn, D);
-      v[t] = matvec(P(p + "attn.wv.weight"), xn, D);
+      q[t] = matvec(P(p + "attn.wq.weight"), xn, D), k[t] = matvec(P(p + "attn.wk.weight"), xn, Dkv);
+      v[t] = matvec(P(p + "attn.wv.weight"), xn, Dkv);
       rope(q[t], pos[t]), rope(k[t], pos[t]);
     }
     for (int t = 0; t < n; ++t) {
       Vec att(D, 0.0);
       for (int h = 0; h < H; ++h) {
+        const int g = h / group;  // query head h reads key/value head g
         std::vector<double> s;
         for (int j = 0; j < n; ++j) {
           if (pos[j] > pos[t]) continue;
           double d = 0;
-          for (int e = 0; e < Dh; ++e) d += q[t][h * Dh + e] * k[j][h * Dh + e];
+          for (int e = 0; e < Dh; ++e) d += q[t][h * Dh + e] * k[j][g * Dh + e];
           s.push_back(d / std::sqrt((double)Dh));
         }
         double mx = *std::max_element(s.begin(), s.end()), z = 0;
@@ -133,7 +135,7 @@ struct ReferenceModel {
         int idx = 0;
         for (int j = 0; j < n; ++j) {
           if (pos[j] > pos[t]) continue;
-          for (int e = 0; e < Dh; ++e) att[h * Dh + e] += s[idx] / z * v[j][h * Dh + e];
+          for (int e = 0; e < Dh; ++e) att[h * Dh + e] += s[idx] / z * v[j][g * Dh + e];
           ++idx;
         }
       }

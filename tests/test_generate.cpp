@@ -32,6 +32,7 @@ struct Variant {
   std::string routing = "none", method = "expert_choice", gate = "sigmoid", causal = "predictor";
   int d_model = 64;
   json moe = nullptr;  // the config's "moe" object (SPEC §3), none if null
+  int n_kv_heads = 0;  // grouped-query attention when > 0 (of 4 query heads)
 };
 
 ModelConfig tiny_config(const Variant& v, int max_seq_len = 96) {
@@ -41,6 +42,7 @@ ModelConfig tiny_config(const Variant& v, int max_seq_len = 96) {
     j["routing"] = {{"layers", v.routing}, {"capacity", 0.5}, {"method", v.method},
                     {"gate", v.gate},      {"causal", v.causal}, {"predictor_hidden", 32}};
   if (!v.moe.is_null()) j["moe"] = v.moe;
+  if (v.n_kv_heads) j["n_kv_heads"] = v.n_kv_heads;
   return ModelConfig::from_json(j, "test");
 }
 
@@ -132,7 +134,10 @@ const std::vector<Variant> kRouted = {
     {"every_other", "expert_choice", "sigmoid", "predictor", 64},
     {"every_other", "token_choice", "linear", "aux_loss", 48},
     {"all", "stochastic", "sigmoid", "predictor", 48},
+    {"every_other", "expert_choice", "sigmoid", "predictor", 64, nullptr, 2},  // GQA: 4 query heads on 2
 };
+// Dense grouped-query attention (4 query heads on 1 key/value head).
+const Variant kDenseGqa{"none", "expert_choice", "sigmoid", "predictor", 64, nullptr, 1};
 
 // Mixture-of-Experts variants (SPEC §3), with a capacity factor of 1.0 so that training-time
 // capacity would drop choices: plain MoE, staged MoDE (routed layers whose MLP is an MoE) and
@@ -301,7 +306,7 @@ TEST(Generate, GreedyWithKvCacheIsArgmaxOfFullForwardAtEveryStep) {
 TEST(Generate, PrefillPlusDecodeLogitsEqualFullForward) {
   // Dense and MoD (causal routing): prefill k tokens, feed the rest one by one; every row of
   // logits equals the full-sequence forward's.
-  std::vector<Variant> variants = {Variant{}};
+  std::vector<Variant> variants = {Variant{}, kDenseGqa};
   variants.insert(variants.end(), kRouted.begin(), kRouted.end());
   for (const Variant& v : variants) {
     auto m = make_model(v, 2);
@@ -509,7 +514,7 @@ TEST(KvCache, RoutedLayerHoldsExactlyTheProcessedTokensAtTheirPositions) {
 }
 
 TEST(Generate, BatchDecodingEqualsOneByOne) {
-  for (const Variant& v : {Variant{}, kRouted[0], kRouted[1]}) {
+  for (const Variant& v : {Variant{}, kRouted[0], kRouted[1], kDenseGqa, kRouted[3]}) {
     auto m = make_model(v, 6);
     const int V = 256, steps = 15;
     const std::vector<std::vector<int32_t>> prompts = {bytes_of("a"), bytes_of("Sequences of different lengths"),
@@ -1206,6 +1211,20 @@ TEST(Generate, Bf16KvCacheStaysCloseToTheFloatCache) {
       EXPECT_EQ(2 * h.cache().bytes_used(l), f.cache().bytes_used(l)) << l;
     }
   }
+}
+
+TEST(KvCache, GroupedQueryAttentionCachesOnlyTheKeyValueHeads) {
+  // 4 query heads on 1 key/value head: a cached token costs 2 * Dkv floats, a quarter of MHA's.
+  for (const Variant& v : {kDenseGqa, Variant{}}) {
+    auto m = make_model(v, 32);
+    const ModelConfig& c = m->config();
+    Decoder dec(*m, 1, 32);
+    dec.prefill({bytes_of("grouped")});
+    dec.step({0}, {'!'});
+    EXPECT_EQ(dec.cache().heads(), c.kv_heads());
+    EXPECT_EQ(dec.cache().bytes_used(0), 8u * 2 * c.kv_dim() * sizeof(float));
+  }
+  EXPECT_EQ(tiny_config(kDenseGqa).kv_dim() * 4, tiny_config(Variant{}).kv_dim());
 }
 
 TEST_F(GenerateCli, Bf16KvCacheHalvesTheReportedCacheBytes) {

@@ -98,6 +98,16 @@ TEST(ModelGrad, ExpertChoiceLinearAuxLoss) { check_model_gradients(routed(tiny_c
 TEST(ModelGrad, StochasticAllLayers) { check_model_gradients(routed(tiny_config(), "stochastic", "sigmoid", "predictor", 0.3, "all"), 5); }
 TEST(ModelGrad, TokenChoiceBalanceLoss) { check_model_gradients(routed(tiny_config(), "token_choice", "sigmoid", "aux_loss", 0.6, "all"), 6); }
 
+// Grouped-query attention: 4 query heads on 2 key/value heads (and on 1), dense and routed.
+TEST(ModelGrad, GroupedQueryAttention) {
+  auto c = tiny_config();
+  c.n_heads = 4, c.n_kv_heads = 2;
+  c.validate("test");
+  check_model_gradients(c, 7);
+  c.n_kv_heads = 1;
+  check_model_gradients(routed(c, "expert_choice", "sigmoid", "predictor"), 8);
+}
+
 TEST(ModelGrad, PredictorGradientNeverReachesBackbone) {
   // Same backbone, with and without the predictor's loss: identical backbone gradients.
   auto with = routed(tiny_config(), "expert_choice", "sigmoid", "predictor");
@@ -144,6 +154,19 @@ TEST(ModelGrad, AuxLossReachesRouter) {
 }
 
 // A routed layer with capacity 1 and gate forced to 1 (stochastic) is exactly the dense layer.
+TEST(ModelFlops, GroupedQueryAttentionCountsSmallerKeyValueProjections) {
+  // SPEC §5 extension: k and v are [Dkv, D] with Dkv = n_kv_heads * Dh; attention still counts
+  // 4 * Dh * H per pair (every query head scores every visible key).
+  auto c = tiny_config();  // D 8, H 2 -> 4 heads of 2
+  c.n_heads = 4;
+  auto mha = analytic_forward_flops(c, 10);
+  c.n_kv_heads = 1;  // Dkv = 2
+  auto gqa = analytic_forward_flops(c, 10);
+  EXPECT_EQ(mha.projections - gqa.projections, (int64_t)c.n_layers * 2 * 10 * 2 * 8 * (8 - 2));
+  EXPECT_EQ(mha.attention, gqa.attention);
+  EXPECT_EQ(Model<float>(c).layout().get("layers.0.attn.wk.weight").shape, (std::vector<int64_t>{2, 8}));
+}
+
 TEST(ModelRouted, CapacityOneGateOneEqualsDense) {
   auto dense = tiny_config();
   auto mod = routed(dense, "stochastic", "sigmoid", "aux_loss", 1.0, "all");
@@ -159,9 +182,11 @@ TEST(ModelRouted, CapacityOneGateOneEqualsDense) {
 
 TEST(ModelFlops, ExecutedEqualsAnalyticForEveryPattern) {
   for (std::string layers : {"none", "every_other", "all"})
-    for (double cap : {0.125, 0.3, 1.0}) {
+    for (double cap : {0.125, 0.3, 1.0})
+    for (int kv : {0, 1}) {  // and grouped-query attention (k, v projections of 1 head of 4)
       auto c = tiny_config();
       c.n_layers = 3;
+      if (kv) c.n_heads = 4, c.n_kv_heads = kv;
       if (layers != "none") c = routed(c, "expert_choice", "sigmoid", "predictor", cap, layers);
       Model<float> m(c);
       m.init_weights(1);
@@ -169,6 +194,6 @@ TEST(ModelFlops, ExecutedEqualsAnalyticForEveryPattern) {
       int64_t before = ops::FlopCounter::total().load();
       m.forward(tok.data(), tok.data(), 3, 11, ForwardOptions{});
       int64_t executed = ops::FlopCounter::total().load() - before;
-      EXPECT_EQ(executed, 3 * analytic_forward_flops(c, 11).total()) << layers << " " << cap;
+      EXPECT_EQ(executed, 3 * analytic_forward_flops(c, 11).total()) << layers << " " << cap << " kv " << kv;
     }
 }

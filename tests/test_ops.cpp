@@ -145,18 +145,22 @@ TEST(Ops, CrossEntropyValueAndGradient) {
   expect_grad_matches(logits, g, loss, "cross entropy");
 }
 
-// Naive attention: one query at a time over its visible keys, in double.
-static std::vector<double> naive_attention(const std::vector<double>& qkv, const std::vector<int>& seqs, int H, int Dh) {
-  const int D = H * Dh, n = seqs.back();
+// Naive attention: one query at a time over its visible keys, in double. Hkv key/value heads
+// (grouped-query attention; 0 = H): query head h reads key/value head h / (H / Hkv).
+static std::vector<double> naive_attention(const std::vector<double>& qkv, const std::vector<int>& seqs, int H, int Dh,
+                                           int Hkv = 0) {
+  if (Hkv == 0) Hkv = H;
+  const int D = H * Dh, Dkv = Hkv * Dh, ld = D + 2 * Dkv, n = seqs.back();
   std::vector<double> out(n * D, 0.0);
   for (size_t b = 0; b + 1 < seqs.size(); ++b)
     for (int i = seqs[b]; i < seqs[b + 1]; ++i)
       for (int h = 0; h < H; ++h) {
+        const int g = h / (H / Hkv);
         std::vector<double> s;
         double mx = -1e300;
         for (int j = seqs[b]; j <= i; ++j) {
           double d = 0;
-          for (int e = 0; e < Dh; ++e) d += qkv[i * 3 * D + h * Dh + e] * qkv[j * 3 * D + D + h * Dh + e];
+          for (int e = 0; e < Dh; ++e) d += qkv[i * ld + h * Dh + e] * qkv[j * ld + D + g * Dh + e];
           s.push_back(d / std::sqrt((double)Dh));
           mx = std::max(mx, s.back());
         }
@@ -164,9 +168,33 @@ static std::vector<double> naive_attention(const std::vector<double>& qkv, const
         for (double& v : s) z += (v = std::exp(v - mx));
         for (int j = seqs[b]; j <= i; ++j)
           for (int e = 0; e < Dh; ++e)
-            out[i * D + h * Dh + e] += s[j - seqs[b]] / z * qkv[j * 3 * D + 2 * D + h * Dh + e];
+            out[i * D + h * Dh + e] += s[j - seqs[b]] / z * qkv[j * ld + D + Dkv + g * Dh + e];
       }
   return out;
+}
+
+TEST(Ops, GroupedQueryAttentionMatchesNaiveLoopAndFiniteDifferences) {
+  // 4 query heads on 2 and on 1 key/value heads; lengths straddle the 64-row query block.
+  for (int Hkv : {2, 1}) {
+    const int H = 4, Dh = 4, D = H * Dh, ld = D + 2 * Hkv * Dh;
+    std::vector<int> seqs = {0, 70, 73, 80};
+    const int n = seqs.back();
+    auto qkv = random_vec(n * ld, 21 + Hkv, 1.5), wo = random_vec(n * D, 23);
+    std::vector<double> out(n * D), lse(n * H), dqkv(n * ld);
+    ops::AttnShape shape{H, Dh, Hkv};
+    attention_forward<double>(qkv.data(), ld, seqs, shape, out.data(), D, lse.data());
+    auto ref = naive_attention(qkv, seqs, H, Dh, Hkv);
+    for (int i = 0; i < n * D; ++i) ASSERT_NEAR(out[i], ref[i], 1e-12) << "Hkv " << Hkv << " " << i;
+    auto loss = [&] {
+      attention_forward<double>(qkv.data(), ld, seqs, shape, out.data(), D, lse.data());
+      return dot(out, wo);
+    };
+    loss();
+    attention_backward<double>(qkv.data(), ld, out.data(), D, lse.data(), wo.data(), D, seqs, shape, dqkv.data());
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < qkv.size(); i += 5) idx.push_back(i);
+    expect_grad_matches(qkv, dqkv, loss, "GQA attention dqkv", idx, 1e-6, 1e-5, 1e-7);
+  }
 }
 
 TEST(Ops, AttentionMatchesNaiveLoopAcrossBlocks) {

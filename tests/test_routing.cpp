@@ -90,18 +90,19 @@ namespace {
 using Vec = modlm::testing::Vec;
 using Ref = modlm::testing::ReferenceModel;
 
-ModelConfig small_routed(const std::string& gate, const std::string& causal, const std::string& layers) {
+ModelConfig small_routed(const std::string& gate, const std::string& causal, const std::string& layers, int kv_heads = 0) {
   json j = {{"vocab_size", 17}, {"d_model", 8}, {"n_layers", 3}, {"n_heads", 2}, {"d_ff", 12}, {"max_seq_len", 32},
             {"routing", {{"layers", layers}, {"capacity", 0.3}, {"gate", gate}, {"causal", causal}, {"predictor_hidden", 6}}}};
+  if (kv_heads) j["n_heads"] = 4, j["n_kv_heads"] = kv_heads;  // grouped-query attention
   return ModelConfig::from_json(j, "test");
 }
 }  // namespace
 
-class RoutedVsNaive : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string>> {};
+class RoutedVsNaive : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string, int>> {};
 
 TEST_P(RoutedVsNaive, LogitsMatchNaiveTokenLoop) {
-  auto [gate, causal, layers] = GetParam();
-  ModelConfig c = small_routed(gate, causal, layers);
+  auto [gate, causal, layers, kv_heads] = GetParam();
+  ModelConfig c = small_routed(gate, causal, layers, kv_heads);
   Model<double> m(c);
   Rng r(11);
   const int B = 3, T = 13;
@@ -127,7 +128,31 @@ TEST_P(RoutedVsNaive, LogitsMatchNaiveTokenLoop) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, RoutedVsNaive,
-                         ::testing::Values(std::make_tuple("sigmoid", "predictor", "every_other"),
-                                           std::make_tuple("linear", "aux_loss", "every_other"),
-                                           std::make_tuple("sigmoid", "aux_loss", "all"),
-                                           std::make_tuple("sigmoid", "predictor", "none")));
+                         ::testing::Values(std::make_tuple("sigmoid", "predictor", "every_other", 0),
+                                           std::make_tuple("linear", "aux_loss", "every_other", 0),
+                                           std::make_tuple("sigmoid", "aux_loss", "all", 0),
+                                           std::make_tuple("sigmoid", "predictor", "none", 0),
+                                           std::make_tuple("sigmoid", "predictor", "every_other", 2),
+                                           std::make_tuple("sigmoid", "predictor", "none", 1)));
+
+TEST(Config, GroupedQueryAttentionHeadsAreCheckedAndRoundTrip) {
+  json j = {{"vocab_size", 17}, {"d_model", 16}, {"n_layers", 2}, {"n_heads", 4}, {"d_ff", 12}, {"n_kv_heads", 2}};
+  ModelConfig c = ModelConfig::from_json(j, "t");
+  EXPECT_EQ(c.kv_heads(), 2);
+  EXPECT_EQ(c.kv_dim(), 8);
+  EXPECT_EQ(c.qkv_dim(), 32);
+  EXPECT_EQ(c.to_json().at("n_kv_heads"), 2);
+  EXPECT_EQ(ModelConfig::from_json(c.to_json(), "t").to_json(), c.to_json());
+  // Plain multi-head attention keeps SPEC §6's keys only.
+  j["n_kv_heads"] = 4;
+  EXPECT_FALSE(ModelConfig::from_json(j, "t").to_json().contains("n_kv_heads"));
+  for (json bad : {json(3), json(0), json(8), json(-1), json("2"), json(2.5)}) {
+    j["n_kv_heads"] = bad;
+    try {
+      ModelConfig::from_json(j, "t");
+      ADD_FAILURE() << "accepted n_kv_heads " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("n_kv_heads"), std::string::npos) << e.what();
+    }
+  }
+}

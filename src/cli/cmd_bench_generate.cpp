@@ -244,8 +244,8 @@ Command add_bench_generate(CLI::App& app) {
               double weight_bytes = 0;
               for (const auto& p : m.layout().params()) weight_bytes += 4.0 * p.numel;
               if (!o->json_out)
-                std::printf("%s: D=%d L=%d H=%d F=%d V=%d, %d routed layers, %.1f MB of weights\n", name.c_str(), c.d_model, c.n_layers,
-                            c.n_heads, c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
+                std::printf("%s: D=%d L=%d H=%d (kv %d) F=%d V=%d, %d routed layers, %.1f MB of weights\n", name.c_str(), c.d_model,
+                            c.n_layers, c.n_heads, c.kv_heads(), c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
               json runs = json::array();
               for (int B : batches) {
                 // The probes run right before each timing: the machine's bandwidth and clock move

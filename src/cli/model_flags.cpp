@@ -10,6 +10,7 @@ void ModelFlags::add_to(CLI::App& app) {
   app.add_option("--d-model", d_model, "model width D");
   app.add_option("--n-layers", n_layers, "number of layers L");
   app.add_option("--n-heads", n_heads, "attention heads H (D/H must be even)");
+  app.add_option("--n-kv-heads", n_kv_heads, "key/value heads for grouped-query attention (must divide H; default H)");
   app.add_option("--d-ff", d_ff, "MLP hidden size F");
   app.add_option("--max-seq-len", max_seq_len, "longest sequence the model accepts");
   app.add_option("--rope-theta", rope_theta, "RoPE base");
@@ -65,6 +66,7 @@ ModelConfig ModelFlags::apply(json j, const std::string& source) const {
   set("d_model", d_model);
   set("n_layers", n_layers);
   set("n_heads", n_heads);
+  set("n_kv_heads", n_kv_heads);
   set("d_ff", d_ff);
   set("max_seq_len", max_seq_len);
   set("rope_theta", rope_theta);

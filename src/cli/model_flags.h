@@ -12,7 +12,7 @@
 namespace modlm::cli {
 
 struct ModelFlags {
-  std::optional<int> d_model, n_layers, n_heads, d_ff, max_seq_len, predictor_hidden;
+  std::optional<int> d_model, n_layers, n_heads, n_kv_heads, d_ff, max_seq_len, predictor_hidden;
   std::optional<double> rope_theta, norm_eps, capacity, aux_weight, balance_weight;
   std::optional<std::string> vocab, routing, method, gate, causal;
   bool tie = false, untie = false;

@@ -71,7 +71,7 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWe
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
     if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
-  cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.n_heads, cfg_.head_dim(), kv == KvFormat::BF16);
+  cache_.allocate(cfg_.n_layers, max_batch, max_len, cfg_.kv_heads(), cfg_.head_dim(), kv == KvFormat::BF16);
   length_.assign(max_batch, 0);
 
   ensure_rows(max_batch);
@@ -88,13 +88,13 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWe
 void round_weights_to_bf16(Model<float>& model) {
   const ModelConfig& c = model.config();
   ModelWeights<float> w = ModelWeights<float>::bind(model.layout(), c, model.params().data());
-  const size_t D = c.d_model, F = c.d_ff, V = c.vocab_size;
+  const size_t D = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.qkv_dim();
   auto round = [](float* p, size_t n) {
     for (size_t i = 0; i < n; ++i) p[i] = round_to_bf16(p[i]);
   };
   for (int l = 0; l < c.n_layers; ++l) {
     LayerWeights<float>& W = w.layers[l];
-    round(W.wqkv, 3 * D * D);
+    round(W.wqkv, Q * D);
     round(W.wo, D * D);
     if (W.moe_gate) {
       const size_t De = c.moe.d_expert;
@@ -110,11 +110,11 @@ void round_weights_to_bf16(Model<float>& model) {
 // bf16 copies of the matrices a step streams: q|k|v, o, the MLP (or every expert) of each layer,
 // and the LM head. Norms, routers, predictors and MoE gates are small and stay float.
 void Decoder::make_bf16_copies() {
-  const size_t D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size;
+  const size_t D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, Q = cfg_.qkv_dim();
   std::vector<std::pair<const float*, size_t>> mats;
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights<float>& W = w_.layers[l];
-    mats.push_back({W.wqkv, 3 * D * D});
+    mats.push_back({W.wqkv, Q * D});
     mats.push_back({W.wo, D * D});
     if (W.moe_gate) {
       const size_t De = cfg_.moe.d_expert;
@@ -147,7 +147,7 @@ void Decoder::ensure_rows(int n) {
   const size_t Hp = cfg_.routing.predictor_hidden;
   for (auto* v : {&sx_, &sy_, &sxn_, &satt_, &sa_, &sxg_, &syg_}) v->assign(B * D, 0.f);
   sinv_.assign(B, 0.f);
-  sqkv_.assign(B * 3 * D, 0.f);
+  sqkv_.assign(B * cfg_.qkv_dim(), 0.f);
   sh13_.assign(B * 2 * F, 0.f);
   sg_.assign(B * F, 0.f);
   sr_.assign(B, 0.f);
@@ -172,9 +172,9 @@ void Decoder::release(int slot) {
 // Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes); the
 // matrices at `mb` bytes per weight (4, or 2 for bf16 step weights), norms and gate in float.
 double Decoder::block_bytes(int l, double mb) const {
-  const double D = cfg_.d_model, F = cfg_.d_ff;
-  if (cfg_.has_moe(l)) return 4.0 * (2 * D + (double)cfg_.moe.n_gate() * D) + mb * 4 * D * D;
-  return 4.0 * 2 * D + mb * (4 * D * D + 3 * D * F);
+  const double D = cfg_.d_model, F = cfg_.d_ff, attn = 2 * D * D + 2 * D * cfg_.kv_dim();  // q o; k v
+  if (cfg_.has_moe(l)) return 4.0 * (2 * D + (double)cfg_.moe.n_gate() * D) + mb * attn;
+  return 4.0 * 2 * D + mb * (attn + 3 * D * F);
 }
 
 // The experts an MoE call of the prefill ran (at least one row each): each read once, in float.
@@ -250,9 +250,10 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     } else {
       // Generation has no MoE capacity (SPEC §3): every token goes to its top_k experts.
       layer_forward<float>(w_.layers[l], dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y, /*moe_capacity=*/false);
+      const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim();
       for (int i = 0; i < n; ++i) {
-        const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
-        cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + 2 * D);
+        const float* q = acts_.qkv.data() + (size_t)i * Q;
+        cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + D + Dkv);
       }
       weight_bytes_ += block_bytes(l, 4.0);
       if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
@@ -347,8 +348,8 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
     const float* xr = pxg_.data() + (size_t)i * D;
     const float* br = pyg_.data() + (size_t)i * D;
     for (int k = 0; k < D; ++k) yr[k] = g * br[k] + (1.0f - g) * xr[k];
-    const float* q = acts_.qkv.data() + (size_t)i * 3 * D;
-    cache_.append(l, row_slot_[row], row_pos_[row], q + D, q + 2 * D);
+    const float* q = acts_.qkv.data() + (size_t)i * cfg_.qkv_dim();
+    cache_.append(l, row_slot_[row], row_pos_[row], q + D, q + D + cfg_.kv_dim());
   }
 }
 
@@ -472,6 +473,7 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
 void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
   const LayerWeights<float>& W = w_.layers[l];
   const int D = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, Dh = cfg_.head_dim();
+  const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim(), G = H / cfg_.kv_heads();
   const float eps = float(cfg_.norm_eps);
   float* xn = sxn_.data();
   float* qkv = sqkv_.data();
@@ -479,14 +481,14 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   float* a = sa_.data();
   // Attention half.
   rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
-  mv(W.wqkv, 3 * D, D, xn, D, m, qkv, 3 * D);
-  rope_forward<float>(qkv, 3 * D, m, H, Dh, pos, rope_);
-  rope_forward<float>(qkv + D, 3 * D, m, H, Dh, pos, rope_);
+  mv(W.wqkv, Q, D, xn, D, m, qkv, Q);
+  rope_forward<float>(qkv, Q, m, H, Dh, pos, rope_);
+  rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
   // Each row attends over its slot's cache up to and including itself: rows of one slot (an
   // extend chunk) come in position order, so a row sees the chunk's earlier rows, not later ones.
   int64_t pairs = 0;
   for (int i = 0; i < m; ++i) {
-    cache_.append(l, slots[i], pos[i], qkv + (size_t)i * 3 * D + D, qkv + (size_t)i * 3 * D + 2 * D);
+    cache_.append(l, slots[i], pos[i], qkv + (size_t)i * Q + D, qkv + (size_t)i * Q + D + Dkv);
     pairs += scount_[i] = cache_.count(l, slots[i]);
   }
   const float scale = float(1.0 / std::sqrt((double)Dh));
@@ -498,12 +500,13 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
     for (int h = 0; h < H; ++h) {
       float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
       const int n = scount_[i];
-      const float* q = qkv + (size_t)i * 3 * D + h * Dh;
+      const float* q = qkv + (size_t)i * Q + h * Dh;
       float* o = att + (size_t)i * D + h * Dh;
+      const int g = h / G;  // the key/value head this query head reads (GQA)
       if (cache_.bf16())
-        attend_one(q, cache_.keys_bf16(l, slots[i], h), cache_.values_bf16(l, slots[i], h), n, Dh, scale, s, o);
+        attend_one(q, cache_.keys_bf16(l, slots[i], g), cache_.values_bf16(l, slots[i], g), n, Dh, scale, s, o);
       else
-        attend_one(q, cache_.keys(l, slots[i], h), cache_.values(l, slots[i], h), n, Dh, scale, s, o);
+        attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
     }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
   mv(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);

@@ -18,7 +18,8 @@ namespace modlm::infer {
 class KvCache {
  public:
   KvCache() = default;
-  // Zero-filled storage for n_layers x slots x capacity tokens of width H * Dh.
+  // Zero-filled storage for n_layers x slots x capacity tokens of width H * Dh (H: the KEY/VALUE
+  // heads, fewer than the query heads under grouped-query attention).
   void allocate(int n_layers, int slots, int capacity, int H, int Dh, bool bf16 = false);
   bool bf16() const { return bf16_; }
   size_t element_bytes() const { return bf16_ ? 2 : 4; }

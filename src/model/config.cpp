@@ -115,7 +115,7 @@ void check_one_of(const std::string& v, std::initializer_list<const char*> allow
   throw bad_input(what + " must be one of " + list + ", got \"" + v + "\"");
 }
 
-const std::set<std::string> kTopKeys = {"format",       "vocab_size", "d_model",  "n_layers",  "n_heads",
+const std::set<std::string> kTopKeys = {"format",       "vocab_size", "d_model",  "n_layers",  "n_heads", "n_kv_heads",
                                         "d_ff",         "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings",
                                         "tokenizer",    "routing",    "moe"};
 const std::set<std::string> kRoutingKeys = {"layers", "capacity",         "method",     "gate",
@@ -136,6 +136,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   c.d_model = get_int(j, "d_model", c.d_model, src);
   c.n_layers = get_int(j, "n_layers", c.n_layers, src);
   c.n_heads = get_int(j, "n_heads", c.n_heads, src);
+  c.n_kv_heads = get_int(j, "n_kv_heads", 0, src);
+  if (j.contains("n_kv_heads") && c.n_kv_heads < 1)
+    throw bad_input(src + ": n_kv_heads must be >= 1, got " + std::to_string(c.n_kv_heads));
   c.d_ff = get_int(j, "d_ff", c.d_ff, src);
   c.max_seq_len = get_int(j, "max_seq_len", c.max_seq_len, src);
   c.rope_theta = get_num(j, "rope_theta", c.rope_theta, src);
@@ -195,6 +198,8 @@ void ModelConfig::validate(const std::string& src) const {
   need(n_heads >= 1 && n_heads <= d_model, "n_heads must be in [1, d_model], got " + std::to_string(n_heads));
   need(d_model % n_heads == 0, "d_model (" + std::to_string(d_model) + ") must be divisible by n_heads (" +
                                    std::to_string(n_heads) + ")");
+  need(n_kv_heads >= 0 && n_kv_heads <= n_heads && n_heads % kv_heads() == 0,
+       "n_kv_heads must divide n_heads (" + std::to_string(n_heads) + "), got " + std::to_string(n_kv_heads));
   need(head_dim() % 2 == 0, "head dim d_model/n_heads = " + std::to_string(head_dim()) + " must be even (RoPE)");
   need(d_ff >= 1 && d_ff <= 1 << 20, "d_ff must be in [1, 1048576], got " + std::to_string(d_ff));
   need(max_seq_len >= 1 && max_seq_len <= 1 << 20, "max_seq_len must be in [1, 1048576], got " + std::to_string(max_seq_len));
@@ -239,6 +244,7 @@ json ModelConfig::to_json() const {
   j["d_model"] = d_model;
   j["n_layers"] = n_layers;
   j["n_heads"] = n_heads;
+  if (kv_heads() != n_heads) j["n_kv_heads"] = n_kv_heads;  // only for GQA: MHA files stay SPEC §6 plain
   j["d_ff"] = d_ff;
   j["max_seq_len"] = max_seq_len;
   j["rope_theta"] = rope_theta;

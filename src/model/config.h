@@ -52,6 +52,7 @@ struct ModelConfig {
   int d_model = 512;
   int n_layers = 8;
   int n_heads = 8;
+  int n_kv_heads = 0;  // key/value heads for grouped-query attention (extension); 0 = n_heads
   int d_ff = 1408;
   int max_seq_len = 2048;
   double rope_theta = 10000.0;
@@ -63,6 +64,9 @@ struct ModelConfig {
   json extra = json::object();  // unknown top-level keys
 
   int head_dim() const { return d_model / n_heads; }
+  int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int kv_dim() const { return kv_heads() * head_dim(); }        // columns of wk and of wv
+  int qkv_dim() const { return d_model + 2 * kv_dim(); }        // rows of the fused wq|wk|wv
   bool routed(int layer) const { return routing.layers.contains(layer); }
   int n_routed() const;
   bool has_moe(int layer) const { return moe.present && moe.layers.contains(layer); }

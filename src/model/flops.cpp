@@ -7,6 +7,7 @@ namespace modlm {
 FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
   FlopBreakdown f;
   const int64_t D = c.d_model, F = c.d_ff, V = c.vocab_size, H = c.n_heads, Dh = c.head_dim();
+  const int64_t Dkv = c.kv_dim();
   for (int l = 0; l < c.n_layers; ++l) {
     int64_t k = T;
     if (c.routed(l)) {
@@ -17,7 +18,7 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
         f.router += 2 * T * (D * Hp + Hp);
       }
     }
-    f.projections += 2 * k * 4 * D * D;
+    f.projections += 2 * k * (2 * D * D + 2 * D * Dkv);  // q, o: D x D; k, v: Dkv x D
     if (c.has_moe(l)) {
       const int64_t G = c.moe.n_gate(), E = c.moe.n_experts, K = c.moe.top_k, De = c.moe.d_expert;
       int64_t assignments = k * K;
@@ -35,10 +36,10 @@ FlopBreakdown analytic_forward_flops(const ModelConfig& c, int T) {
 }
 
 double analytic_decode_weight_bytes(const ModelConfig& c, double processed, double matrix_bytes) {
-  const double D = c.d_model, F = c.d_ff, V = c.vocab_size, mb = matrix_bytes;
+  const double D = c.d_model, F = c.d_ff, V = c.vocab_size, mb = matrix_bytes, Dkv = c.kv_dim();
   double bytes = 4 * (D + D) + mb * V * D;  // embedding row and final norm; LM head
   for (int l = 0; l < c.n_layers; ++l) {
-    double block = 4 * 2 * D + mb * 4 * D * D;  // two norms; q k v o
+    double block = 4 * 2 * D + mb * (2 * D * D + 2 * D * Dkv);  // two norms; q o, k v
     if (c.has_moe(l)) {
       const double G = c.moe.n_gate(), E = c.moe.n_experts, K = c.moe.top_k, De = c.moe.d_expert;
       const double experts_read = std::min(E, K * E / G);  // expected real experts per token

@@ -17,7 +17,7 @@ void LayerActs<T>::resize(int n_, const LayerDims& d, bool dense_mlp) {
   n = n_;
   xn1.resize({n, d.D});
   inv1.resize({n});
-  qkv.resize({n, 3 * d.D});
+  qkv.resize({n, d.Dqkv()});
   att.resize({n, d.D});
   lse.resize({n, d.H});
   a.resize({n, d.D});
@@ -36,13 +36,13 @@ void LayerGradScratch<T>::resize(int n, const LayerDims& d) {
   dh13.resize({n, 2 * d.F});
   dxn.resize({n, d.D});
   datt.resize({n, d.D});
-  dqkv.resize({n, 3 * d.D});
+  dqkv.resize({n, d.Dqkv()});
 }
 
 template <typename T>
 void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable<T>& rope, const T* x, int n,
                    const int32_t* pos, const std::vector<int>& seqs, LayerActs<T>& A, T* y, bool moe_capacity) {
-  const int D = d.D, F = d.F;
+  const int D = d.D, F = d.F, Q = d.Dqkv();
   A.resize(n, d, w.moe_gate == nullptr);
   // Attention half.
   {
@@ -51,16 +51,16 @@ void layer_forward(const LayerWeights<T>& w, const LayerDims& d, const RopeTable
   }
   {
     profile::Scope p("fwd.gemm.qkv");
-    linear_forward<T>(A.xn1.data(), D, w.wqkv, n, D, 3 * D, A.qkv.data(), 3 * D);
+    linear_forward<T>(A.xn1.data(), D, w.wqkv, n, D, Q, A.qkv.data(), Q);
   }
   {
     profile::Scope p("fwd.norm+rope+copy");
-    rope_forward<T>(A.qkv.data(), 3 * D, n, d.H, d.Dh, pos, rope);      // q
-    rope_forward<T>(A.qkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);  // k
+    rope_forward<T>(A.qkv.data(), Q, n, d.H, d.Dh, pos, rope);                // q
+    rope_forward<T>(A.qkv.data() + D, Q, n, d.kv_heads(), d.Dh, pos, rope);  // k
   }
   {
     profile::Scope p("fwd.attention");
-    attention_forward<T>(A.qkv.data(), 3 * D, seqs, {d.H, d.Dh}, A.att.data(), D, A.lse.data());
+    attention_forward<T>(A.qkv.data(), Q, seqs, d.attn(), A.att.data(), D, A.lse.data());
   }
   {
     profile::Scope p("fwd.gemm.wo");
@@ -94,7 +94,7 @@ template <typename T>
 void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const LayerDims& d,
                     const RopeTable<T>& rope, const T* x, int n, const int32_t* pos, const std::vector<int>& seqs,
                     const LayerActs<T>& A, const T* dy, LayerGradScratch<T>& s, T* dx) {
-  const int D = d.D, F = d.F;
+  const int D = d.D, F = d.F, Q = d.Dqkv();
   s.resize(n, d);
   // MLP half: y = a + W2 g, g = swiglu(W13 xn2), xn2 = norm(a).
   profile::Scope p_all("bwd.layer (total)");
@@ -118,13 +118,13 @@ void layer_backward(const LayerWeights<T>& w, const LayerWeights<T>& gw, const L
   linear_backward_input<T>(s.da.data(), D, w.wo, n, D, D, s.datt.data(), D, false);
   {
     profile::Scope p("bwd.attention");
-    attention_backward<T>(A.qkv.data(), 3 * D, A.att.data(), D, A.lse.data(), s.datt.data(), D, seqs, {d.H, d.Dh},
+    attention_backward<T>(A.qkv.data(), Q, A.att.data(), D, A.lse.data(), s.datt.data(), D, seqs, d.attn(),
                           s.dqkv.data());
   }
-  rope_backward<T>(s.dqkv.data(), 3 * D, n, d.H, d.Dh, pos, rope);
-  rope_backward<T>(s.dqkv.data() + D, 3 * D, n, d.H, d.Dh, pos, rope);
-  linear_backward_weight<T>(s.dqkv.data(), 3 * D, A.xn1.data(), D, n, D, 3 * D, gw.wqkv);
-  linear_backward_input<T>(s.dqkv.data(), 3 * D, w.wqkv, n, D, 3 * D, s.dxn.data(), D, false);
+  rope_backward<T>(s.dqkv.data(), Q, n, d.H, d.Dh, pos, rope);
+  rope_backward<T>(s.dqkv.data() + D, Q, n, d.kv_heads(), d.Dh, pos, rope);
+  linear_backward_weight<T>(s.dqkv.data(), Q, A.xn1.data(), D, n, D, Q, gw.wqkv);
+  linear_backward_input<T>(s.dqkv.data(), Q, w.wqkv, n, D, Q, s.dxn.data(), D, false);
   parallel_copy(s.da.data(), dx, (size_t)n * D);
   rmsnorm_backward<T>(s.dxn.data(), D, x, D, w.attn_norm, A.inv1.data(), n, D, dx, D, true, gw.attn_norm);
 }

@@ -19,8 +19,13 @@ struct LayerDims {
   int D = 0, H = 0, Dh = 0, F = 0;
   double eps = 1e-5;
   MoeDims moe;  // used by layers whose weights have an MoE (LayerWeights::moe_gate)
+  int Hkv = 0;  // key/value heads (grouped-query attention); 0 = H
+  int kv_heads() const { return Hkv > 0 ? Hkv : H; }
+  int Dkv() const { return kv_heads() * Dh; }
+  int Dqkv() const { return D + 2 * Dkv(); }  // width of the fused q|k|v rows
+  ops::AttnShape attn() const { return {H, Dh, kv_heads()}; }
   static LayerDims of(const ModelConfig& c) {
-    return {c.d_model, c.n_heads, c.head_dim(), c.d_ff, c.norm_eps, MoeDims::of(c)};
+    return {c.d_model, c.n_heads, c.head_dim(), c.d_ff, c.norm_eps, MoeDims::of(c), c.kv_heads()};
   }
 };
 
@@ -29,7 +34,7 @@ template <typename T>
 struct LayerActs {
   int n = 0;
   TensorT<T> xn1, inv1;  // attention RMSNorm output [n, D] and 1/rms [n]
-  TensorT<T> qkv;        // [n, 3D] post-RoPE q, k and v
+  TensorT<T> qkv;        // [n, D + 2 Dkv] post-RoPE q, k and v
   TensorT<T> att, lse;   // attention output before wo [n, D]; log-sum-exp [n, H]
   TensorT<T> a;          // residual after attention [n, D]
   TensorT<T> xn2, inv2;  // MLP RMSNorm output [n, D] and 1/rms [n]

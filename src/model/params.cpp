@@ -5,14 +5,15 @@
 namespace modlm {
 
 ParamLayout::ParamLayout(const ModelConfig& c) {
-  const int64_t V = c.vocab_size, D = c.d_model, F = c.d_ff;
+  const int64_t V = c.vocab_size, D = c.d_model, F = c.d_ff, Dkv = c.kv_dim();
   add("tok_embeddings.weight", {V, D}, true);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     add(p + "attn_norm.weight", {D}, false);
-    add(p + "attn.wq.weight", {D, D}, true, true, /*pad=*/false);  // wq, wk, wv adjacent: one fused [3D, D] product
-    add(p + "attn.wk.weight", {D, D}, true, true, /*pad=*/false);
-    add(p + "attn.wv.weight", {D, D}, true);
+    // wq, wk, wv adjacent: one fused [D + 2 Dkv, D] product (Dkv = D without GQA)
+    add(p + "attn.wq.weight", {D, D}, true, true, /*pad=*/false);
+    add(p + "attn.wk.weight", {Dkv, D}, true, true, /*pad=*/false);
+    add(p + "attn.wv.weight", {Dkv, D}, true);
     add(p + "attn.wo.weight", {D, D}, true);
     add(p + "mlp_norm.weight", {D}, false);
     if (c.has_moe(l)) {

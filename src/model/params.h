@@ -1,6 +1,6 @@
 // The parameter layout: every tensor of SPEC §6 by name and shape, placed in one flat buffer.
 // One flat buffer makes the optimiser a single loop and lets adjacent weights fuse: wq|wk|wv
-// form one [3D, D] matrix and w1|w3 one [2F, D] matrix, so each is a single GEMM.
+// form one [D + 2 Dkv, D] matrix and w1|w3 one [2F, D] matrix, so each is a single GEMM.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -38,7 +38,7 @@ class ParamLayout {
 template <typename T>
 struct LayerWeights {
   T* attn_norm = nullptr;
-  T* wqkv = nullptr;  // [3D, D]: wq, wk, wv
+  T* wqkv = nullptr;  // [D + 2 Dkv, D]: wq, wk, wv (Dkv = kv heads x head dim)
   T* wo = nullptr;    // [D, D]
   T* mlp_norm = nullptr;
   T* w13 = nullptr;  // [2F, D]: w1, w3 (null in an MoE layer)

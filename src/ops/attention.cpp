@@ -34,7 +34,7 @@ int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s) {
 template <typename T>
 void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
                        int ldo, T* lse) {
-  const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
+  const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh, Dkv = s.kv_heads() * Dh, G = s.group();
   const T scale = T(1.0 / std::sqrt((double)Dh));
   const int max_len = longest_sequence(seq_offsets);
   FlopCounter::add(attention_flops(seq_offsets, s));
@@ -46,8 +46,8 @@ void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets
       for (int h = 0; h < H; ++h) {
         const int base = seq_offsets[b], len = seq_offsets[b + 1] - base;
         const T* Q = qkv + (size_t)base * ld + h * Dh;
-        const T* K = Q + D;
-        const T* V = Q + 2 * D;
+        const T* K = qkv + (size_t)base * ld + D + (h / G) * Dh;
+        const T* V = K + Dkv;
         for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
           const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
           gemm_uncounted<T>(false, true, m, keys, Dh, scale, Q + (size_t)i0 * ld, ld, K, ld, T(0), S.data(),
@@ -81,54 +81,59 @@ template <typename T>
 void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* lse, const T* dout, int lddo,
                         const std::vector<int>& seq_offsets, AttnShape s, T* dqkv) {
   const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh;
+  const int Hkv = s.kv_heads(), Dkv = Hkv * Dh, G = s.group();
   const T scale = T(1.0 / std::sqrt((double)Dh));
   const int max_len = longest_sequence(seq_offsets);
 #pragma omp parallel
   {
     AlignedVector<T> P((size_t)kQueryBlock * std::max(max_len, 1));
     AlignedVector<T> dP((size_t)kQueryBlock * std::max(max_len, 1));
+    // One task per (sequence, key/value head): the G query heads sharing that head add into its
+    // dK and dV, so they run in the same task (no two threads write the same rows).
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < B; ++b)
-      for (int h = 0; h < H; ++h) {
+      for (int g = 0; g < Hkv; ++g) {
         const int base = seq_offsets[b], len = seq_offsets[b + 1] - base;
-        const T* Q = qkv + (size_t)base * ld + h * Dh;
-        const T* K = Q + D;
-        const T* V = Q + 2 * D;
-        T* dQ = dqkv + (size_t)base * ld + h * Dh;
-        T* dK = dQ + D;
-        T* dV = dQ + 2 * D;
+        const T* K = qkv + (size_t)base * ld + D + g * Dh;
+        const T* V = K + Dkv;
+        T* dK = dqkv + (size_t)base * ld + D + g * Dh;
+        T* dV = dK + Dkv;
         for (int i = 0; i < len; ++i) {
           std::fill(dK + (size_t)i * ld, dK + (size_t)i * ld + Dh, T(0));
           std::fill(dV + (size_t)i * ld, dV + (size_t)i * ld + Dh, T(0));
         }
-        for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
-          const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
-          const T* Qb = Q + (size_t)i0 * ld;
-          const T* dOb = dout + (size_t)(base + i0) * lddo + h * Dh;
-          const T* Ob = out + (size_t)(base + i0) * ldo + h * Dh;
-          // Recompute the probabilities from the saved log-sum-exp.
-          gemm_uncounted<T>(false, true, m, keys, Dh, scale, Qb, ld, K, ld, T(0), P.data(), keys);
-          gemm_uncounted<T>(false, true, m, keys, Dh, T(1), dOb, lddo, V, ld, T(0), dP.data(), keys);
-          for (int r = 0; r < m; ++r) {
-            T* p = P.data() + (size_t)r * keys;
-            T* dp = dP.data() + (size_t)r * keys;
-            const int valid = i0 + r + 1;
-            const T l = lse[(size_t)(base + i0 + r) * H + h];
-            // delta_i = sum_j p_ij dp_ij = dO_i . O_i
-            T dlt = 0;
+        for (int h = g * G; h < (g + 1) * G; ++h) {
+          const T* Q = qkv + (size_t)base * ld + h * Dh;
+          T* dQ = dqkv + (size_t)base * ld + h * Dh;
+          for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
+            const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
+            const T* Qb = Q + (size_t)i0 * ld;
+            const T* dOb = dout + (size_t)(base + i0) * lddo + h * Dh;
+            const T* Ob = out + (size_t)(base + i0) * ldo + h * Dh;
+            // Recompute the probabilities from the saved log-sum-exp.
+            gemm_uncounted<T>(false, true, m, keys, Dh, scale, Qb, ld, K, ld, T(0), P.data(), keys);
+            gemm_uncounted<T>(false, true, m, keys, Dh, T(1), dOb, lddo, V, ld, T(0), dP.data(), keys);
+            for (int r = 0; r < m; ++r) {
+              T* p = P.data() + (size_t)r * keys;
+              T* dp = dP.data() + (size_t)r * keys;
+              const int valid = i0 + r + 1;
+              const T l = lse[(size_t)(base + i0 + r) * H + h];
+              // delta_i = sum_j p_ij dp_ij = dO_i . O_i
+              T dlt = 0;
 #pragma omp simd reduction(+ : dlt)
-            for (int d = 0; d < Dh; ++d) dlt += dOb[(size_t)r * lddo + d] * Ob[(size_t)r * ldo + d];
+              for (int d = 0; d < Dh; ++d) dlt += dOb[(size_t)r * lddo + d] * Ob[(size_t)r * ldo + d];
 #pragma omp simd
-            for (int j = 0; j < valid; ++j) {
-              p[j] = vexp<T>(p[j] - l);
-              dp[j] = p[j] * (dp[j] - dlt) * scale;  // dS, already scaled for dQ and dK
+              for (int j = 0; j < valid; ++j) {
+                p[j] = vexp<T>(p[j] - l);
+                dp[j] = p[j] * (dp[j] - dlt) * scale;  // dS, already scaled for dQ and dK
+              }
+              for (int j = valid; j < keys; ++j) p[j] = dp[j] = T(0);
             }
-            for (int j = valid; j < keys; ++j) p[j] = dp[j] = T(0);
+            gemm_uncounted<T>(false, false, m, Dh, keys, T(1), dP.data(), keys, K, ld, T(0),
+                              dQ + (size_t)i0 * ld, ld);
+            gemm_uncounted<T>(true, false, keys, Dh, m, T(1), dP.data(), keys, Qb, ld, T(1), dK, ld);
+            gemm_uncounted<T>(true, false, keys, Dh, m, T(1), P.data(), keys, dOb, lddo, T(1), dV, ld);
           }
-          gemm_uncounted<T>(false, false, m, Dh, keys, T(1), dP.data(), keys, K, ld, T(0),
-                            dQ + (size_t)i0 * ld, ld);
-          gemm_uncounted<T>(true, false, keys, Dh, m, T(1), dP.data(), keys, Qb, ld, T(1), dK, ld);
-          gemm_uncounted<T>(true, false, keys, Dh, m, T(1), P.data(), keys, dOb, lddo, T(1), dV, ld);
         }
       }
   }

@@ -10,11 +10,18 @@
 
 namespace modlm::ops {
 
+// Grouped-query attention (GQA): Hkv key/value heads, each shared by H / Hkv consecutive query
+// heads (query head h reads key/value head h / (H / Hkv), as Hugging Face's repeat_kv). Hkv = 0
+// or H is plain multi-head attention.
 struct AttnShape {
-  int H = 0, Dh = 0;  // heads, head dim; D = H * Dh
+  int H = 0, Dh = 0;  // query heads, head dim; D = H * Dh
+  int Hkv = 0;        // key/value heads (0: H)
+  int kv_heads() const { return Hkv > 0 ? Hkv : H; }
+  int group() const { return H / kv_heads(); }  // query heads per key/value head
 };
 
-// qkv: [n, ld] with q at columns [0, D), k at [D, 2D), v at [2D, 3D) (post-RoPE q and k).
+// qkv: [n, ld] with q at columns [0, D), k at [D, D + Dkv), v at [D + Dkv, D + 2 Dkv), where
+// Dkv = Hkv * Dh (post-RoPE q and k).
 // out: [n, D] (row stride ldo). lse: [n, H], the log-sum-exp of each query's scores (for backward).
 template <typename T>
 void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
