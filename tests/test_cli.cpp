@@ -24,13 +24,14 @@ static std::string small_text(const std::string& dir, size_t bytes = 60000) {
 }
 
 TEST(Cli, HelpOnEverySubcommand) {
-  for (const char* sub : {"", "init", "eval", "flops", "train", "bench train", "bench generate", "generate", "demo", "sweep"}) {
+  for (const char* sub : {"", "init", "eval", "flops", "train", "bench train", "bench generate", "generate", "demo", "sweep", "serve", "bench serve", "import hf", "export hf", "tokenizer"}) {
     auto r = run_modlm(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub;
   }
   EXPECT_EQ(run_modlm("no-such-command").code, 2);
   EXPECT_EQ(run_modlm("init").code, 2);  // missing MODEL_DIR
+  EXPECT_EQ(run_modlm("import").code, 2);  // needs `hf`
 }
 
 TEST(Cli, InitWritesSpecFolder) {

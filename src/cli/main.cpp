@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
       modlm::cli::add_bench(app),
       modlm::cli::add_generate(app),
       modlm::cli::add_serve(app),
+      modlm::cli::add_import(app),
+      modlm::cli::add_export(app),
   };
   commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
   commands.insert(commands.begin(), modlm::cli::add_bench_serve(app));

@@ -1,5 +1,7 @@
 #include "io/safetensors.h"
 
+#include "ops/bf16.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -62,24 +64,6 @@ std::optional<uint64_t> byte_size(const std::vector<int64_t>& shape, std::size_t
 
 std::string range_str(uint64_t begin, uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
-}
-
-// IEEE half -> float, exact for every input (subnormals, infinities and NaNs included).
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    // Zero or subnormal: mant * 2^-24, exact in float.
-    float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
-    bits = std::bit_cast<uint32_t>(f) | sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  return std::bit_cast<float>(bits);
 }
 
 // Index of the first non-finite float in x[0..n), or n if all are finite. Scans in blocks with a
@@ -326,7 +310,7 @@ void SafetensorsFile::read_f32_into(std::string_view name, const std::vector<int
       for (std::size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = half_to_float(h);
+        dst[i] = f16_to_float(h);
       }
       break;
     case DType::BF16:

@@ -4,6 +4,7 @@
 #pragma once
 #include <bit>
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 
 namespace modlm {
@@ -24,6 +25,44 @@ inline float round_to_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 
 inline void to_bf16(const float* src, size_t n, uint16_t* dst) {
   for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+// IEEE binary16 (the F16 dtype of safetensors): 5-bit exponent, 10-bit mantissa.
+// f16 -> float is exact for every input (subnormals, infinities and NaNs included).
+inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    // Zero or subnormal: mant * 2^-24, exact in float.
+    const float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    bits = std::bit_cast<uint32_t>(f) | sign;
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+// float -> f16, round to nearest, ties to even; beyond 65504 (from the halfway point 65520 on)
+// it is infinity, as float rounding would give; NaN stays a quiet NaN.
+inline uint16_t float_to_f16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t a = x & 0x7fffffffu;
+  if (a >= 0x7f800000u) return sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u);
+  if (a >= 0x477ff000u) return sign | 0x7c00u;
+  if (a < 0x38800000u) {  // below 2^-14: a subnormal f16, mant = round(|f| * 2^24) (exact scaling)
+    const float v = std::bit_cast<float>(a) * 16777216.0f;
+    return sign | static_cast<uint16_t>(std::nearbyint(v));  // 1024 = the smallest normal, as it should
+  }
+  const uint32_t mant = a & 0x7fffffu;
+  uint32_t h = (((a >> 23) - 127 + 15) << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry moves into the exponent
+  return sign | static_cast<uint16_t>(h);
 }
 
 }  // namespace modlm

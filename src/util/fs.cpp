@@ -104,6 +104,49 @@ std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   return out;
 }
 
+void write_folder_atomically(const std::string& dir, bool replace, const std::function<void(const std::string&)>& fill) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string clean = dir;
+  while (clean.size() > 1 && clean.back() == '/') clean.pop_back();
+  const bool exists = fs::exists(clean, ec);
+  if (exists && !fs::is_directory(clean, ec)) throw usage_error(clean + " exists and is not a folder");
+  if (exists && !fs::is_empty(clean, ec) && !replace)
+    throw usage_error(clean + " already exists and is not empty (use --force to replace it)");
+  const std::string tmp = clean + ".partial." + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec) || ec) throw io_error(tmp + ": cannot create folder: " + ec.message());
+  try {
+    fill(tmp);
+    if (exists) {
+      const std::string old = clean + ".old." + std::to_string(::getpid());
+      fs::remove_all(old, ec);
+      fs::rename(clean, old, ec);
+      if (ec) throw io_error(clean + ": cannot move aside: " + ec.message());
+      fs::rename(tmp, clean, ec);
+      if (ec) {
+        std::error_code back;
+        fs::rename(old, clean, back);
+        throw io_error(clean + ": cannot move " + tmp + " into place: " + ec.message());
+      }
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, clean, ec);
+      if (ec) throw io_error(clean + ": cannot move " + tmp + " into place: " + ec.message());
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  fsync_dir(parent_dir(clean));
+}
+
+void copy_file_checked(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) throw io_error(to + ": cannot copy from " + from + ": " + ec.message());
+}
+
 bool file_exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;

@@ -25,6 +25,16 @@ std::string read_text_file(const std::string& path);
 // The same, refusing (bad_input, naming both sizes) a file of more than max_bytes before reading it.
 std::string read_text_file(const std::string& path, std::size_t max_bytes);
 
+// Writes a whole folder so that `dir` either keeps what it held or gets the complete new
+// content, never a mix: fill(tmp) writes into a fresh sibling folder `dir + ".partial.<pid>"`,
+// which then takes `dir`'s place. A `dir` that exists and is not empty is refused (usage_error
+// naming it) unless `replace`; then the old folder is removed only after the new one is in place.
+// On any exception from fill the partial folder is removed and the exception rethrown.
+void write_folder_atomically(const std::string& dir, bool replace, const std::function<void(const std::string&)>& fill);
+
+// Copies a regular file (io_error naming both paths on failure).
+void copy_file_checked(const std::string& from, const std::string& to);
+
 // True if something (file, directory, ...) exists at `path`.
 bool file_exists(const std::string& path);
 
