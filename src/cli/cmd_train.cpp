@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "io/model_dir.h"
 #include "train/distributed.h"
 #include "cli/model_flags.h"
 #include "train/trainer.h"
@@ -24,12 +25,15 @@ json parse_json_file(const std::string& path) {
 
 // Flags for every key of the "train" section.
 struct TrainFlags {
-  std::optional<int64_t> steps, warmup_steps, log_every, eval_every, eval_windows, ckpt_every;
+  std::optional<int64_t> steps, warmup_steps, log_every, eval_every, eval_windows, ckpt_every, freeze_backbone_steps;
   std::optional<int> batch_size, seq_len, grad_accum, keep_checkpoints;
   std::optional<double> lr, min_lr, weight_decay, beta1, beta2, eps, grad_clip;
   std::optional<uint64_t> seed;
-  std::optional<std::string> tokenizer;
+  std::optional<std::string> tokenizer, init;
   void add_to(CLI::App& a) {
+    a.add_option("--init", init, "start from this model folder's weights (fine-tuning; the shape is the folder's)");
+    a.add_option("--freeze-backbone-steps", freeze_backbone_steps,
+                 "train only routers and predictors for the first N steps (after modlm convert)");
     a.add_option("--steps", steps, "optimizer steps");
     a.add_option("--batch-size", batch_size, "sequences per micro-batch");
     a.add_option("--seq-len", seq_len, "tokens per sequence");
@@ -59,6 +63,7 @@ struct TrainFlags {
     set("beta1", beta1), set("beta2", beta2), set("eps", eps), set("grad_clip", grad_clip), set("seed", seed);
     set("log_every", log_every), set("eval_every", eval_every), set("eval_windows", eval_windows);
     set("ckpt_every", ckpt_every), set("keep_checkpoints", keep_checkpoints), set("tokenizer", tokenizer);
+    set("init", init), set("freeze_backbone_steps", freeze_backbone_steps);
   }
 };
 
@@ -128,6 +133,16 @@ Command add_train(CLI::App& app) {
               cfg["train"] = tj;
               json mj = cfg.contains("model") ? cfg["model"] : json::object();
               if (!mj.is_object()) throw bad_input(o->config + ": \"model\" must be an object");
+              if (tj.contains("init") && tj["init"].is_string()) {
+                // Fine-tuning: the model is the folder's; its tokenizer comes along.
+                const std::string init = tj["init"].get<std::string>();
+                const json own = io::load_model_config(init).to_json();
+                if (o->model.apply(own, init).to_json() != own || (cfg.contains("model") && cfg["model"] != own))
+                  throw usage_error("--init " + init + " takes the model's shape from the folder: drop the model flags / \"model\"");
+                mj = own;
+                if (!own.contains("tokenizer") && !tj.contains("tokenizer")) tj["tokenizer"] = init + "/tokenizer.model";
+                cfg["train"] = tj;
+              }
               if (!o->model.vocab && !mj.contains("vocab_size") && !mj.contains("tokenizer")) mj["tokenizer"] = "bytes", mj["vocab_size"] = 256;
               cfg["model"] = o->model.apply(mj, o->config.empty() ? "flags" : o->config).to_json();
               t.run = RunConfig::from_json(cfg, o->config.empty() ? "flags" : o->config);

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
       modlm::cli::add_serve(app),
       modlm::cli::add_import(app),
       modlm::cli::add_export(app),
+      modlm::cli::add_convert(app),
   };
   commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
   commands.insert(commands.begin(), modlm::cli::add_bench_serve(app));

@@ -76,6 +76,9 @@ class Model {
   std::function<void(int part)> on_grads_ready;
   // [B*T, V] logits of the last forward without targets.
   const T* logits() const { return logits_.data(); }
+  // The residual stream entering layer l (l = n_layers: leaving the last layer) in the last
+  // forward, [B*T, D] (modlm convert fits routers on it).
+  const T* residual(int l) const { return h_[l].data(); }
 
   // Routing of the last forward, for inspection (modlm demo's routing picture): per routed layer
   // in layer order, one entry per row (sequence after sequence).

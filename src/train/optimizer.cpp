@@ -13,12 +13,14 @@ double learning_rate(const AdamWConfig& c, int64_t step) {
 }
 
 void adamw_step(const ParamLayout& layout, const AdamWConfig& c, double lr, float* params, const float* grads,
-                AdamWState& s) {
+                AdamWState& s, const std::vector<char>* frozen) {
   s.t += 1;
   const double bc1 = 1.0 - std::pow(c.beta1, (double)s.t), bc2 = 1.0 - std::pow(c.beta2, (double)s.t);
   const float b1 = (float)c.beta1, b2 = (float)c.beta2, eps = (float)c.eps;
   const float step_size = (float)(lr / bc1), inv_bc2_sqrt = (float)(1.0 / std::sqrt(bc2));
-  for (const ParamInfo& p : layout.params()) {
+  for (size_t pi = 0; pi < layout.params().size(); ++pi) {
+    const ParamInfo& p = layout.params()[pi];
+    if (frozen && (*frozen)[pi]) continue;
     const float decay = p.decay ? (float)(lr * c.weight_decay) : 0.f;
     float* w = params + p.offset;
     const float* g = grads + p.offset;

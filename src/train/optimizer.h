@@ -27,8 +27,10 @@ struct AdamWState {
 };
 
 // One update: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p) with wd only where ParamInfo.decay.
+// `frozen` (one flag per layout.params() entry, or null): those tensors, and their moments, are
+// left exactly as they are.
 void adamw_step(const ParamLayout& layout, const AdamWConfig& c, double lr, float* params, const float* grads,
-                AdamWState& s);
+                AdamWState& s, const std::vector<char>* frozen = nullptr);
 
 // Global L2 norm of the gradients of the listed parameters (backbone or predictor), in double.
 double grad_norm(const ParamLayout& layout, const float* grads, bool backbone);

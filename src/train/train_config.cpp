@@ -11,7 +11,8 @@ namespace {
 const std::set<std::string> kTrainKeys = {
     "steps",        "batch_size", "seq_len",      "grad_accum", "lr",         "min_lr",     "warmup_steps",
     "weight_decay", "beta1",      "beta2",        "eps",        "grad_clip",  "seed",       "log_every",
-    "eval_every",   "eval_windows", "ckpt_every", "keep_checkpoints", "tokenizer"};
+    "eval_every",   "eval_windows", "ckpt_every", "keep_checkpoints", "tokenizer",
+    "init",         "freeze_backbone_steps"};
 
 template <typename V>
 void read(const json& j, const char* key, V& out, const std::string& src) {
@@ -37,6 +38,8 @@ json TrainConfig::to_json() const {
          {"seed", seed},           {"log_every", log_every},        {"eval_every", eval_every},
          {"eval_windows", eval_windows}, {"ckpt_every", ckpt_every}, {"keep_checkpoints", keep_checkpoints}};
   if (!tokenizer.empty()) j["tokenizer"] = tokenizer;
+  if (!init.empty()) j["init"] = init;
+  if (freeze_backbone_steps) j["freeze_backbone_steps"] = freeze_backbone_steps;
   return j;
 }
 
@@ -64,6 +67,8 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& src) {
   read(j, "ckpt_every", t.ckpt_every, src);
   read(j, "keep_checkpoints", t.keep_checkpoints, src);
   read(j, "tokenizer", t.tokenizer, src);
+  read(j, "init", t.init, src);
+  read(j, "freeze_backbone_steps", t.freeze_backbone_steps, src);
   t.opt.total_steps = t.steps;
   return t;
 }
@@ -92,6 +97,8 @@ void TrainConfig::validate(const ModelConfig& m, const std::string& src) const {
   need(eval_windows >= 1, "train.eval_windows must be >= 1");
   need(ckpt_every >= 0, "train.ckpt_every must be >= 0");
   need(keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1");
+  need(freeze_backbone_steps >= 0 && freeze_backbone_steps <= steps, "train.freeze_backbone_steps must be in [0, steps]");
+  need(freeze_backbone_steps == 0 || m.n_routed() > 0, "train.freeze_backbone_steps needs routed layers (an MoD model)");
   need((int64_t)batch_size * seq_len <= (int64_t)1 << 26, "train.batch_size * seq_len is too large");
 }
 
@@ -104,10 +111,9 @@ RunConfig RunConfig::from_json(const json& j, const std::string& src) {
   json mj = j.contains("model") ? j.at("model") : json::object();
   if (!mj.is_object()) throw bad_input(src + ": \"model\" must be an object");
   r.model = ModelConfig::from_json(mj, src + " (model)");
-  if (!r.model.extra.empty()) {
-    for (auto it = r.model.extra.begin(); it != r.model.extra.end(); ++it)
+  for (auto it = r.model.extra.begin(); it != r.model.extra.end(); ++it)
+    if (it.key() != "hf")  // what `modlm import hf` keeps for export
       throw bad_input(src + ": unknown key model." + it.key());
-  }
   for (auto it = r.model.routing.extra.begin(); it != r.model.routing.extra.end(); ++it)
     throw bad_input(src + ": unknown key model.routing." + it.key());
   r.train = TrainConfig::from_json(j.contains("train") ? j.at("train") : json::object(), src);

@@ -22,6 +22,8 @@ struct TrainConfig {
   int64_t ckpt_every = 200;   // 0 = only at the end
   int keep_checkpoints = 2;
   std::string tokenizer;  // path of a tokenizer.model; empty: byte model, or train one on the data
+  std::string init;       // model folder whose weights the run starts from (fine-tuning); empty: init_weights
+  int64_t freeze_backbone_steps = 0;  // steps at the start that update only routers and predictors
 
   json to_json() const;
   static TrainConfig from_json(const json& j, const std::string& source);

@@ -183,6 +183,17 @@ TrainSummary train(const TrainOptions& o) {
     throw bad_input(o.val_path + ": fewer tokens than one sequence of seq_len + 1 = " + std::to_string(tc.seq_len + 1));
 
   Model<float> model(mc);
+  // Fine-tuning starts from a folder's weights (which must be this config's), else from init_weights.
+  auto start_weights = [&]() {
+    if (tc.init.empty()) return model.init_weights(tc.seed);
+    const ModelConfig own = io::load_model_config(tc.init);
+    if (own.to_json() != mc.to_json()) throw bad_input(tc.init + ": its config.json is not the run's model config");
+    io::load_model_weights(tc.init, model);
+  };
+  // Frozen while step < freeze_backbone_steps: everything but routers and predictors.
+  std::vector<char> frozen;
+  for (const ParamInfo& p : model.layout().params())
+    frozen.push_back(p.name.find(".router.") == std::string::npos && p.name.find(".predictor.") == std::string::npos);
   AdamWState adam;
   adam.resize(model.params().size());
   TrainProgress prog;
@@ -192,11 +203,11 @@ TrainSummary train(const TrainOptions& o) {
       prog = load_checkpoint(*ck, model, adam);
       if (root) std::fprintf(stderr, "resuming %s from %s (step %lld)\n", dir.c_str(), ck->c_str(), (long long)prog.step);
     } else {
-      model.init_weights(tc.seed);
+      start_weights();
     }
     if (root) truncate_log(log_path, prog.step);
   } else {
-    model.init_weights(tc.seed);
+    start_weights();
   }
   if (!o.resume && root) {
     json run = o.run.to_json();
@@ -316,7 +327,8 @@ TrainSummary train(const TrainOptions& o) {
     if (tc.grad_clip > 0 && gnorm > tc.grad_clip) scale_grads(model.layout(), model.grads().data(), true, (float)(tc.grad_clip / gnorm));
     if (tc.grad_clip > 0 && pnorm > tc.grad_clip) scale_grads(model.layout(), model.grads().data(), false, (float)(tc.grad_clip / pnorm));
     const double lr = learning_rate(tc.opt, step);
-    adamw_step(model.layout(), tc.opt, lr, model.params().data(), model.grads().data(), adam);
+    adamw_step(model.layout(), tc.opt, lr, model.params().data(), model.grads().data(), adam,
+               step < tc.freeze_backbone_steps ? &frozen : nullptr);
 
     prog.step = step + 1;
     prog.tokens += tc.tokens_per_step();
