@@ -59,15 +59,17 @@ void attend_one(const float* q, const KV* K, const KV* Vv, int n, int Dh, float 
 }  // namespace
 
 Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights, KvFormat kv)
-    : cfg_(model.config()), dims_(LayerDims::of(model.config())), max_batch_(max_batch), max_len_(max_len) {
+    : Decoder(InferenceWeights::from_model(model, weights), max_batch, max_len, kv) {}
+
+Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch, int max_len, KvFormat kv)
+    : iw_(std::move(weights)), cfg_(iw_->config()), dims_(LayerDims::of(cfg_)), max_batch_(max_batch), max_len_(max_len) {
   if (max_batch < 1) throw bad_input("decoder: batch must be >= 1");
   if (max_len < 1 || max_len > cfg_.max_seq_len)
     throw bad_input("decoder: sequence length " + std::to_string(max_len) + " outside [1, max_seq_len = " +
                     std::to_string(cfg_.max_seq_len) + "]");
-  // The weights are only read; ModelWeights holds mutable pointers because training shares it.
-  w_ = ModelWeights<float>::bind(model.layout(), cfg_, const_cast<float*>(model.params().data()));
+  w_ = iw_->small();
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
-  if (weights == DecodeWeights::BF16) make_bf16_copies();
+  dequant_.assign(iw_->layer_scratch_floats(), 0.f);
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
     if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
@@ -83,6 +85,52 @@ Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWe
   spos_.reserve(B);
   ssel_pos_.reserve(B);
   routes_.reserve(B * routed_.size());
+}
+
+LayerWeights<float> Decoder::prefill_layer(int l) { return iw_->float_layer(l, dequant_.data()); }
+
+void Decoder::embed_rows(const int32_t* tokens, int n, float* x) const {
+  const Matrix& E = iw_->embeddings();
+  const size_t D = cfg_.d_model;
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (int i = 0; i < n; ++i) {
+    if (E.f32) std::memcpy(x + (size_t)i * D, E.f32 + (size_t)tokens[i] * D, sizeof(float) * D);
+    else E.dequantize_rows(tokens[i], 1, x + (size_t)i * D);
+  }
+}
+
+void round_weights_to(Model<float>& model, MatFormat fmt) {
+  if (fmt == MatFormat::F32) return;
+  if (fmt == MatFormat::BF16) return round_weights_to_bf16(model);
+  const ModelConfig& c = model.config();
+  ModelWeights<float> w = ModelWeights<float>::bind(model.layout(), c, model.params().data());
+  auto round = [&](float* p, int rows, int cols) {
+    const size_t n = (size_t)rows * cols;
+    if (fmt == MatFormat::F16) {
+      for (size_t i = 0; i < n; ++i) p[i] = f16_to_float(float_to_f16(p[i]));
+      return;
+    }
+    std::vector<int8_t> q(n);
+    std::vector<float> sc((size_t)rows * ((cols + kQ8Block - 1) / kQ8Block));
+    quantize_q8(p, rows, cols, q.data(), sc.data());
+    Matrix m;
+    m.fmt = MatFormat::Q8, m.data = q.data(), m.scales = sc.data(), m.rows = rows, m.cols = cols;
+    m.dequantize_rows(0, rows, p);
+  };
+  const int D = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.qkv_dim();
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights<float>& W = w.layers[l];
+    round(W.wqkv, Q, D);
+    round(W.wo, D, D);
+    if (W.moe_gate) {
+      const int De = c.moe.d_expert;
+      for (int e = 0; e < c.moe.n_experts; ++e) round(W.expert_w13[e], 2 * De, D), round(W.expert_w2[e], D, De);
+    } else {
+      round(W.w13, 2 * F, D);
+      round(W.w2, D, F);
+    }
+  }
+  round(w.output, V, D);
 }
 
 void round_weights_to_bf16(Model<float>& model) {
@@ -105,40 +153,6 @@ void round_weights_to_bf16(Model<float>& model) {
     }
   }
   round(w.output, V * D);
-}
-
-// bf16 copies of the matrices a step streams: q|k|v, o, the MLP (or every expert) of each layer,
-// and the LM head. Norms, routers, predictors and MoE gates are small and stay float.
-void Decoder::make_bf16_copies() {
-  const size_t D = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, Q = cfg_.qkv_dim();
-  std::vector<std::pair<const float*, size_t>> mats;
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    const LayerWeights<float>& W = w_.layers[l];
-    mats.push_back({W.wqkv, Q * D});
-    mats.push_back({W.wo, D * D});
-    if (W.moe_gate) {
-      const size_t De = cfg_.moe.d_expert;
-      for (int e = 0; e < cfg_.moe.n_experts; ++e) {
-        mats.push_back({W.expert_w13[e], 2 * De * D});
-        mats.push_back({W.expert_w2[e], D * De});
-      }
-    } else {
-      mats.push_back({W.w13, 2 * F * D});
-      mats.push_back({W.w2, D * F});
-    }
-  }
-  mats.push_back({w_.output, V * D});
-  size_t total = 0;
-  for (const auto& [p, n] : mats) total += (n + 31) / 32 * 32;  // 64-byte aligned starts
-  half_.assign(total, 0);
-  size_t at = 0;
-  for (const auto& [p, n] : mats) {
-    if (half_of_.count(p)) continue;  // tied embeddings: the head is the embedding table, once
-    to_bf16(p, n, half_.data() + at);
-    half_of_[p] = half_.data() + at;
-    at += (n + 31) / 32 * 32;
-  }
-  matrix_bytes_ = 2.0;
 }
 
 void Decoder::ensure_rows(int n) {
@@ -169,12 +183,15 @@ void Decoder::release(int slot) {
   length_[slot] = 0;
 }
 
-// Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes); the
-// matrices at `mb` bytes per weight (4, or 2 for bf16 step weights), norms and gate in float.
-double Decoder::block_bytes(int l, double mb) const {
-  const double D = cfg_.d_model, F = cfg_.d_ff, attn = 2 * D * D + 2 * D * cfg_.kv_dim();  // q o; k v
-  if (cfg_.has_moe(l)) return 4.0 * (2 * D + (double)cfg_.moe.n_gate() * D) + mb * attn;
-  return 4.0 * 2 * D + mb * (attn + 3 * D * F);
+// Norms and attention, plus the dense MLP or the MoE's gate (its experts: moe_bytes / moe_step);
+// the matrices as stored (what a step streams), or at 4 bytes per weight (the prefill's GEMMs).
+double Decoder::block_bytes(int l, bool stored) const {
+  const LayerMatrices& L = iw_->layer(l);
+  auto bytes = [&](const Matrix& m) { return stored ? m.bytes() : 4.0 * m.rows * m.cols; };
+  const double D = cfg_.d_model;
+  double b = bytes(L.wqkv) + bytes(L.wo);
+  if (cfg_.has_moe(l)) return b + 4.0 * (2 * D + (double)cfg_.moe.n_gate() * D);
+  return b + 4.0 * 2 * D + bytes(L.w13) + bytes(L.w2);
 }
 
 // The experts an MoE call of the prefill ran (at least one row each): each read once, in float.
@@ -182,14 +199,6 @@ double Decoder::moe_bytes(const MoeActs<float>& A) const {
   int used = 0;
   for (size_t e = 0; e + 1 < A.off.size(); ++e) used += A.off[e + 1] > A.off[e];
   return 4.0 * 3.0 * cfg_.d_model * cfg_.moe.d_expert * used;
-}
-
-void Decoder::mv(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) const {
-  if (!half_of_.empty()) {
-    const auto it = half_of_.find(W);
-    if (it != half_of_.end()) return matvec(it->second, out, in, X, ldx, B, Y, ldy, accumulate);
-  }
-  matvec(W, out, in, X, ldx, B, Y, ldy, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,8 +249,7 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
   py_.resize({n, D});
   float* x = px_.data();
   float* y = py_.data();
-#pragma omp parallel for schedule(static) if (n > 64)
-  for (int i = 0; i < n; ++i) std::memcpy(x + (size_t)i * D, w_.tok_embeddings + (size_t)ptok_[i] * D, sizeof(float) * D);
+  embed_rows(ptok_.data(), n, x);
   weight_bytes_ += 4.0 * n * D;
 
   for (int l = 0; l < L; ++l) {
@@ -249,13 +257,13 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
       routed_prefill(l, x, y, n);
     } else {
       // Generation has no MoE capacity (SPEC §3): every token goes to its top_k experts.
-      layer_forward<float>(w_.layers[l], dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y, /*moe_capacity=*/false);
+      layer_forward<float>(prefill_layer(l), dims_, rope_, x, n, row_pos_.data(), pseqs_, acts_, y, /*moe_capacity=*/false);
       const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim();
       for (int i = 0; i < n; ++i) {
         const float* q = acts_.qkv.data() + (size_t)i * Q;
         cache_.append(l, row_slot_[i], row_pos_[i], q + D, q + D + Dkv);
       }
-      weight_bytes_ += block_bytes(l, 4.0);
+      weight_bytes_ += block_bytes(l, false);
       if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
     }
     std::swap(x, y);
@@ -273,9 +281,9 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
                              pxf_.data() + (size_t)i * D, D, pinv_.data() + i);
   }
   if ((size_t)rows * V > logits_.size()) logits_.resize((size_t)rows * V);
-  if (rows <= 32) {
-    mv(w_.output, V, D, pxf_.data(), D, rows, logits_.data(), V);
-    weight_bytes_ += matrix_bytes_ * V * D + 4.0 * D;
+  if (rows <= 32 || !iw_->head().f32) {
+    matvec(iw_->head(), pxf_.data(), D, rows, logits_.data(), V);
+    weight_bytes_ += iw_->head().bytes() + 4.0 * D;
   } else {
     linear_forward<float>(pxf_.data(), D, w_.output, rows, D, V, logits_.data(), V);
     weight_bytes_ += 4.0 * ((double)V * D + D);
@@ -335,9 +343,9 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   pxg_.resize({m, D});
   pyg_.resize({m, D});
   for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
-  layer_forward<float>(W, dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
+  layer_forward<float>(prefill_layer(l), dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
                        /*moe_capacity=*/false);
-  weight_bytes_ += block_bytes(l, 4.0);
+  weight_bytes_ += block_bytes(l, false);
   if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
   for (int i = 0; i < m; ++i) {
     const int row = psel_[i];
@@ -400,20 +408,20 @@ void Decoder::forward_rows(const int32_t* tokens, int B, bool last_only) {
 
   float* x = sx_.data();
   float* y = sy_.data();
-  for (int i = 0; i < B; ++i) std::memcpy(x + (size_t)i * D, w_.tok_embeddings + (size_t)tokens[i] * D, sizeof(float) * D);
+  embed_rows(tokens, B, x);
   for (int l = 0; l < L; ++l) {
     if (cfg_.routed(l)) {
       routed_step(l, B, x, y);
     } else {
       block_step(l, B, x, row_slot_.data(), row_pos_.data(), y);
-      weight_bytes_ += block_bytes(l, matrix_bytes_);
+      weight_bytes_ += block_bytes(l, true);
     }
     std::swap(x, y);
   }
   const int first = last_only ? B - 1 : 0, rows = B - first;
   rmsnorm_forward<float>(x + (size_t)first * D, D, w_.norm, rows, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
-  mv(w_.output, V, D, sxn_.data(), D, rows, logits_.data(), V);
-  weight_bytes_ += matrix_bytes_ * V * D + 4.0 * D;
+  matvec(iw_->head(), sxn_.data(), D, rows, logits_.data(), V);
+  weight_bytes_ += iw_->head().bytes() + 4.0 * D;
   logit_rows_ = rows;
 }
 
@@ -458,7 +466,7 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
   const int m = (int)ssel_.size();
   if (m == 0) return;  // nobody processes this block: its weights are not read at all
   block_step(l, m, sxg_.data(), sslot_.data(), ssel_pos_.data(), syg_.data());
-  weight_bytes_ += block_bytes(l, matrix_bytes_);
+  weight_bytes_ += block_bytes(l, true);
   for (int i = 0; i < m; ++i) {
     const float g = routes_[(size_t)ssel_[i] * R + j].gate;
     float* yr = y + (size_t)ssel_[i] * D;
@@ -472,6 +480,7 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
 // value are appended to layer l's cache of its slot before attending over that cache.
 void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
   const LayerWeights<float>& W = w_.layers[l];
+  const LayerMatrices& M = iw_->layer(l);
   const int D = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, Dh = cfg_.head_dim();
   const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim(), G = H / cfg_.kv_heads();
   const float eps = float(cfg_.norm_eps);
@@ -481,7 +490,7 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   float* a = sa_.data();
   // Attention half.
   rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
-  mv(W.wqkv, Q, D, xn, D, m, qkv, Q);
+  matvec(M.wqkv, xn, D, m, qkv, Q);
   rope_forward<float>(qkv, Q, m, H, Dh, pos, rope_);
   rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
   // Each row attends over its slot's cache up to and including itself: rows of one slot (an
@@ -509,21 +518,22 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
         attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
     }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
-  mv(W.wo, D, D, att, D, m, a, D, /*accumulate=*/true);
+  matvec(M.wo, att, D, m, a, D, /*accumulate=*/true);
   // MLP half.
   rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
   if (W.moe_gate) {
     std::memcpy(y, a, sizeof(float) * (size_t)m * D);
-    moe_step(W, xn, m, y);
+    moe_step(l, W, xn, m, y);
     return;
   }
-  mv(W.w13, 2 * F, D, xn, D, m, sh13_.data(), 2 * F);
+  matvec(M.w13, xn, D, m, sh13_.data(), 2 * F);
   swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
   std::memcpy(y, a, sizeof(float) * (size_t)m * D);
-  mv(W.w2, D, F, sg_.data(), F, m, y, D, /*accumulate=*/true);
+  matvec(M.w2, sg_.data(), F, m, y, D, /*accumulate=*/true);
 }
 
-void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y) {
+void Decoder::moe_step(int l, const LayerWeights<float>& W, const float* xn, int m, float* y) {
+  const LayerMatrices& M = iw_->layer(l);
   const MoeDims& d = dims_.moe;
   const int D = d.D, E = d.E, G = d.n_gate(), K = d.top_k, De = d.d_expert;
   // Gate probabilities and the top_k choices of each row, with moe_forward's own expressions.
@@ -556,9 +566,10 @@ void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, flo
     if (n == 0) continue;
     ++used;
     for (int r = 0; r < n; ++r) std::memcpy(sexp_x_.data() + (size_t)r * D, xn + (size_t)(sexp_slots_[r] / K) * D, sizeof(float) * D);
-    mv(W.expert_w13[e], 2 * De, D, sexp_x_.data(), D, n, sexp_h13_.data(), 2 * De);
+    matvec(M.expert_w13[e], sexp_x_.data(), D, n, sexp_h13_.data(), 2 * De);
     swiglu_forward<float>(sexp_h13_.data(), n, De, sexp_g_.data());
-    mv(W.expert_w2[e], D, De, sexp_g_.data(), De, n, sexp_y_.data(), D);
+    matvec(M.expert_w2[e], sexp_g_.data(), De, n, sexp_y_.data(), D);
+    weight_bytes_ += M.expert_w13[e].bytes() + M.expert_w2[e].bytes();
     for (int r = 0; r < n; ++r) std::memcpy(sexp_out_.data() + (size_t)sexp_slots_[r] * D, sexp_y_.data() + (size_t)r * D, sizeof(float) * D);
   }
   // y += p * Expert(x), each row's choices in rank order (as moe_forward adds them); a no-op
@@ -573,7 +584,7 @@ void Decoder::moe_step(const LayerWeights<float>& W, const float* xn, int m, flo
       for (int j = 0; j < D; ++j) yr[j] += pe * o[j];
     }
   }
-  weight_bytes_ += matrix_bytes_ * 3.0 * D * De * used;
+  (void)used;
 }
 
 }  // namespace modlm::infer

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "infer/kv_cache.h"
+#include "infer/weights.h"
 #include "model/layer.h"
 #include "model/model.h"
 #include "model/params.h"
@@ -41,11 +42,10 @@ struct RouteRecord {
   double decision_prob() const { return 1.0 / (1.0 + std::exp(-(double)decision_logit)); }
 };
 
-// The weights a decode step streams: float (the model's own), or bf16 copies of its matrices
-// (half the bytes per step; each weight rounded to 8 significant bits). The prefill always runs
-// the model's float weights; round them first (round_weights_to_bf16) for a model whose prefill
-// and steps use the same numbers.
-enum class DecodeWeights { F32, BF16 };
+// The weights a decode step streams: float (the model's own), or bf16 / f16 / q8 copies of its
+// matrices (infer/weights.h). From a Model, the prefill runs the model's float weights; round
+// them first (round_weights_to) for a model whose prefill and steps use the same numbers.
+using DecodeWeights = MatFormat;
 
 // The KV cache's element type: float, or bf16 (half the bytes per past token a step reads; keys and
 // values rounded to 8 significant bits, so logits move slightly from the float cache's).
@@ -54,6 +54,9 @@ enum class KvFormat { F32, BF16 };
 // Rounds every weight matrix a bf16 decoder copies (and nothing else) to the nearest bf16 value
 // in place, so that a BF16 decoder computes exactly what Model::forward of the rounded model does.
 void round_weights_to_bf16(Model<float>& model);
+// The same for any format: each matrix a decoder of that format streams becomes exactly the
+// values that format holds (q8: q * scale).
+void round_weights_to(Model<float>& model, MatFormat fmt);
 
 class Decoder {
  public:
@@ -62,6 +65,9 @@ class Decoder {
   // them is allocated here, once.
   Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights = DecodeWeights::F32,
           KvFormat kv = KvFormat::F32);
+  // Decodes from stored weights (a quantized folder: InferenceWeights::load), which it keeps alive.
+  Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch, int max_len, KvFormat kv = KvFormat::F32);
+  const InferenceWeights& weights() const { return *iw_; }
 
   const ModelConfig& config() const { return cfg_; }
   int max_batch() const { return max_batch_; }
@@ -116,19 +122,19 @@ class Decoder {
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
   // y += the MoE (no capacity, SPEC §3) of the m MLP-normed rows xn, with matrix-vector products.
-  void moe_step(const LayerWeights<float>& W, const float* xn, int m, float* y);
-  double block_bytes(int l, double matrix_bytes) const;
-  void make_bf16_copies();
-  // matvec on W's bf16 copy when there is one, else on W.
-  void mv(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate = false) const;
+  void moe_step(int l, const LayerWeights<float>& W, const float* xn, int m, float* y);
+  // Bytes of layer l's block: its matrices as stored (`stored`, what a step streams) or as the
+  // prefill's float GEMMs read them, plus norms and the MoE gate (experts counted apart).
+  double block_bytes(int l, bool stored) const;
   double moe_bytes(const MoeActs<float>& A) const;
+  void embed_rows(const int32_t* tokens, int n, float* x) const;
+  LayerWeights<float> prefill_layer(int l);  // layer l's float weights (dequantized when stored otherwise)
 
+  std::shared_ptr<const InferenceWeights> iw_;
   ModelConfig cfg_;
   LayerDims dims_;
-  ModelWeights<float> w_;
-  std::vector<uint16_t> half_;                                   // bf16 copies (DecodeWeights::BF16)
-  std::unordered_map<const float*, const uint16_t*> half_of_;    // float matrix -> its copy
-  double matrix_bytes_ = 4.0;                                    // bytes per streamed matrix weight
+  ModelWeights<float> w_;            // small tensors (and float matrices) of iw_
+  AlignedVector<float> dequant_;     // one layer's matrices in float for the prefill (quantized stores)
   ops::RopeTable<float> rope_;
   int max_batch_ = 0, max_len_ = 0;
   std::vector<int> routed_;          // routed layer indices

@@ -33,6 +33,12 @@ inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load_w(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
+inline __m512 load_w(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline __m512 load_w(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
+inline __m512 load_w_masked(const Half* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+inline __m512 load_w_masked(const int8_t* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
 inline __m512 load_w_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
@@ -41,17 +47,23 @@ inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) {
 // R weight rows j0..j0+R-1 against NB inputs: R*NB accumulators stay in zmm registers, each
 // 16-float slice of a weight row is loaded once and used NB times. Xp is the chunk's inputs
 // packed as [in/16][NB][16] (zero-padded), so the inputs a slice meets are one contiguous run.
+// int8 weights (SC = true) are multiplied by their block's scale right after widening: scales
+// SC [out, ceil(in / 32)], so each 16-wide slice lies inside one block.
 template <int R, int NB, typename WT>
-inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
+inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc, const float* SC = nullptr) {
   __m512 s[R][NB];
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) s[r][b] = _mm512_setzero_ps();
   const WT* w = W + (size_t)j0 * in;
+  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
   int k = 0;
   const float* xp = Xp;
   for (; k + 16 <= in; k += 16, xp += NB * 16) {
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = load_w(w + (size_t)r * in + k);
+    if constexpr (std::is_same_v<WT, int8_t>)
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_mul_ps(wv[r], _mm512_set1_ps(sc[(size_t)r * nblk + k / kQ8Block]));
     for (int b = 0; b < NB; ++b) {
       const __m512 xv = _mm512_load_ps(xp + b * 16);
       for (int r = 0; r < R; ++r) s[r][b] = _mm512_fmadd_ps(wv[r], xv, s[r][b]);
@@ -61,6 +73,8 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     const __mmask16 m = (__mmask16)((1u << (in - k)) - 1);
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = load_w_masked(w + (size_t)r * in + k, m);
+    if constexpr (std::is_same_v<WT, int8_t>)
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_mul_ps(wv[r], _mm512_set1_ps(sc[(size_t)r * nblk + k / kQ8Block]));
     for (int b = 0; b < NB; ++b) {
       const __m512 xv = _mm512_load_ps(xp + b * 16);
       for (int r = 0; r < R; ++r) s[r][b] = _mm512_fmadd_ps(wv[r], xv, s[r][b]);
@@ -111,9 +125,12 @@ constexpr bool kBf16Wide = true;  // the bf16 path above: 32 per step, permuted 
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
+inline float weight_at(const Half* w, int i) { return f16_to_float(w[i].bits); }
+inline float weight_at(const int8_t* w, int i) { return (float)w[i]; }
 
 template <int R, int NB, typename WT>
-inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc) {
+inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc, const float* SC = nullptr) {
+  const int nblk = (in + kQ8Block - 1) / kQ8Block;
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) {
       const WT* w = W + (size_t)(j0 + r) * in;
@@ -121,8 +138,9 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
       for (int k0 = 0; k0 < in; k0 += 16) {
         const float* x = Xp + (size_t)(k0 / 16) * NB * 16 + b * 16;
         const int n = in - k0 < 16 ? in - k0 : 16;
+        const float scale = SC ? SC[(size_t)(j0 + r) * nblk + k0 / kQ8Block] : 1.0f;
 #pragma omp simd reduction(+ : s)
-        for (int i = 0; i < n; ++i) s += weight_at(w, k0 + i) * x[i];
+        for (int i = 0; i < n; ++i) s += (SC ? weight_at(w, k0 + i) * scale : weight_at(w, k0 + i)) * x[i];
       }
       float& y = Y[(size_t)b * ldy + j0 + r];
       y = acc ? y + s : s;
@@ -150,7 +168,7 @@ constexpr int tile_rows(int nb) {
 
 // `rows` (<= tile_rows) weight rows from j0 against NB inputs: one full tile, or row by row.
 template <int NB, typename WT>
-inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc, const float* SC) {
   constexpr int R = tile_rows<WT>(NB);
 #if defined(__AVX512F__)
   if constexpr (is_wide<WT>()) {
@@ -160,23 +178,24 @@ inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, i
   } else
 #endif
   {
-    if (rows == R) tile<R, NB>(W, in, Xp, Y, ldy, j0, acc);
+    if (rows == R) tile<R, NB>(W, in, Xp, Y, ldy, j0, acc, SC);
     else
-      for (int r = 0; r < rows; ++r) tile<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
+      for (int r = 0; r < rows; ++r) tile<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc, SC);
   }
 }
 
 template <typename WT>
-inline void rows_tile_nb(int nb, const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc) {
+inline void rows_tile_nb(int nb, const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc,
+                         const float* SC) {
   switch (nb) {
-    case 1: rows_tile<1>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 2: rows_tile<2>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 3: rows_tile<3>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 4: rows_tile<4>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 5: rows_tile<5>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 6: rows_tile<6>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    case 7: rows_tile<7>(W, in, Xp, Y, ldy, j0, rows, acc); break;
-    default: rows_tile<8>(W, in, Xp, Y, ldy, j0, rows, acc); break;
+    case 1: rows_tile<1>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 2: rows_tile<2>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 3: rows_tile<3>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 4: rows_tile<4>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 5: rows_tile<5>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 6: rows_tile<6>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    case 7: rows_tile<7>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
+    default: rows_tile<8>(W, in, Xp, Y, ldy, j0, rows, acc, SC); break;
   }
 }
 
@@ -208,7 +227,8 @@ const float* pack_inputs(const float* X, int ldx, int B, int in, int S, bool bf1
 }
 
 template <typename WT>
-void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
+void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
+                 const float* SC = nullptr) {
   if (out <= 0 || B <= 0) return;
   ops::FlopCounter::add(2LL * B * out * in);
   constexpr bool wide = is_wide<WT>();
@@ -228,7 +248,7 @@ void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, f
       const float* xp = Xp + (size_t)b0 * kpad;
       float* y = Y + (size_t)b0 * ldy;
       const int R = tile_rows<WT>(nb);
-      for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate);
+      for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate, SC);
     }
   }
 }
@@ -241,6 +261,15 @@ void matvec(const float* W, int out, int in, const float* X, int ldx, int B, flo
 
 void matvec(const uint16_t* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
   matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate);
+}
+
+void matvec(const Half* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
+  matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate);
+}
+
+void matvec_q8(const int8_t* W, const float* scales, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
+               bool accumulate) {
+  matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate, scales);
 }
 
 }  // namespace modlm::infer

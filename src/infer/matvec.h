@@ -21,4 +21,18 @@ void matvec(const float* W, int out, int in, const float* X, int ldx, int B, flo
 void matvec(const uint16_t* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
             bool accumulate = false);
 
+// IEEE half weights (the F16 dtype), widened in registers (F16C).
+struct Half {
+  uint16_t bits;
+};
+void matvec(const Half* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate = false);
+
+// 8-bit weights with one float scale per block of kQ8Block consecutive weights of a row (the
+// Q8_0 idea): W[j, k] = q[j, k] * scales[j, k / 32], q in [-127, 127]; scales [out, ceil(in/32)].
+// Widened and scaled in registers, so the result is the float product over those dequantized
+// weights (summed in another order); a quarter of the float bytes plus 1/8 byte per weight.
+constexpr int kQ8Block = 32;
+void matvec_q8(const int8_t* W, const float* scales, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
+               bool accumulate = false);
+
 }  // namespace modlm::infer
