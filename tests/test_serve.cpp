@@ -660,7 +660,7 @@ TEST(ServeScheduler, BoundedQueueRefusesAndShutdownCancelsWhatIsLeft) {
   serve::SchedulerOptions so;
   so.max_batch = 1;
   so.max_queue = 1;
-  serve::Scheduler sched(m, tok, so);
+  serve::Scheduler sched(infer::InferenceWeights::from_model(m, infer::MatFormat::F32), tok, so);
   auto make = [&](int max_tokens) {
     auto r = std::make_shared<serve::Request>();
     serve::SeqJob j;

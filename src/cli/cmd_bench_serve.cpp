@@ -121,7 +121,7 @@ Command add_bench_serve(CLI::App& app) {
                   "force each routed layer's processed fraction (predictor bias moved on a calibration text), as "
                   "`bench generate --processed-fraction` does; negative = leave the random predictor (~0.5)")
       ->capture_default_str();
-  sub->add_option("--weights", o->weights, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  sub->add_option("--weights", o->weights, "f32, bf16, f16 or q8")->check(CLI::IsMember({"f32", "bf16", "f16", "q8"}))->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not run the dense twin");
   sub->add_flag("--json", o->json_out, "print JSON");
   o->flags.add_to(*sub);
@@ -139,7 +139,7 @@ Command add_bench_serve(CLI::App& app) {
             if (o->prompt_len < 1 || o->n_new < 1 || o->requests < 1) throw usage_error("--prompt-len, --new and --requests must be >= 1");
             if (o->prompt_len + o->n_new > cfg.max_seq_len) throw usage_error("--prompt-len + --new exceeds max_seq_len");
             const int max_clients = *std::max_element(levels.begin(), levels.end());
-            const bool bf16 = o->weights == "bf16";
+            const infer::MatFormat fmt = infer::parse_format(o->weights, "--weights");
 
             std::vector<std::pair<std::string, ModelConfig>> cfgs = {{model_kind(cfg), cfg}};
             if (cfg.n_routed() && !o->no_dense) cfgs.push_back({"dense", dense_twin(cfg)});
@@ -159,7 +159,7 @@ Command add_bench_serve(CLI::App& app) {
               s.name = name;
               s.model = std::make_unique<Model<float>>(c);
               s.model->init_weights(1);
-              if (bf16) infer::round_weights_to_bf16(*s.model);
+              infer::round_weights_to(*s.model, fmt);
               if (c.n_routed() && o->processed_fraction >= 0) {
                 if (c.routing.causal != "predictor") throw usage_error("--processed-fraction needs --causal predictor");
                 const double f = std::min(1.0, o->processed_fraction);
@@ -193,8 +193,7 @@ Command add_bench_serve(CLI::App& app) {
               so.scheduler.max_batch = max_clients;
               so.scheduler.max_queue = max_clients;
               so.scheduler.max_context = o->prompt_len + o->n_new;
-              so.scheduler.weights = bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32;
-              s.server = std::make_unique<serve::HttpServer>(*s.model, *s.tok, so);
+              s.server = std::make_unique<serve::HttpServer>(infer::InferenceWeights::from_model(*s.model, fmt), *s.tok, so);
               s.port = s.server->bind();
               serve::HttpServer* srv = s.server.get();
               s.thread = std::thread([srv] { srv->run(); });

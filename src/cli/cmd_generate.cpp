@@ -56,7 +56,7 @@ struct SeqResult {
 
 Command add_generate(CLI::App& app) {
   struct Opts {
-    std::string dir, prompt, prompt_file, prompts_file, trace, weights = "f32", kv = "f32";
+    std::string dir, prompt, prompt_file, prompts_file, trace, weights, kv = "f32";
     int64_t max_new = 128;
     double temperature = 1.0, top_p = 1.0;
     int top_k = 0, batch = 8;
@@ -80,10 +80,8 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--batch", o->batch, "with --prompts-file: sequences decoded together, 1..256")->capture_default_str();
   sub->add_option("--trace", o->trace, "write a JSON trace: every token and, per routed layer, its routing decision");
   sub->add_option("--weights", o->weights,
-                  "f32, or bf16: the matrices rounded to bfloat16 and streamed at half the bytes per token (faster on a "
-                  "bandwidth-bound machine; logits differ from f32 by the rounding)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+                  "f32, bf16, f16 or q8: the matrices' format for decoding (default: as the folder stores them; a float "
+                  "folder is converted in memory, a quantized one decodes as stored)");
   sub->add_option("--kv", o->kv,
                   "f32, or bf16: keys and values cached in bfloat16, half the bytes per past token (long contexts)")
       ->check(CLI::IsMember({"f32", "bf16"}))
@@ -137,8 +135,8 @@ Command add_generate(CLI::App& app) {
               if (p.empty())
                 throw usage_error("the prompt is empty: the tokenizer has no beginning-of-text token, so give at least one character");
 
-            Model<float> model = io::load_model(o->dir);
-            const ModelConfig& cfg = model.config();
+            auto weights = infer::InferenceWeights::for_decoding(o->dir, o->weights, "--weights");
+            const ModelConfig& cfg = weights->config();
             auto tok = io::load_tokenizer(o->dir, cfg.tokenizer == "bytes");
             if (tok->vocab_size() > cfg.vocab_size)
               throw bad_input(o->dir + ": the tokenizer has " + std::to_string(tok->vocab_size()) +
@@ -159,16 +157,13 @@ Command add_generate(CLI::App& app) {
             const int max_len = (int)std::min<int64_t>(cfg.max_seq_len, max_prompt + o->max_new);
             const int B = std::min(P, o->batch);
             const double kv_elem = o->kv == "bf16" ? 2.0 : 4.0;
-            const double cache_bytes = 2.0 * kv_elem * cfg.n_layers * B * (double)max_len * D;
+            const double cache_bytes = 2.0 * kv_elem * cfg.n_layers * B * (double)max_len * cfg.kv_dim();
             const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
             if (phys > 0 && cache_bytes > 0.5 * phys)
               throw usage_error("the KV cache would need " + std::to_string((int64_t)(cache_bytes / (1 << 20))) +
                                 " MiB (more than half the memory): lower --batch or --max-new");
 
-            const bool bf16 = o->weights == "bf16";
-            if (bf16) infer::round_weights_to_bf16(model);  // the prefill then uses the very numbers the steps stream
-            infer::Decoder dec(model, B, max_len, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32,
-                               o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
+            infer::Decoder dec(weights, B, max_len, o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
             const std::vector<int>& routed = dec.routed_layers();
             const int R = (int)routed.size();
             const bool stream = !o->json_out && P == 1;
@@ -306,7 +301,7 @@ Command add_generate(CLI::App& app) {
             if (o->json_out) {
               json j{{"prompts", P},
                      {"batch", B},
-                     {"weights", o->weights},
+                     {"weights", infer::format_name(weights->format())},
                      {"kv", o->kv},
                      {"prompt_tokens", prompt_tokens},
                      {"generated_tokens", generated_tokens},

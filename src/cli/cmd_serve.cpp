@@ -15,7 +15,7 @@ namespace modlm::cli {
 
 Command add_serve(CLI::App& app) {
   struct Opts {
-    std::string dir, host = "127.0.0.1", weights = "f32", kv = "f32", api_key, model_id;
+    std::string dir, host = "127.0.0.1", weights, kv = "f32", api_key, model_id;
     int port = 8080, max_batch = 8, max_context = 0, max_queue = 64, prefill_chunk = 256;
     int64_t max_body = 1 << 20;
     double grace = 5.0;
@@ -32,9 +32,9 @@ Command add_serve(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--prefill-chunk", o->prefill_chunk, "prompt tokens prefilled between two decode steps, 1..65536")
       ->capture_default_str();
-  sub->add_option("--weights", o->weights, "f32, or bf16 (matrices rounded to bfloat16, half the bytes per step)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  sub->add_option("--weights", o->weights,
+                  "f32, bf16, f16 or q8: the matrices' format for decoding (default: as the folder stores them; a float "
+                  "folder is converted in memory)");
   sub->add_option("--kv", o->kv, "f32, or bf16: keys and values cached in bfloat16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   sub->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/* (default: $MODLM_API_KEY, if set)");
   sub->add_option("--model-id", o->model_id, "the model name /v1/models lists (default: the folder's name)");
@@ -59,8 +59,8 @@ Command add_serve(CLI::App& app) {
             if (!(o->grace >= 0 && o->grace <= 600)) throw usage_error("--shutdown-grace must be in [0, 600]");
             if (o->api_key.empty())
               if (const char* k = std::getenv("MODLM_API_KEY")) o->api_key = k;
-            Model<float> model = io::load_model(o->dir);
-            const ModelConfig& cfg = model.config();
+            auto weights = infer::InferenceWeights::for_decoding(o->dir, o->weights, "--weights");
+            const ModelConfig& cfg = weights->config();
             if (o->max_context > cfg.max_seq_len)
               throw usage_error("--max-context " + std::to_string(o->max_context) + " exceeds the model's max_seq_len " +
                                 std::to_string(cfg.max_seq_len));
@@ -69,13 +69,11 @@ Command add_serve(CLI::App& app) {
               throw bad_input(o->dir + ": the tokenizer has " + std::to_string(tok->vocab_size()) + " ids but the model's vocab_size is " +
                               std::to_string(cfg.vocab_size));
             const int ctx = o->max_context > 0 ? o->max_context : cfg.max_seq_len;
-            const double cache_bytes = 2.0 * (o->kv == "bf16" ? 2.0 : 4.0) * cfg.n_layers * o->max_batch * (double)ctx * cfg.d_model;
+            const double cache_bytes = 2.0 * (o->kv == "bf16" ? 2.0 : 4.0) * cfg.n_layers * o->max_batch * (double)ctx * cfg.kv_dim();
             const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
             if (phys > 0 && cache_bytes > 0.5 * phys)
               throw usage_error("the KV cache would need " + std::to_string((int64_t)(cache_bytes / (1 << 20))) +
                                 " MiB (more than half the memory): lower --max-batch or --max-context");
-            const bool bf16 = o->weights == "bf16";
-            if (bf16) infer::round_weights_to_bf16(model);  // prefill and steps use the same numbers, as generate does
             serve::ServerOptions so;
             so.host = o->host;
             so.port = o->port;
@@ -88,9 +86,8 @@ Command add_serve(CLI::App& app) {
             so.scheduler.max_context = ctx;
             so.scheduler.max_queue = o->max_queue;
             so.scheduler.prefill_chunk = o->prefill_chunk;
-            so.scheduler.weights = bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32;
             so.scheduler.kv = o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32;
-            return serve::run_server(model, *tok, so);
+            return serve::run_server(weights, *tok, so);
           }};
 }
 

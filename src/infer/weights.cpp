@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "infer/decoder.h"
 #include "io/model_dir.h"
 #include "ops/bf16.h"
 #include "util/error.h"
@@ -338,6 +339,22 @@ std::shared_ptr<const InferenceWeights> InferenceWeights::load(const std::string
   w->small_.tok_embeddings = f32_of(w->embed_);
   w->small_.output = f32_of(w->head_);
   w->fmt_ = w->head_.fmt;
+  return w;
+}
+
+std::shared_ptr<const InferenceWeights> InferenceWeights::for_decoding(const std::string& dir, const std::string& want, const char* flag) {
+  std::shared_ptr<const InferenceWeights> stored = load(dir);
+  if (want.empty()) return stored;
+  const MatFormat fmt = parse_format(want, flag);
+  if (stored->format() == fmt && stored->layer(0).wqkv.fmt == fmt) return stored;
+  if (!stored->has_float_matrices())
+    throw usage_error(std::string(flag) + " " + want + ": " + dir + " holds " + format_name(stored->format()) +
+                      " weights; quantize the float model to " + want + " instead (modlm quantize)");
+  stored.reset();
+  auto model = std::make_shared<Model<float>>(io::load_model(dir));
+  round_weights_to(*model, fmt);
+  auto w = std::const_pointer_cast<InferenceWeights>(from_model(*model, fmt));
+  w->keep_alive_ = model;
   return w;
 }
 

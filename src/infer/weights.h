@@ -59,6 +59,11 @@ class InferenceWeights {
   // used in place (a fused group is copied once when its parts are not adjacent in the file);
   // small tensors are read as float. Errors name the file and tensor (bad_input / io_error).
   static std::shared_ptr<const InferenceWeights> load(const std::string& dir);
+  // The weights `generate` and `serve` decode with: the folder as stored when `want` is empty or
+  // its format; a float folder converted in memory to `want` (its prefill then uses the rounded
+  // float weights, so prefill and steps compute the same model); a quantized folder asked for
+  // another format is a usage_error (quantize again from the float model).
+  static std::shared_ptr<const InferenceWeights> for_decoding(const std::string& dir, const std::string& want, const char* flag);
 
   const ModelConfig& config() const { return cfg_; }
   MatFormat format() const { return fmt_; }
@@ -84,6 +89,7 @@ class InferenceWeights {
   std::vector<io::SafetensorsFile> files_;         // mappings kept alive
   std::vector<AlignedVector<uint8_t>> owned_;      // converted or regrouped matrices
   std::vector<std::vector<float>> owned_small_;    // small tensors read as float
+  std::shared_ptr<const void> keep_alive_;         // a model this store references (for_decoding)
 };
 
 }  // namespace modlm::infer

@@ -23,14 +23,14 @@ size_t held_back(const std::string& text, size_t from, const std::vector<std::st
 }
 }  // namespace
 
-Scheduler::Scheduler(const Model<float>& model, const io::Tokenizer& tok, const SchedulerOptions& opt)
-    : model_(model), tok_(tok), opt_(opt) {
-  const ModelConfig& c = model.config();
+Scheduler::Scheduler(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const SchedulerOptions& opt)
+    : weights_(std::move(weights)), cfg_(weights_->config()), tok_(tok), opt_(opt) {
+  const ModelConfig& c = cfg_;
   max_context_ = opt.max_context > 0 ? std::min(opt.max_context, c.max_seq_len) : c.max_seq_len;
   if (opt.max_batch < 1) throw usage_error("--max-batch must be >= 1");
   if (opt.max_queue < 0) throw usage_error("--max-queue must be >= 0");
   if (opt.prefill_chunk < 1) throw usage_error("--prefill-chunk must be >= 1");
-  dec_ = std::make_unique<infer::Decoder>(model, opt.max_batch, max_context_, opt.weights, opt.kv);
+  dec_ = std::make_unique<infer::Decoder>(weights_, opt.max_batch, max_context_, opt.kv);
   for (int s = opt.max_batch - 1; s >= 0; --s) free_slots_.push_back(s);
   stats_.max_batch = opt.max_batch;
   stats_.routed_layers = dec_->routed_layers();
@@ -132,7 +132,7 @@ void Scheduler::loop() {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.active = (int)active_.size();
     size_t kv = 0;
-    for (int l = 0; l < model_.config().n_layers; ++l) kv += dec_->cache().bytes_used(l);
+    for (int l = 0; l < cfg_.n_layers; ++l) kv += dec_->cache().bytes_used(l);
     stats_.kv_bytes = kv;
   }
 }
@@ -197,12 +197,12 @@ bool Scheduler::prefill_one() {
       std::lock_guard<std::mutex> lk(mu_);
       stats_.prompt_tokens += (int64_t)n;
     }
-    if (a.fed == p.size()) take_token(a, a.sampler->sample(dec_->logits(0), model_.config().vocab_size));
+    if (a.fed == p.size()) take_token(a, a.sampler->sample(dec_->logits(0), cfg_.vocab_size));
     return true;
   }
   if (group.empty()) return false;
   dec_->prefill(slots, prompts);
-  const int V = model_.config().vocab_size;
+  const int V = cfg_.vocab_size;
   int64_t tokens = 0;
   for (size_t g = 0; g < group.size(); ++g) {
     Active& a = active_[group[g]];
@@ -244,7 +244,7 @@ void Scheduler::decode_step() {
     for (size_t j = 0; j < stats_.routed_layers.size(); ++j)
       for (int r = 0; r < (int)slots.size(); ++r) stats_.routed_processed[j] += dec_->route(r, (int)j).processed;
   }
-  const int V = model_.config().vocab_size;
+  const int V = cfg_.vocab_size;
   for (int r = 0; r < (int)rows.size(); ++r) {
     Active& a = active_[rows[r]];
     if (a.req->cancelled) {

@@ -72,7 +72,6 @@ struct SchedulerOptions {
   int max_context = 0;        // tokens per sequence (prompt + generated); 0 = the model's max_seq_len
   int max_queue = 64;         // sequences waiting for a slot; beyond this, submit refuses
   int prefill_chunk = 256;    // prompt tokens per prefill call between decode steps
-  infer::DecodeWeights weights = infer::DecodeWeights::F32;
   infer::KvFormat kv = infer::KvFormat::F32;
 };
 
@@ -92,8 +91,9 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // model and tokenizer must outlive the scheduler. Starts the decode thread.
-  Scheduler(const Model<float>& model, const io::Tokenizer& tok, const SchedulerOptions& opt);
+  // The tokenizer must outlive the scheduler; the weights (any format: infer/weights.h) are kept
+  // alive by it. Starts the decode thread.
+  Scheduler(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const SchedulerOptions& opt);
   ~Scheduler();  // cancels what is left and joins the thread
 
   int max_context() const { return max_context_; }
@@ -133,7 +133,8 @@ class Scheduler {
   void finish(Active& a, const std::string& reason);
   void publish(Active& a, bool final);
 
-  const Model<float>& model_;
+  std::shared_ptr<const infer::InferenceWeights> weights_;
+  const ModelConfig& cfg_;
   const io::Tokenizer& tok_;
   SchedulerOptions opt_;
   int max_context_ = 0;

@@ -49,7 +49,7 @@ uint64_t random_seed() {
 
 // What a handler builds its answer from.
 struct Context {
-  const Model<float>& model;
+  const ModelConfig& cfg;
   const io::Tokenizer& tok;
   const ServerOptions& opt;
   Scheduler& sched;
@@ -69,7 +69,7 @@ json usage_json(const Request& r, int64_t prompt_tokens) {
 void handle_generation(Context& C, const httplib::Request& req, httplib::Response& res, bool chat) {
   GenerationRequest g;
   Limits lim;
-  lim.vocab_size = C.model.config().vocab_size;
+  lim.vocab_size = C.cfg.vocab_size;
   lim.max_context = C.sched.max_context();
   lim.max_sequences = std::max(1, C.opt.scheduler.max_batch + C.opt.scheduler.max_queue);
   lim.max_prompt_chars = C.opt.max_body;
@@ -251,8 +251,8 @@ std::string metrics_text(Context& C) {
 }  // namespace
 
 struct HttpServer::Impl {
-  Impl(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& o)
-      : opt(o), sched(model, tok, opt.scheduler), C{model, tok, opt, sched, {}, {0}, {0}} {
+  Impl(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const ServerOptions& o)
+      : opt(o), sched(weights, tok, opt.scheduler), C{weights->config(), tok, opt, sched, {}, {0}, {0}} {
     setup();
   }
   void setup();
@@ -333,8 +333,8 @@ void HttpServer::Impl::setup() {
 
 }
 
-HttpServer::HttpServer(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt)
-    : impl_(std::make_unique<Impl>(model, tok, opt)) {}
+HttpServer::HttpServer(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const ServerOptions& opt)
+    : impl_(std::make_unique<Impl>(std::move(weights), tok, opt)) {}
 HttpServer::~HttpServer() { stop(std::chrono::milliseconds(0)); }
 Scheduler& HttpServer::scheduler() { return impl_->sched; }
 
@@ -374,7 +374,7 @@ void HttpServer::stop(std::chrono::milliseconds grace) {
   impl_->svr.stop();
 }
 
-int run_server(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt) {
+int run_server(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const ServerOptions& opt) {
   // SIGTERM/SIGINT go to one waiting thread (sigwait), not to whichever thread runs: block them
   // before any thread exists so every thread inherits the mask.
   sigset_t sigs;
@@ -385,7 +385,7 @@ int run_server(const Model<float>& model, const io::Tokenizer& tok, const Server
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
 
-  HttpServer server(model, tok, opt);
+  HttpServer server(std::move(weights), tok, opt);
   const int port = server.bind();
   Scheduler& sched = server.scheduler();
   std::thread signals([&] {

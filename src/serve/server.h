@@ -7,6 +7,7 @@
 #include <string>
 
 #include "io/tokenizer.h"
+#include "infer/weights.h"
 #include "model/model.h"
 #include "serve/scheduler.h"
 
@@ -25,7 +26,7 @@ struct ServerOptions {
 // The server without signal handling (run_server adds it; benchmarks embed this).
 class HttpServer {
  public:
-  HttpServer(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt);
+  HttpServer(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const ServerOptions& opt);
   ~HttpServer();
   int bind();  // binds opt.host:opt.port (0 = any free port) and returns the port; io_error if it cannot
   bool run();  // serves until stop(); false if listening failed
@@ -40,7 +41,7 @@ class HttpServer {
 
 // Serves until SIGTERM or SIGINT, then finishes or cancels what is in flight and returns 0.
 // Prints "modlm serve: listening on http://HOST:PORT" (stdout, flushed) once it accepts.
-int run_server(const Model<float>& model, const io::Tokenizer& tok, const ServerOptions& opt);
+int run_server(std::shared_ptr<const infer::InferenceWeights> weights, const io::Tokenizer& tok, const ServerOptions& opt);
 
 // The page GET / serves (serve/web_page.cpp): a prompt box that streams tokens as they come.
 extern const char* const kWebPage;
