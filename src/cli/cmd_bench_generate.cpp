@@ -71,10 +71,10 @@ struct DecodeTiming {
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
 };
 
-DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new, infer::DecodeWeights weights, infer::KvFormat kv) {
-  const int V = m.config().vocab_size;
+DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B, int prompt_len, int n_new, infer::KvFormat kv) {
+  const int V = w->config().vocab_size;
   ops::CountFlops counting;  // the executed FLOPs of prefill and steps, for the GFLOP/s figures
-  infer::Decoder dec(m, B, prompt_len + n_new, weights, kv);
+  infer::Decoder dec(w, B, prompt_len + n_new, kv);
   Rng r(11);
   std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt_len));
   for (auto& p : prompts)
@@ -126,7 +126,8 @@ DecodeTiming time_decode(const Model<float>& m, int B, int prompt_len, int n_new
 // bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of
 // a sequence of prompt + new tokens minus those of the prompt, routed layers at capacity) and the
 // analytic weight-read ratio of a batch-1 step (routed blocks read with probability = capacity).
-void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_len, int n_new, double matrix_bytes, bool print, json& out) {
+void add_comparison(const ModelConfig& cfg, const std::string& kind, const std::string& mod_key, const std::string& dense_key,
+                    int prompt_len, int n_new, double matrix_bytes, bool print, json& out) {
   const ModelConfig dense = dense_twin(cfg);
   const int T0 = prompt_len, T1 = prompt_len + n_new;
   auto per_token = [&](const ModelConfig& c) {
@@ -139,15 +140,15 @@ void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_
            {"analytic_flops_per_token", {{kind, flops_mod}, {"dense", flops_dense}, {"ratio", flops_mod / flops_dense}}},
            {"analytic_weight_bytes_per_token", {{kind, bytes_mod}, {"dense", bytes_dense}, {"ratio", bytes_mod / bytes_dense}}}};
   if (print) {
-    std::printf("\n%s vs dense (one run, same prompts; analytic at capacity %.3f, tokens %d..%d):\n", kind.c_str(),
+    std::printf("\n%s vs %s (one run, same prompts; analytic at capacity %.3f, tokens %d..%d):\n", mod_key.c_str(), dense_key.c_str(),
                 cfg.n_routed() ? cfg.routing.capacity : 1.0, T0, T1);
     std::printf("  analytic FLOPs per decoded token   %8.1f M vs %8.1f M  ratio %.3f\n", flops_mod / 1e6, flops_dense / 1e6, flops_mod / flops_dense);
     std::printf("  analytic weight bytes per token    %8.1f MB vs %7.1f MB  ratio %.3f (batch 1)\n", bytes_mod / 1e6, bytes_dense / 1e6,
                 bytes_mod / bytes_dense);
   }
   json per_batch = json::array();
-  const json& rm = out[kind]["runs"];
-  const json& rd = out["dense"]["runs"];
+  const json& rm = out[mod_key]["runs"];
+  const json& rd = out[dense_key]["runs"];
   for (size_t i = 0; i < rm.size() && i < rd.size(); ++i) {
     const double speed = rm[i]["decode_tokens_per_second"].get<double>() / rd[i]["decode_tokens_per_second"].get<double>();
     const double time = rm[i]["step_ms"].get<double>() / rd[i]["step_ms"].get<double>();
@@ -161,7 +162,8 @@ void add_comparison(const ModelConfig& cfg, const std::string& kind, int prompt_
                   rd[i]["kv_cache_bytes"].get<double>() / 1e6, kv);
   }
   cmp["runs"] = per_batch;
-  out["comparison"] = cmp;
+  if (mod_key == kind) out["comparison"] = cmp;
+  else out["comparison/" + mod_key.substr(mod_key.find('/') + 1)] = cmp;
 }
 
 }  // namespace
@@ -184,8 +186,8 @@ Command add_bench_generate(CLI::App& app) {
   CLI::Option* fraction_opt = sub->add_option("--processed-fraction", o->processed_fraction,
                   "force the fraction of tokens each routed layer processes (moves the random predictor's bias on a "
                   "calibration text; default: the random predictor decides, ~0.5)");
-  sub->add_option("--weights", o->weights, "f32, or bf16: the decode steps stream bf16 copies of the matrices")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+  sub->add_option("--weights", o->weights,
+                  "matrix format(s) the steps stream: f32, bf16, f16 or q8, or a comma list timed side by side (f32,q8)")
       ->capture_default_str();
   sub->add_option("--kv", o->kv, "f32, or bf16: the KV cache in bfloat16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
@@ -210,7 +212,13 @@ Command add_bench_generate(CLI::App& app) {
               if (!cfg.n_routed() || cfg.routing.causal != "predictor")
                 throw usage_error("--processed-fraction needs routed layers with --causal predictor");
             }
-            const bool bf16 = o->weights == "bf16";
+            std::vector<infer::MatFormat> formats;
+            {
+              std::stringstream ss(o->weights);
+              for (std::string f; std::getline(ss, f, ',');) formats.push_back(infer::parse_format(f, "--weights"));
+              if (formats.empty()) throw usage_error("--weights needs at least one format");
+            }
+            const bool many = formats.size() > 1;
             const char* spin = std::getenv("GOMP_SPINCOUNT");
             const char* wait = std::getenv("OMP_WAIT_POLICY");
             json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
@@ -224,10 +232,9 @@ Command add_bench_generate(CLI::App& app) {
             const std::string kind = model_kind(cfg);
             std::vector<std::pair<std::string, ModelConfig>> models = {{kind, cfg}};
             if (kind != "dense" && !o->no_dense) models.push_back({"dense", dense_twin(cfg)});
-            for (const auto& [name, c] : models) {
+            for (const auto& [model_name, c] : models) {
               Model<float> m(c);
               m.init_weights(1);
-              if (bf16) infer::round_weights_to_bf16(m);
               if (forced && c.n_routed()) {
                 // Calibrate on a random text of its own (not the timed prompts).
                 Rng r(23);
@@ -241,19 +248,24 @@ Command add_bench_generate(CLI::App& app) {
                   std::printf("forced processed fraction %.3f: predictor biases moved on %zu random calibration tokens\n",
                               o->processed_fraction, text.size());
               }
-              double weight_bytes = 0;
-              for (const auto& p : m.layout().params()) weight_bytes += 4.0 * p.numel;
+              const AlignedVector<float> pristine = m.params();
+              for (infer::MatFormat fmt : formats) {
+              const std::string name = many ? model_name + "/" + infer::format_name(fmt) : model_name;
+              std::copy(pristine.begin(), pristine.end(), m.params().begin());
+              infer::round_weights_to(m, fmt);  // prefill and steps compute the same model
+              const auto iw = infer::InferenceWeights::from_model(m, fmt);
+              const double weight_bytes = (double)iw->matrix_bytes();
               if (!o->json_out)
-                std::printf("%s: D=%d L=%d H=%d (kv %d) F=%d V=%d, %d routed layers, %.1f MB of weights\n", name.c_str(), c.d_model,
-                            c.n_layers, c.n_heads, c.kv_heads(), c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6);
+                std::printf("%s: D=%d L=%d H=%d (kv %d) F=%d V=%d, %d routed layers, %.1f MB of %s matrices\n", name.c_str(), c.d_model,
+                            c.n_layers, c.n_heads, c.kv_heads(), c.d_ff, c.vocab_size, c.n_routed(), weight_bytes / 1e6,
+                            infer::format_name(fmt));
               json runs = json::array();
               for (int B : batches) {
                 // The probes run right before each timing: the machine's bandwidth and clock move
                 // between phases within minutes, so each ratio compares numbers of the same minute.
                 const double stream_now = o->no_stream ? 0.0 : stream_read_gbps((size_t)1 << 28);
                 const double sgemm_now = sgemm_gflops(c.d_model);
-                DecodeTiming t = time_decode(m, B, o->prompt_len, o->n_new, bf16 ? infer::DecodeWeights::BF16 : infer::DecodeWeights::F32,
-                                             o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
+                DecodeTiming t = time_decode(iw, B, o->prompt_len, o->n_new, o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32);
                 const double gbps = t.weight_bytes_per_step / t.step_median_s / 1e9;
                 json j{{"batch", B},
                        {"prefill_tokens_per_second", B * o->prompt_len / t.prefill_s},
@@ -289,9 +301,31 @@ Command add_bench_generate(CLI::App& app) {
                   std::fflush(stdout);
                 }
               }
-              out[name] = {{"weight_bytes", weight_bytes}, {"runs", runs}};
+              out[name] = {{"weight_bytes", weight_bytes}, {"format", infer::format_name(fmt)}, {"runs", runs}};
+              }
             }
-            if (out.contains(kind) && out.contains("dense") && kind != "dense") add_comparison(cfg, kind, o->prompt_len, o->n_new, bf16 ? 2.0 : 4.0, !o->json_out, out);
+            for (infer::MatFormat fmt : formats) {
+              const std::string suffix = many ? std::string("/") + infer::format_name(fmt) : "";
+              if (out.contains(kind + suffix) && out.contains("dense" + suffix) && kind != "dense")
+                add_comparison(cfg, kind, kind + suffix, "dense" + suffix, o->prompt_len, o->n_new, infer::bytes_per_weight(fmt), !o->json_out, out);
+            }
+            if (many) {
+              // Each format against the first, model by model, batch by batch (same run).
+              json fr = json::array();
+              if (!o->json_out) std::printf("\nformats against %s (decode tok/s ratio):\n", infer::format_name(formats[0]));
+              for (const auto& [model_name, c] : models)
+                for (size_t f = 1; f < formats.size(); ++f) {
+                  const json& a = out[model_name + "/" + infer::format_name(formats[f])]["runs"];
+                  const json& b = out[model_name + "/" + infer::format_name(formats[0])]["runs"];
+                  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+                    const double r = a[i]["decode_tokens_per_second"].get<double>() / b[i]["decode_tokens_per_second"].get<double>();
+                    fr.push_back({{"model", model_name}, {"format", infer::format_name(formats[f])}, {"batch", a[i]["batch"]}, {"speedup", r}});
+                    if (!o->json_out)
+                      std::printf("  %-6s %-5s batch %-3d %.2fx\n", model_name.c_str(), infer::format_name(formats[f]), a[i]["batch"].get<int>(), r);
+                  }
+                }
+              out["format_speedups"] = fr;
+            }
             if (o->json_out) std::printf("%s\n", out.dump().c_str());
             return 0;
           }};

@@ -24,6 +24,7 @@ Command add_serve(CLI::App& app);     // OpenAI-compatible HTTP server
 Command add_import(CLI::App& app);    // `import hf`
 Command add_export(CLI::App& app);    // `export hf`
 Command add_convert(CLI::App& app);   // dense -> MoD
+Command add_quantize(CLI::App& app);  // bf16 / f16 / q8 folders
 Command add_bench_generate(CLI::App& app);  // `bench generate`: call after add_bench
 Command add_bench_serve(CLI::App& app);     // `bench serve`: call after add_bench
 

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
       modlm::cli::add_import(app),
       modlm::cli::add_export(app),
       modlm::cli::add_convert(app),
+      modlm::cli::add_quantize(app),
   };
   commands.insert(commands.begin(), modlm::cli::add_bench_generate(app));  // before `bench`, whose child it is
   commands.insert(commands.begin(), modlm::cli::add_bench_serve(app));

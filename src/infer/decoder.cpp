@@ -130,7 +130,8 @@ void round_weights_to(Model<float>& model, MatFormat fmt) {
       round(W.w2, D, F);
     }
   }
-  round(w.output, V, D);
+  round(w.tok_embeddings, V, D);  // the folder's format stores the embeddings too (tied: the head, once)
+  if (!c.tie_embeddings) round(w.output, V, D);
 }
 
 void round_weights_to_bf16(Model<float>& model) {
@@ -152,7 +153,8 @@ void round_weights_to_bf16(Model<float>& model) {
       round(W.w2, D * F);
     }
   }
-  round(w.output, V * D);
+  round(w.tok_embeddings, V * D);
+  if (!c.tie_embeddings) round(w.output, V * D);
 }
 
 void Decoder::ensure_rows(int n) {

@@ -51,8 +51,9 @@ using DecodeWeights = MatFormat;
 // values rounded to 8 significant bits, so logits move slightly from the float cache's).
 enum class KvFormat { F32, BF16 };
 
-// Rounds every weight matrix a bf16 decoder copies (and nothing else) to the nearest bf16 value
-// in place, so that a BF16 decoder computes exactly what Model::forward of the rounded model does.
+// Rounds every weight matrix a bf16 decoder copies (and the embeddings, as a bf16 folder stores
+// them) to the nearest bf16 value in place, so that a BF16 decoder computes exactly what
+// Model::forward of the rounded model does.
 void round_weights_to_bf16(Model<float>& model);
 // The same for any format: each matrix a decoder of that format streams becomes exactly the
 // values that format holds (q8: q * scale).

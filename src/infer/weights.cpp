@@ -125,14 +125,14 @@ Matrix convert(const float* src, int rows, int cols, MatFormat fmt, std::vector<
   return m;
 }
 
-bool is_matrix(const std::string& n) {
+}  // namespace
+
+bool is_decode_matrix(const std::string& n) {
   auto ends = [&](const char* s) { return n.size() >= std::strlen(s) && n.compare(n.size() - std::strlen(s), std::string::npos, s) == 0; };
   if (n == "tok_embeddings.weight" || n == "output.weight") return true;
   if (n.find(".attn.w") != std::string::npos || n.find(".mlp.w") != std::string::npos) return true;
   return n.find(".moe.experts.") != std::string::npos && ends(".weight");
 }
-
-}  // namespace
 
 std::shared_ptr<const InferenceWeights> InferenceWeights::from_model(const Model<float>& m, MatFormat fmt) {
   auto w = std::make_shared<InferenceWeights>();
@@ -158,10 +158,10 @@ std::shared_ptr<const InferenceWeights> InferenceWeights::from_model(const Model
     }
     w->layers_.push_back(std::move(L));
   }
-  // Embedding rows are looked up in float (a row per token: no bandwidth to save); the head
-  // streams in the format. Tied: the head is the embedding table, converted once.
-  w->embed_ = convert(w->small_.tok_embeddings, V, D, MatFormat::F32, w->owned_);
-  w->head_ = convert(w->small_.output, V, D, fmt, w->owned_);
+  // The embeddings in the format too, as a quantized folder stores them (lookups read the
+  // model's float rows, `f32`); tied: the head is the embedding table, converted once.
+  w->embed_ = convert(w->small_.tok_embeddings, V, D, fmt, w->owned_);
+  w->head_ = c.tie_embeddings ? w->embed_ : convert(w->small_.output, V, D, fmt, w->owned_);
   return w;
 }
 
@@ -183,10 +183,10 @@ std::shared_ptr<const InferenceWeights> InferenceWeights::load(const std::string
     if (!t) throw bad_input(path + ": missing tensor '" + p.name + "' " + io::shape_str(p.shape) + " that config.json implies");
     if (t->shape != p.shape)
       throw bad_input(path + ": tensor '" + p.name + "' has shape " + io::shape_str(t->shape) + ", expected " + io::shape_str(p.shape));
-    if (!is_matrix(p.name) || t->dtype == io::DType::F64) {
+    if (!is_decode_matrix(p.name) || t->dtype == io::DType::F64) {
       w->owned_small_.emplace_back(f.read_f32(p.name, p.shape));
       small[p.name] = w->owned_small_.back().data();
-      if (!is_matrix(p.name)) continue;
+      if (!is_decode_matrix(p.name)) continue;
       // An F64 matrix: read as float (a format modlm never writes).
       Matrix m;
       m.fmt = MatFormat::F32, m.rows = (int)p.shape[0], m.cols = (int)p.shape[1];

@@ -46,6 +46,10 @@ struct LayerMatrices {
   std::vector<Matrix> expert_w13, expert_w2;  // MoE layers instead of w13, w2
 };
 
+// The tensors stored in a quantized folder's format (attention, MLP and expert matrices, the
+// embeddings and the LM head); the others stay float32.
+bool is_decode_matrix(const std::string& name);
+
 // Quantizes n floats (rows of `cols`) into q8: q = round(w / s), s = max|w| / 127 per block.
 void quantize_q8(const float* w, int rows, int cols, int8_t* q, float* scales);
 

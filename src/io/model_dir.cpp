@@ -22,8 +22,23 @@ void load_model_weights(const std::string& dir, Model<float>& model) {
   std::set<std::string> expected;
   for (const ParamInfo& p : model.layout().params()) {
     expected.insert(p.name);
-    if (!f.find(p.name)) throw bad_input(path + ": missing tensor '" + p.name + "' " + shape_str(p.shape) +
-                                         " that config.json implies");
+    const TensorInfo* t = f.find(p.name);
+    if (!t) throw bad_input(path + ": missing tensor '" + p.name + "' " + shape_str(p.shape) + " that config.json implies");
+    if (t->dtype == DType::I8 && p.shape.size() == 2) {
+      // q8 (`modlm quantize`): w = q * scale, one float scale per 32 weights of a row.
+      const std::string sn = p.name + ".scales";
+      expected.insert(sn);
+      if (t->shape != p.shape)
+        throw bad_input(path + ": tensor '" + p.name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(p.shape));
+      const int64_t rows = p.shape[0], cols = p.shape[1], nb = (cols + 31) / 32;
+      if (!f.find(sn)) throw bad_input(path + ": the I8 tensor '" + p.name + "' has no '" + sn + "' beside it");
+      const std::vector<float> sc = f.read_f32(sn, {rows, nb});
+      const int8_t* q = reinterpret_cast<const int8_t*>(f.data(*t));
+      float* dst = model.params().data() + p.offset;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) dst[r * cols + k] = (float)q[r * cols + k] * sc[r * nb + k / 32];
+      continue;
+    }
     f.read_f32_into(p.name, p.shape, model.params().data() + p.offset);
   }
   for (const TensorInfo& t : f.tensors())

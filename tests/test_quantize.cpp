@@ -1,0 +1,204 @@
+// 16-bit and 8-bit weights: the kernels against float products over the stored values, the
+// quantized folder format, decoding from it directly, and what a hostile quantized file gets.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "cli_helpers.h"
+#include "infer/decoder.h"
+#include "infer/matvec.h"
+#include "infer/sampler.h"
+#include "infer/weights.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "io/tokenizer.h"
+#include "ops/bf16.h"
+#include "util/error.h"
+
+using namespace modlm;
+using namespace modlm::infer;
+using namespace modlm::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+double max_rel(const float* a, const float* b, size_t n) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, (double)std::abs(a[i] - b[i])), m = std::max(m, (double)std::abs(b[i]));
+  return d / std::max(1.0, m);
+}
+
+std::vector<float> logits_of(Decoder& dec, const std::vector<int32_t>& prompt, const std::vector<int32_t>& feed) {
+  const int V = dec.config().vocab_size;
+  std::vector<float> out;
+  dec.prefill({prompt});
+  out.insert(out.end(), dec.logits(0), dec.logits(0) + V);
+  for (int32_t t : feed) {
+    dec.step({0}, {t});
+    out.insert(out.end(), dec.logits(0), dec.logits(0) + V);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Quantize, Q8BlocksRoundToNearestWithinHalfAScale) {
+  Rng r(1);
+  const int rows = 5, cols = 77;  // a partial last block
+  std::vector<float> w(rows * cols);
+  for (auto& x : w) x = (float)r.normal();
+  for (int k = 32; k < 64; ++k) w[2 * cols + k] = 0;  // an all-zero block
+  std::vector<int8_t> q(w.size());
+  std::vector<float> s(rows * 3);
+  quantize_q8(w.data(), rows, cols, q.data(), s.data());
+  EXPECT_EQ(s[2 * 3 + 1], 0.0f);
+  for (int i = 0; i < rows; ++i)
+    for (int k = 0; k < cols; ++k) {
+      const float sc = s[i * 3 + k / 32];
+      ASSERT_LE(std::abs((int)q[i * cols + k]), 127);
+      ASSERT_LE(std::abs(w[i * cols + k] - q[i * cols + k] * sc), 0.5f * sc * (1 + 1e-5f) + 1e-30f) << i << " " << k;
+    }
+}
+
+TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
+  Rng r(2);
+  for (int in : {1, 15, 16, 17, 31, 32, 33, 100, 1024})
+    for (int B : {1, 3, 8, 9}) {
+      const int out = 29;
+      std::vector<float> W((size_t)out * in), X((size_t)B * in);
+      for (auto& x : W) x = (float)r.normal();
+      for (auto& x : X) x = (float)r.normal();
+      // f16
+      std::vector<Half> H(W.size());
+      std::vector<float> Wh(W.size());
+      for (size_t i = 0; i < W.size(); ++i) H[i].bits = float_to_f16(W[i]), Wh[i] = f16_to_float(H[i].bits);
+      std::vector<float> want((size_t)B * out), got((size_t)B * out);
+      matvec(Wh.data(), out, in, X.data(), in, B, want.data(), out);
+      matvec(H.data(), out, in, X.data(), in, B, got.data(), out);
+      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "f16 in " << in << " B " << B;
+      // q8
+      const int nb = (in + 31) / 32;
+      std::vector<int8_t> q(W.size());
+      std::vector<float> sc((size_t)out * nb), Wq(W.size());
+      quantize_q8(W.data(), out, in, q.data(), sc.data());
+      for (int j = 0; j < out; ++j)
+        for (int k = 0; k < in; ++k) Wq[(size_t)j * in + k] = q[(size_t)j * in + k] * sc[(size_t)j * nb + k / 32];
+      matvec(Wq.data(), out, in, X.data(), in, B, want.data(), out);
+      matvec_q8(q.data(), sc.data(), out, in, X.data(), in, B, got.data(), out);
+      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "q8 in " << in << " B " << B;
+      // accumulate adds
+      std::vector<float> acc = want;
+      matvec_q8(q.data(), sc.data(), out, in, X.data(), in, B, acc.data(), out, true);
+      for (size_t i = 0; i < acc.size(); ++i) ASSERT_NEAR(acc[i], 2 * want[i], 1e-4 * (1 + std::abs(want[i])));
+    }
+}
+
+TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
+  const std::string d = temp_dir("quantize");
+  auto r = run_modlm("init " + d + "/f32 --vocab bytes --d-model 64 --n-layers 4 --n-heads 4 --n-kv-heads 2 --d-ff 96 --routing every_other "
+                     "--capacity 0.5 --seed 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  Model<float> base = io::load_model(d + "/f32");
+  const std::vector<int32_t> prompt = io::ByteTokenizer().encode("Quantized weights, same model.");
+  std::vector<int32_t> feed;
+  for (int i = 0; i < 12; ++i) feed.push_back((int32_t)(37 * i % 256));
+  Decoder f32(base, 1, 64);
+  const std::vector<float> ref = logits_of(f32, prompt, feed);
+  const double tol[] = {0, 3e-2, 5e-3, 6e-2};  // vs f32 logits: bf16, f16, q8 (stated in docs/quantize.md)
+  for (MatFormat fmt : {MatFormat::BF16, MatFormat::F16, MatFormat::Q8}) {
+    const std::string name = format_name(fmt), dir = d + "/" + name;
+    SCOPED_TRACE(name);
+    r = run_modlm("quantize " + d + "/f32 " + dir + " --dtype " + name + " --json");
+    ASSERT_EQ(r.code, 0) << r.out;
+    // The file: matrices in the format (+ scales), small tensors float, fused groups adjacent.
+    io::SafetensorsFile f = io::SafetensorsFile::open(dir + "/model.safetensors");
+    const io::DType want = fmt == MatFormat::Q8 ? io::DType::I8 : fmt == MatFormat::BF16 ? io::DType::BF16 : io::DType::F16;
+    EXPECT_EQ(f.find("layers.1.attn.wk.weight")->dtype, want);
+    EXPECT_EQ(f.find("tok_embeddings.weight")->dtype, want);
+    EXPECT_EQ(f.find("layers.1.router.weight")->dtype, io::DType::F32);
+    EXPECT_EQ(f.find("layers.0.attn_norm.weight")->dtype, io::DType::F32);
+    EXPECT_EQ(f.find("layers.0.attn.wk.weight")->begin, f.find("layers.0.attn.wq.weight")->end);
+    EXPECT_EQ(f.find("layers.0.mlp.w3.weight")->begin, f.find("layers.0.mlp.w1.weight")->end);
+    if (fmt == MatFormat::Q8) {
+      EXPECT_EQ(f.find("layers.0.attn.wv.weight.scales")->shape, (std::vector<int64_t>{32, 2}));
+      EXPECT_EQ(f.find("layers.0.attn.wk.weight.scales")->begin, f.find("layers.0.attn.wq.weight.scales")->end);
+    }
+    auto w = InferenceWeights::load(dir);
+    EXPECT_EQ(w->format(), fmt);
+    EXPECT_FALSE(w->has_float_matrices());
+    // Decoding the folder as stored = decoding the dequantized float model (eval's model).
+    Model<float> deq = io::load_model(dir);
+    Decoder stored(w, 1, 64), widened(deq, 1, 64);
+    const std::vector<float> a = logits_of(stored, prompt, feed), b = logits_of(widened, prompt, feed);
+    EXPECT_LT(max_rel(a.data(), b.data(), a.size()), 2e-5);
+    // ... and the rounded in-memory model the benchmark times.
+    Model<float> m2(base.config());
+    std::copy(base.params().begin(), base.params().end(), m2.params().begin());
+    round_weights_to(m2, fmt);
+    Decoder mem(InferenceWeights::from_model(m2, fmt), 1, 64);
+    const std::vector<float> c = logits_of(mem, prompt, feed);
+    EXPECT_LT(max_rel(c.data(), b.data(), c.size()), 2e-5);
+    // Against the float model: the format's rounding, within the stated tolerance.
+    const double err = max_rel(a.data(), ref.data(), a.size());
+    EXPECT_GT(err, 0.0);
+    EXPECT_LT(err, tol[(int)fmt]) << "max relative logit difference " << err;
+    std::printf("%s: max |logit - f32 logit| / max(1, max |f32 logit|) = %.2e over %zu logits\n", name.c_str(), err, a.size());
+    // The CLI decodes it as stored, and refuses another format for it.
+    r = run_modlm("generate " + dir + " --prompt 'abc' --max-new 5 --greedy --json");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("\"weights\":\"" + name + "\""), std::string::npos) << r.out;
+    EXPECT_EQ(run_modlm("generate " + dir + " --prompt 'abc' --max-new 5 --weights f32").code, 2);
+    // eval reads it too (its weights dequantized).
+    EXPECT_EQ(run_modlm("eval " + dir + " --data " + project_valid_gz() + " --seq-len 32 --max-windows 2").code, 0);
+  }
+  // A float folder converted in memory decodes as the q8 folder does.
+  auto g1 = run_modlm("generate " + d + "/f32 --prompt 'abc' --max-new 8 --greedy --weights q8 --json");
+  auto g2 = run_modlm("generate " + d + "/q8 --prompt 'abc' --max-new 8 --greedy --json");
+  ASSERT_EQ(g1.code, 0) << g1.out;
+  ASSERT_EQ(g2.code, 0) << g2.out;
+  EXPECT_EQ(json::parse(g1.out)["ids"], json::parse(g2.out)["ids"]) << g1.out << "\n" << g2.out;
+  EXPECT_EQ(run_modlm("quantize " + d + "/f32 " + d + "/x --dtype q4").code, 2);
+  EXPECT_EQ(run_modlm("quantize " + d + "/f32 " + d + "/x --dtype f32").code, 2);
+  EXPECT_FALSE(fs::exists(d + "/x"));
+  fs::remove_all(d);
+}
+
+TEST(Quantize, HostileQuantizedFilesAreRefusedWithTheTensorNamed) {
+  const std::string d = temp_dir("quantize_bad");
+  ASSERT_EQ(run_modlm("init " + d + "/f32 --vocab bytes --d-model 32 --n-layers 2 --n-heads 2 --d-ff 64").code, 0);
+  ASSERT_EQ(run_modlm("quantize " + d + "/f32 " + d + "/q8 --dtype q8").code, 0);
+  // Rewrite the q8 file with one change each.
+  auto rewrite = [&](const std::string& out, const std::function<void(std::vector<io::TensorRef>&, std::vector<std::vector<uint8_t>>&)>& spoil) {
+    fs::copy(d + "/q8", out, fs::copy_options::recursive);
+    io::SafetensorsFile f = io::SafetensorsFile::open(d + "/q8/model.safetensors");
+    std::vector<std::vector<uint8_t>> bytes;
+    std::vector<io::TensorRef> refs;
+    for (const auto& t : f.tensors()) bytes.emplace_back(f.data(t), f.data(t) + (t.end - t.begin));
+    for (size_t i = 0; i < f.tensors().size(); ++i) refs.push_back({f.tensors()[i].name, f.tensors()[i].dtype, f.tensors()[i].shape, bytes[i].data()});
+    spoil(refs, bytes);
+    io::write_safetensors(out + "/model.safetensors", refs);
+  };
+  auto index = [](std::vector<io::TensorRef>& refs, const std::string& n) {
+    for (size_t i = 0; i < refs.size(); ++i)
+      if (refs[i].name == n) return i;
+    return refs.size();
+  };
+  rewrite(d + "/no_scales", [&](auto& refs, auto&) { refs.erase(refs.begin() + index(refs, "layers.0.mlp.w2.weight.scales")); });
+  rewrite(d + "/neg_scale", [&](auto& refs, auto& bytes) { reinterpret_cast<float*>(bytes[index(refs, "layers.1.attn.wo.weight.scales")].data())[3] = -1; });
+  rewrite(d + "/nan_scale", [&](auto& refs, auto& bytes) { reinterpret_cast<float*>(bytes[index(refs, "output.weight.scales")].data())[0] = NAN; });
+  rewrite(d + "/bad_shape", [&](auto& refs, auto&) { refs[index(refs, "layers.0.attn.wq.weight.scales")].shape = {64, 1}; });
+  rewrite(d + "/bad_dtype", [&](auto& refs, auto&) { refs[index(refs, "layers.0.attn.wq.weight")].dtype = io::DType::U8; });
+  const std::vector<std::pair<std::string, std::string>> cases = {{"no_scales", "layers.0.mlp.w2.weight.scales"},
+                                                                  {"neg_scale", "layers.1.attn.wo.weight.scales"},
+                                                                  {"nan_scale", "output.weight.scales"},
+                                                                  {"bad_shape", "layers.0.attn.wq.weight.scales"},
+                                                                  {"bad_dtype", "layers.0.attn.wq.weight"}};
+  for (const auto& [name, tensor] : cases) {
+    auto r = run_modlm("generate " + d + "/" + name + " --prompt abc --max-new 2");
+    EXPECT_EQ(r.code, 3) << name << ": " << r.out;
+    EXPECT_NE(r.out.find(tensor), std::string::npos) << name << ": " << r.out;
+  }
+  fs::remove_all(d);
+}
