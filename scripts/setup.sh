@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libomp-dev nlohmann-json3-dev
       libcli11-dev libsentencepiece-dev zlib1g-dev libgtest-dev libbenchmark-dev
-      libcpp-httplib-dev chromium libopenmpi-dev openmpi-bin)
+      libcpp-httplib-dev chromium libopenmpi-dev openmpi-bin libpcre2-dev)
 # The server's client test runs the official `openai` package on Node (tests/openai_client):
 # Debian's nodejs and npm, unless a Node with npm is already on the PATH.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then PKGS+=(nodejs npm); fi

@@ -9,6 +9,7 @@
 #include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "io/model_dir.h"
+#include "io/tokenizer.h"
 #include "model/convert.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -89,8 +90,8 @@ Command add_convert(CLI::App& app) {
             if (o->calib_len == 0) o->calib_len = std::min(256, dc.max_seq_len);
             if (o->calib_len < 2 || o->calib_len > dc.max_seq_len)
               throw usage_error("--calib-len must be in [2, max_seq_len = " + std::to_string(dc.max_seq_len) + "]");
-            if (dc.tokenizer != "bytes" && !file_exists(o->in + "/tokenizer.model"))
-              throw bad_input(o->in + ": no tokenizer.model (the converted folder needs one)");
+            if (dc.tokenizer != "bytes" && !file_exists(o->in + "/tokenizer.model") && !file_exists(o->in + "/tokenizer.json"))
+              throw bad_input(o->in + ": no tokenizer.model or tokenizer.json (the converted folder needs one)");
             ConvertOptions co;
             co.capacity = o->capacity;
             co.predictor = !o->aux_loss;
@@ -122,7 +123,7 @@ Command add_convert(CLI::App& app) {
             Model<float> mod = convert_to_mod(dense, co, calib, o->calib_seqs, o->calib_len, &rep);
             write_folder_atomically(o->out, o->force, [&](const std::string& tmp) {
               io::save_model(tmp, mod);
-              if (dc.tokenizer != "bytes") copy_file_checked(o->in + "/tokenizer.model", tmp + "/tokenizer.model");
+              if (dc.tokenizer != "bytes") io::copy_tokenizer_files(o->in, tmp);
               if (file_exists(o->in + "/hf")) {
                 std::filesystem::copy(o->in + "/hf", tmp + "/hf", std::filesystem::copy_options::recursive);
               }

@@ -8,6 +8,7 @@
 #include "infer/weights.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "io/tokenizer.h"
 #include "ops/bf16.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -103,7 +104,7 @@ Command add_quantize(CLI::App& app) {
             write_folder_atomically(o->out, o->force, [&](const std::string& tmp) {
               io::write_safetensors(tmp + "/model.safetensors", refs, {{"format", "pt"}, {"modlm_format", "modlm-1"}});
               atomic_write_file(tmp + "/config.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), tmp + "/config.json"); });
-              if (file_exists(o->in + "/tokenizer.model")) copy_file_checked(o->in + "/tokenizer.model", tmp + "/tokenizer.model");
+              io::copy_tokenizer_files(o->in, tmp);
               if (file_exists(o->in + "/hf")) std::filesystem::copy(o->in + "/hf", tmp + "/hf", std::filesystem::copy_options::recursive);
             });
             if (o->json_out) {

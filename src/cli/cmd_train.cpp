@@ -140,7 +140,9 @@ Command add_train(CLI::App& app) {
                 if (o->model.apply(own, init).to_json() != own || (cfg.contains("model") && cfg["model"] != own))
                   throw usage_error("--init " + init + " takes the model's shape from the folder: drop the model flags / \"model\"");
                 mj = own;
-                if (!own.contains("tokenizer") && !tj.contains("tokenizer")) tj["tokenizer"] = init + "/tokenizer.model";
+                if (!own.contains("tokenizer") && !tj.contains("tokenizer"))
+                  tj["tokenizer"] = init + (!file_exists(init + "/tokenizer.model") && file_exists(init + "/tokenizer.json") ? "/tokenizer.json"
+                                                                                                                           : "/tokenizer.model");
                 cfg["train"] = tj;
               }
               if (!o->model.vocab && !mj.contains("vocab_size") && !mj.contains("tokenizer")) mj["tokenizer"] = "bytes", mj["vocab_size"] = 256;

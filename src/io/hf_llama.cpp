@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "io/bpe_tokenizer.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "ops/bf16.h"
@@ -21,8 +22,7 @@ namespace {
 constexpr size_t kMaxJsonBytes = 64u << 20;  // config.json, the shard index
 // HF files an import keeps (under OUT/hf/) and an export writes back: they describe the
 // tokenizer's special tokens and the generation defaults, which modlm does not interpret.
-const char* const kSideFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                                  "tokenizer.json"};
+const char* const kSideFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"};
 // HF config keys that import turns into modlm fields (export writes them from the model).
 const std::set<std::string> kStructuralKeys = {
     "architectures", "model_type",        "hidden_size",      "num_hidden_layers",       "num_attention_heads",
@@ -171,8 +171,11 @@ HfImport read_hf_llama(const std::string& dir, std::unique_ptr<Model<float>>& mo
                       std::to_string(c.vocab_size) + " in config.json");
     rep.tokenizer = "tokenizer.model";
   } else if (file_exists(dir + "/tokenizer.json")) {
-    throw bad_input(dir + ": only tokenizer.json (byte-level BPE) and no tokenizer.model: importing a tokenizer.json "
-                          "tokenizer is not implemented yet");
+    BpeTokenizer tok(dir + "/tokenizer.json");  // byte-level BPE (Llama 3 and kin): refused here if unsupported
+    if (tok.vocab_size() > c.vocab_size)
+      throw bad_input(dir + "/tokenizer.json: " + std::to_string(tok.vocab_size()) + " ids, more than vocab_size " +
+                      std::to_string(c.vocab_size) + " in config.json");
+    rep.tokenizer = "tokenizer.json";
   } else {
     throw bad_input(dir + ": no tokenizer (tokenizer.model or tokenizer.json)");
   }
@@ -246,7 +249,7 @@ void import_hf_llama(const std::string& dir, const std::string& out_dir, bool re
   HfImport rep = read_hf_llama(dir, model);
   write_folder_atomically(out_dir, replace, [&](const std::string& tmp) {
     save_model(tmp, *model);
-    copy_file_checked(dir + "/" + rep.tokenizer, tmp + "/" + rep.tokenizer);
+    copy_tokenizer_files(dir, tmp);  // both when both are there: modlm reads tokenizer.model, export writes both
     bool any = false;
     for (const char* f : kSideFiles)
       if (file_exists(dir + "/" + f)) {
@@ -321,7 +324,7 @@ HfExport export_hf_llama(const std::string& dir, const std::string& out_dir, con
   write_folder_atomically(out_dir, replace, [&](const std::string& tmp) {
     write_safetensors(tmp + "/model.safetensors", refs, {{"format", "pt"}});
     atomic_write_file(tmp + "/config.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), tmp + "/config.json"); });
-    if (file_exists(dir + "/tokenizer.model")) copy_file_checked(dir + "/tokenizer.model", tmp + "/tokenizer.model");
+    copy_tokenizer_files(dir, tmp);
     for (const char* f : kSideFiles)
       if (file_exists(dir + "/hf/" + f)) copy_file_checked(dir + "/hf/" + f, tmp + "/" + f);
   });

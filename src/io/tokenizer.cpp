@@ -1,5 +1,7 @@
 #include "io/tokenizer.h"
 
+#include "io/bpe_tokenizer.h"
+
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -76,11 +78,20 @@ std::string SentencePieceTokenizer::decode(const std::vector<int32_t>& ids) cons
 
 int SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 
+int copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir) {
+  int n = 0;
+  for (const char* t : {"tokenizer.model", "tokenizer.json"})
+    if (file_exists(from_dir + "/" + t)) copy_file_checked(from_dir + "/" + t, to_dir + "/" + t), ++n;
+  return n;
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir, bool bytes) {
   if (bytes) return std::make_unique<ByteTokenizer>();
   const std::string path = (std::filesystem::path(model_dir) / "tokenizer.model").string();
+  const std::string json_path = (std::filesystem::path(model_dir) / "tokenizer.json").string();
+  if (!file_exists(path) && file_exists(json_path)) return std::make_unique<BpeTokenizer>(json_path);
   if (!file_exists(path)) {
-    throw io_error(path + ": tokenizer.model not found (a model folder needs one, or \"tokenizer\": \"bytes\" in config.json)");
+    throw io_error(path + ": tokenizer.model not found (a model folder needs one, or a tokenizer.json, or \"tokenizer\": \"bytes\" in config.json)");
   }
   return std::make_unique<SentencePieceTokenizer>(path);
 }

@@ -52,8 +52,13 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string id_;
 };
 
+// Copies a model folder's tokenizer files (tokenizer.model, tokenizer.json: those present) into
+// another folder; returns how many there were.
+int copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir);
+
 // The tokenizer of a model folder: ByteTokenizer if `bytes` (config.json has
-// "tokenizer": "bytes"), else model_dir/tokenizer.model (io_error naming the path if missing).
+// "tokenizer": "bytes"), else model_dir/tokenizer.model, else model_dir/tokenizer.json (byte-level
+// BPE, io/bpe_tokenizer.h); io_error naming the path if neither is there.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir, bool bytes);
 
 // Trains a SentencePiece BPE model on the text of `input_text_path` (plain or gzip) and writes

@@ -205,7 +205,7 @@ void ModelConfig::validate(const std::string& src) const {
   need(max_seq_len >= 1 && max_seq_len <= 1 << 20, "max_seq_len must be in [1, 1048576], got " + std::to_string(max_seq_len));
   need(std::isfinite(rope_theta) && rope_theta > 1.0, "rope_theta must be a finite number > 1");
   need(std::isfinite(norm_eps) && norm_eps > 0 && norm_eps < 1, "norm_eps must be in (0, 1), got " + std::to_string(norm_eps));
-  need(tokenizer.empty() || tokenizer == "bytes", "\"tokenizer\" must be \"bytes\" (or absent with tokenizer.model)");
+  need(tokenizer.empty() || tokenizer == "bytes", "\"tokenizer\" must be \"bytes\" (or absent with tokenizer.model or tokenizer.json)");
   need(tokenizer != "bytes" || vocab_size >= 256, "the byte tokenizer needs vocab_size >= 256");
   if (routing.present) {
     const RoutingConfig& r = routing;

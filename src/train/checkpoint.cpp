@@ -64,8 +64,10 @@ std::string save_checkpoint(const std::string& run_dir, const Model<float>& mode
     const std::string text = state.dump(2) + "\n";
     atomic_write_file(tmp + "/train_state.json", [&](std::FILE* f) { fwrite_checked(f, text.data(), text.size(), tmp); });
     if (!tokenizer_model.empty()) {
-      fs::copy_file(tokenizer_model, tmp + "/tokenizer.model", fs::copy_options::overwrite_existing, ec);
-      if (ec) throw io_error(tmp + "/tokenizer.model: " + ec.message());
+      // tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE), under its own name.
+      const std::string name = fs::path(tokenizer_model).filename().string();
+      fs::copy_file(tokenizer_model, tmp + "/" + name, fs::copy_options::overwrite_existing, ec);
+      if (ec) throw io_error(tmp + "/" + name + ": " + ec.message());
     }
     sync_dir(tmp);
   } catch (...) {

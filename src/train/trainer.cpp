@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 
+#include "io/bpe_tokenizer.h"
 #include "io/model_dir.h"
 #include "io/token_file.h"
 #include "io/tokenizer.h"
@@ -60,7 +61,9 @@ Data prepare_data(const TrainOptions& o, const std::string& run_dir) {
   if (m.tokenizer == "bytes") {
     d.tokenizer = std::make_unique<io::ByteTokenizer>();
   } else {
-    d.tokenizer_model = run_dir + "/tokenizer.model";
+    const std::string& given = o.run.train.tokenizer;
+    const bool bpe = given.size() >= 5 && given.ends_with(".json");  // a byte-level BPE tokenizer.json
+    d.tokenizer_model = run_dir + (bpe ? "/tokenizer.json" : "/tokenizer.model");
     if (!file_exists(d.tokenizer_model)) {
       if (!o.run.train.tokenizer.empty()) {
         std::error_code ec;
@@ -71,7 +74,8 @@ Data prepare_data(const TrainOptions& o, const std::string& run_dir) {
         io::train_sentencepiece(o.data_path, m.vocab_size, run_dir);
       }
     }
-    d.tokenizer = std::make_unique<io::SentencePieceTokenizer>(d.tokenizer_model);
+    if (bpe) d.tokenizer = std::make_unique<io::BpeTokenizer>(d.tokenizer_model);
+    else d.tokenizer = std::make_unique<io::SentencePieceTokenizer>(d.tokenizer_model);
   }
   if (d.tokenizer->vocab_size() > m.vocab_size)
     throw bad_input("the tokenizer has " + std::to_string(d.tokenizer->vocab_size()) + " ids but model.vocab_size is " +
