@@ -2,11 +2,11 @@
 # Builds one libFuzzer target (fuzz/fuzz_TARGET.cpp) with clang + ASan + UBSan in ./build-fuzz
 # and runs it for SECONDS on a copy of its seed corpus (fuzz/corpus/TARGET, kept in the
 # repository). Crashes, leaks and timeouts are written to build-fuzz/findings/TARGET/ and fail
-# the run. Targets: safetensors config token_file text tokenizer request.
+# the run. Targets: safetensors config token_file text tokenizer request tokenizer_json.
 #   scripts/fuzz.sh safetensors 600
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGET=${1:?usage: scripts/fuzz.sh TARGET SECONDS (targets: safetensors config token_file text tokenizer request)}
+TARGET=${1:?usage: scripts/fuzz.sh TARGET SECONDS (targets: safetensors config token_file text tokenizer request tokenizer_json)}
 SECONDS_TO_RUN=${2:-60}
 [ -f "fuzz/fuzz_${TARGET}.cpp" ] || { echo "fuzz.sh: no target fuzz/fuzz_${TARGET}.cpp" >&2; exit 2; }
 scripts/setup.sh clang libclang-rt-14-dev
