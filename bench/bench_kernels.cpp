@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "infer/matvec.h"
+#include "infer/weights.h"
 #include "ops/attention.h"
 #include "ops/bf16.h"
 #include "ops/cross_entropy.h"
@@ -98,21 +99,34 @@ BENCHMARK(BM_CrossEntropy)->Args({4096, 8192})->Unit(benchmark::kMillisecond)->U
 
 // Decode-time matrix-vector products: the M model's LM head [32000, 1024] (131 MB in float, more
 // than the caches), B inputs. Bytes/s = weight bytes streamed.  args: B, bf16 (0/1)
+// The decode kernels on the M head shape [32000, 1024]: range(0) = batch, range(1) = format
+// (0 f32, 1 bf16, 2 f16, 3 q8). Bytes processed = the matrix as stored.
 static void BM_DecodeMatvec(benchmark::State& st) {
-  const int out = 32000, in = 1024, B = (int)st.range(0);
-  const bool half = st.range(1) != 0;
+  const int out = 32000, in = 1024, B = (int)st.range(0), fmt = (int)st.range(1);
   auto W = random_buffer((size_t)out * in, 7);
   std::vector<uint16_t> Wh((size_t)out * in);
-  to_bf16(W.data(), W.size(), Wh.data());
+  std::vector<infer::Half> Wf((size_t)out * in);
+  std::vector<int8_t> Wq((size_t)out * in);
+  std::vector<float> Sq((size_t)out * (in / 32));
+  if (fmt == 1) to_bf16(W.data(), W.size(), Wh.data());
+  if (fmt == 2)
+    for (size_t i = 0; i < W.size(); ++i) Wf[i].bits = float_to_f16(W[i]);
+  if (fmt == 3) infer::quantize_q8(W.data(), out, in, Wq.data(), Sq.data());
   auto X = random_buffer((size_t)B * in, 8);
   AlignedVector<float> Y((size_t)B * out);
   for (auto _ : st) {
-    if (half) infer::matvec(Wh.data(), out, in, X.data(), in, B, Y.data(), out);
+    if (fmt == 1) infer::matvec(Wh.data(), out, in, X.data(), in, B, Y.data(), out);
+    else if (fmt == 2) infer::matvec(Wf.data(), out, in, X.data(), in, B, Y.data(), out);
+    else if (fmt == 3) infer::matvec_q8(Wq.data(), Sq.data(), out, in, X.data(), in, B, Y.data(), out);
     else infer::matvec(W.data(), out, in, X.data(), in, B, Y.data(), out);
     benchmark::DoNotOptimize(Y.data());
   }
-  st.SetBytesProcessed((int64_t)st.iterations() * out * in * (half ? 2 : 4));
+  const double bytes = fmt == 0 ? 4.0 : fmt == 3 ? 1.125 : 2.0;
+  st.SetBytesProcessed((int64_t)(st.iterations() * (double)out * in * bytes));
 }
-BENCHMARK(BM_DecodeMatvec)->Args({1, 0})->Args({1, 1})->Args({8, 0})->Args({8, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeMatvec)
+    ->ArgsProduct({{1, 8}, {0, 1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();
