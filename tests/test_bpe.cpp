@@ -179,6 +179,12 @@ TEST(Bpe, AHfFolderWithOnlyTokenizerJsonImportsGeneratesAndEvaluates) {
   ASSERT_TRUE(write_valid_head(d + "/val.txt", 20000));
   r = run_modlm("eval " + d + "/m --data " + d + "/val.txt --seq-len 32 --max-windows 4 --json");
   ASSERT_EQ(r.code, 0) << r.out;
+  // Fine-tuning carries the BPE tokenizer into its checkpoints.
+  r = run_modlm("train --init " + d + "/m --data " + d + "/val.txt --out " + d + "/ft --steps 2 --batch-size 2 --seq-len 16 "
+                "--warmup-steps 0 --eval-every 0 --no-progress --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(d + "/ft/ckpt-00000002/tokenizer.json"));
+  EXPECT_EQ(run_modlm("generate " + d + "/ft/ckpt-00000002 --prompt ' the' --max-new 2 --greedy").code, 0);
   r = run_modlm("export hf " + d + "/m " + d + "/back");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(fs::exists(d + "/back/tokenizer.json"));

@@ -188,7 +188,7 @@ TEST(Quantize, HostileQuantizedFilesAreRefusedWithTheTensorNamed) {
   rewrite(d + "/no_scales", [&](auto& refs, auto&) { refs.erase(refs.begin() + index(refs, "layers.0.mlp.w2.weight.scales")); });
   rewrite(d + "/neg_scale", [&](auto& refs, auto& bytes) { reinterpret_cast<float*>(bytes[index(refs, "layers.1.attn.wo.weight.scales")].data())[3] = -1; });
   rewrite(d + "/nan_scale", [&](auto& refs, auto& bytes) { reinterpret_cast<float*>(bytes[index(refs, "output.weight.scales")].data())[0] = NAN; });
-  rewrite(d + "/bad_shape", [&](auto& refs, auto&) { refs[index(refs, "layers.0.attn.wq.weight.scales")].shape = {64, 1}; });
+  rewrite(d + "/bad_shape", [&](auto& refs, auto&) { refs[index(refs, "layers.0.attn.wq.weight.scales")].shape = {16, 2}; });  // same bytes, wrong shape
   rewrite(d + "/bad_dtype", [&](auto& refs, auto&) { refs[index(refs, "layers.0.attn.wq.weight")].dtype = io::DType::U8; });
   const std::vector<std::pair<std::string, std::string>> cases = {{"no_scales", "layers.0.mlp.w2.weight.scales"},
                                                                   {"neg_scale", "layers.1.attn.wo.weight.scales"},
