@@ -133,6 +133,21 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
     Decoder stored(w, 1, 64), widened(deq, 1, 64);
     const std::vector<float> a = logits_of(stored, prompt, feed), b = logits_of(widened, prompt, feed);
     EXPECT_LT(max_rel(a.data(), b.data(), a.size()), 2e-5);
+    // Both prefill paths of a stored format: the step kernels for short prompt batches (two
+    // prompts at once, last rows), widened GEMMs beyond Decoder::kStepPrefillRows (all rows).
+    {
+      const std::vector<int32_t> p1 = io::ByteTokenizer().encode("two"), p2 = io::ByteTokenizer().encode("prompts at once");
+      Decoder s2(w, 2, 96), f2(deq, 2, 96);
+      s2.prefill({p1, p2});
+      f2.prefill({p1, p2});
+      for (int i = 0; i < 2; ++i) EXPECT_LT(max_rel(s2.logits(i), f2.logits(i), 256), 2e-5) << i;
+      std::vector<int32_t> longp(Decoder::kStepPrefillRows + 9);
+      for (size_t t = 0; t < longp.size(); ++t) longp[t] = (int32_t)(t * 7 % 256);
+      s2.prefill({longp}, /*all_logits=*/true);
+      f2.prefill({longp}, /*all_logits=*/true);
+      ASSERT_EQ(s2.logit_rows(), (int)longp.size());
+      EXPECT_LT(max_rel(s2.logits(0), f2.logits(0), longp.size() * 256), 2e-5);
+    }
     // ... and the rounded in-memory model the benchmark times.
     Model<float> m2(base.config());
     std::copy(base.params().begin(), base.params().end(), m2.params().begin());

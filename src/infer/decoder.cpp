@@ -69,7 +69,6 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
                     std::to_string(cfg_.max_seq_len) + "]");
   w_ = iw_->small();
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
-  dequant_.assign(iw_->layer_scratch_floats(), 0.f);
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
     if (cfg_.routed(l)) routed_index_[l] = (int)routed_.size(), routed_.push_back(l);
@@ -87,7 +86,11 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
   routes_.reserve(B * routed_.size());
 }
 
-LayerWeights<float> Decoder::prefill_layer(int l) { return iw_->float_layer(l, dequant_.data()); }
+LayerWeights<float> Decoder::prefill_layer(int l) {
+  // Allocated on the first long prefill of a stored (non-float) model: short ones never need it.
+  if (dequant_.size() < iw_->layer_scratch_floats()) dequant_.resize(iw_->layer_scratch_floats());
+  return iw_->float_layer(l, dequant_.data());
+}
 
 void Decoder::embed_rows(const int32_t* tokens, int n, float* x) const {
   const Matrix& E = iw_->embeddings();
@@ -243,6 +246,22 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     pseqs_.push_back((int)ptok_.size());
   }
   const int n = (int)ptok_.size();
+  if (!iw_->has_float_matrices() && n <= kStepPrefillRows) {
+    // Stored 16/8-bit matrices and a short prompt batch: the step's kernels on the packed rows
+    // (each row causal over its slot's cache), instead of widening every layer for GEMMs that
+    // a few rows cannot amortise (M q8, 4 tokens: 235 -> ~15 ms; docs/quantize.md).
+    ensure_rows(n);
+    if ((size_t)n * V > logits_.size()) logits_.resize((size_t)n * V);
+    forward_rows(ptok_.data(), n, /*last_only=*/false);
+    if (!all_logits) {
+      for (int i = 0; i < P; ++i)
+        if (pseqs_[i + 1] - 1 != i)
+          std::memmove(logits_.data() + (size_t)i * V, logits_.data() + (size_t)(pseqs_[i + 1] - 1) * V, sizeof(float) * V);
+      logit_rows_ = P;
+    }
+    for (int i = 0; i < P; ++i) length_[slots[i]] = (int)prompts[i].size();
+    return;
+  }
   token_rows_ = n;
   routes_.assign((size_t)n * routed_.size(), RouteRecord{});
   weight_bytes_ = 0;

@@ -61,6 +61,9 @@ void round_weights_to(Model<float>& model, MatFormat fmt);
 
 class Decoder {
  public:
+  // Prompt rows (all prompts of one prefill) up to which a store without float matrices (a
+  // bf16/f16/q8 folder) prefills through the step kernels rather than widened GEMMs.
+  static constexpr int kStepPrefillRows = 64;
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
