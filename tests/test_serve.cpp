@@ -315,6 +315,25 @@ TEST_F(Serve, CompletionsEqualGenerateForDenseAndMoD) {
   }
 }
 
+TEST_F(Serve, QuantizedFoldersServeWhatGenerateDecodes) {
+  // A q8 folder (and a float folder served with --weights q8) decode from the 8-bit matrices:
+  // the completion is generate's on the same folder.
+  const std::string q8 = *dir_ + "/mod_q8";
+  ASSERT_EQ(run_modlm("quantize " + mod() + " " + q8 + " --dtype q8 --force").code, 0);
+  const json want = generate_json(q8, "--prompt 'Once upon a time' --greedy --max-new 20");
+  EXPECT_EQ(want["weights"], "q8");
+  for (const std::string& args : {q8, mod() + " --weights q8"}) {
+    ServerProc s;
+    ASSERT_TRUE(s.start(args + " --max-batch 2", log("q8"))) << s.log();
+    Reply r = post(s.port(), "/v1/completions", json{{"prompt", "Once upon a time"}, {"max_tokens", 20}, {"temperature", 0}}.dump());
+    ASSERT_EQ(r.status, 200) << r.raw;
+    EXPECT_EQ(r.body["choices"][0]["text"], want["text"]) << args;
+  }
+  ServerProc bad;
+  EXPECT_FALSE(bad.start(q8 + " --weights bf16", log("q8_bad")));  // a q8 folder is not re-rounded to bf16
+  EXPECT_EQ(bad.stop(), 2) << bad.log();
+}
+
 TEST_F(Serve, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
   ServerProc s;
   ASSERT_TRUE(s.start(mod() + " --max-batch 8 --max-queue 32", log("concurrent"))) << s.log();
