@@ -194,6 +194,31 @@ TEST(HfImport, MalformedFoldersExit3AndWriteNothing) {
   fs::remove_all(root);
 }
 
+TEST(HfImport, ImportedModelsGetTheirBosTokenBeforePrompts) {
+  const std::string root = temp_dir("hf_bos");
+  HfSpec s;
+  write_hf_folder(root + "/hf", s, tokenizer(), 7);  // bos_token_id 1
+  ASSERT_EQ(run_modlm("import hf " + root + "/hf " + root + "/m").code, 0);
+  auto tokens = [&](const std::string& dir, const std::string& bos) {
+    auto r = run_modlm("generate " + dir + " --prompt 'The cat' --max-new 2 --greedy --json --bos " + bos);
+    EXPECT_EQ(r.code, 0) << r.out;
+    return r.code == 0 ? json::parse(r.out)["prompt_tokens"].get<int>() : -1;
+  };
+  const int plain = tokens(root + "/m", "off");
+  EXPECT_EQ(tokens(root + "/m", "auto"), plain + 1);
+  EXPECT_EQ(tokens(root + "/m", "on"), plain + 1);
+  // The HF tokenizer config can say no.
+  std::ofstream(root + "/m/hf/tokenizer_config.json") << R"({"add_bos_token": false})";
+  EXPECT_EQ(tokens(root + "/m", "auto"), plain);
+  EXPECT_EQ(tokens(root + "/m", "on"), plain + 1);
+  // A model that names no BOS token: auto adds none, on is a usage error.
+  ASSERT_EQ(run_modlm("init " + root + "/own --vocab bytes --d-model 16 --n-layers 1 --n-heads 2 --d-ff 16").code, 0);
+  EXPECT_EQ(tokens(root + "/own", "auto"), 7);
+  EXPECT_EQ(run_modlm("generate " + root + "/own --prompt x --bos on").code, 2);
+  EXPECT_EQ(run_modlm("generate " + root + "/own --prompt x --bos maybe").code, 2);
+  fs::remove_all(root);
+}
+
 TEST(HfExport, ModModelsExportTheirBackboneAndMoeModelsAreRefused) {
   const std::string root = temp_dir("hf_export");
   auto r = run_modlm("init " + root + "/mod --vocab bytes --d-model 16 --n-layers 2 --n-heads 4 --n-kv-heads 2 --d-ff 24 --routing every_other");

@@ -19,6 +19,7 @@
 #include <httplib.h>
 
 #include "cli_helpers.h"
+#include "hf_folder.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -332,6 +333,22 @@ TEST_F(Serve, QuantizedFoldersServeWhatGenerateDecodes) {
   ServerProc bad;
   EXPECT_FALSE(bad.start(q8 + " --weights bf16", log("q8_bad")));  // a q8 folder is not re-rounded to bf16
   EXPECT_EQ(bad.stop(), 2) << bad.log();
+}
+
+TEST_F(Serve, ImportedModelsGetTheirBosTokenAsInGenerate) {
+  const std::string hf = *dir_ + "/hf_bos", m = *dir_ + "/hf_bos_m";
+  modlm::testing::HfSpec spec;
+  modlm::testing::write_hf_folder(hf, spec, modlm::testing::hf_test_tokenizer(project_train_gz()), 8);
+  ASSERT_EQ(run_modlm("import hf " + hf + " " + m + " --force").code, 0);
+  const json want = generate_json(m, "--prompt 'The cat' --greedy --max-new 6");
+  ServerProc s;
+  ASSERT_TRUE(s.start(m + " --max-batch 2", log("bos"))) << s.log();
+  Reply r = post(s.port(), "/v1/completions", json{{"prompt", "The cat"}, {"max_tokens", 6}, {"temperature", 0}}.dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], want["prompt_tokens"]);
+  EXPECT_EQ(r.body["choices"][0]["text"], want["text"]);
+  const json off = generate_json(m, "--prompt 'The cat' --greedy --max-new 6 --bos off");
+  EXPECT_EQ(want["prompt_tokens"].get<int>(), off["prompt_tokens"].get<int>() + 1);
 }
 
 TEST_F(Serve, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {

@@ -13,6 +13,7 @@
 #include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "infer/text_stream.h"
+#include "io/hf_llama.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "util/error.h"
@@ -56,7 +57,7 @@ struct SeqResult {
 
 Command add_generate(CLI::App& app) {
   struct Opts {
-    std::string dir, prompt, prompt_file, prompts_file, trace, weights, kv = "f32";
+    std::string dir, prompt, prompt_file, prompts_file, trace, weights, kv = "f32", bos = "auto";
     int64_t max_new = 128;
     double temperature = 1.0, top_p = 1.0;
     int top_k = 0, batch = 8;
@@ -82,6 +83,10 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--weights", o->weights,
                   "f32, bf16, f16 or q8: the matrices' format for decoding (default: as the folder stores them; a float "
                   "folder is converted in memory, a quantized one decodes as stored)");
+  sub->add_option("--bos", o->bos,
+                  "auto, on or off: put the model's beginning-of-sequence token before each prompt (auto: an imported "
+                  "HF model's bos_token_id unless its tokenizer_config.json says add_bos_token false)")
+      ->capture_default_str();
   sub->add_option("--kv", o->kv,
                   "f32, or bf16: keys and values cached in bfloat16, half the bytes per past token (long contexts)")
       ->check(CLI::IsMember({"f32", "bf16"}))
@@ -138,6 +143,7 @@ Command add_generate(CLI::App& app) {
             auto weights = infer::InferenceWeights::for_decoding(o->dir, o->weights, "--weights");
             const ModelConfig& cfg = weights->config();
             auto tok = io::load_tokenizer(o->dir, cfg.tokenizer == "bytes");
+            const int32_t bos = io::bos_to_prepend(o->dir, cfg, o->bos);
             if (tok->vocab_size() > cfg.vocab_size)
               throw bad_input(o->dir + ": the tokenizer has " + std::to_string(tok->vocab_size()) +
                               " ids but the model's vocab_size is " + std::to_string(cfg.vocab_size));
@@ -147,6 +153,7 @@ Command add_generate(CLI::App& app) {
             for (int i = 0; i < P; ++i) {
               seqs[i].prompt = prompts[i];
               seqs[i].prompt_ids = tok->encode(prompts[i]);
+              if (bos >= 0) seqs[i].prompt_ids.insert(seqs[i].prompt_ids.begin(), bos);
               const int n = (int)seqs[i].prompt_ids.size();
               if (n == 0) throw usage_error("the prompt encodes to no tokens");
               if (n > cfg.max_seq_len)

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "io/hf_llama.h"
 #include "infer/decoder.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
@@ -15,7 +16,7 @@ namespace modlm::cli {
 
 Command add_serve(CLI::App& app) {
   struct Opts {
-    std::string dir, host = "127.0.0.1", weights, kv = "f32", api_key, model_id;
+    std::string dir, host = "127.0.0.1", weights, kv = "f32", api_key, model_id, bos = "auto";
     int port = 8080, max_batch = 8, max_context = 0, max_queue = 64, prefill_chunk = 256;
     int64_t max_body = 1 << 20;
     double grace = 5.0;
@@ -36,6 +37,8 @@ Command add_serve(CLI::App& app) {
                   "f32, bf16, f16 or q8: the matrices' format for decoding (default: as the folder stores them; a float "
                   "folder is converted in memory)");
   sub->add_option("--kv", o->kv, "f32, or bf16: keys and values cached in bfloat16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  sub->add_option("--bos", o->bos, "auto, on or off: the model's beginning-of-sequence token before each text prompt (as generate)")
+      ->capture_default_str();
   sub->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/* (default: $MODLM_API_KEY, if set)");
   sub->add_option("--model-id", o->model_id, "the model name /v1/models lists (default: the folder's name)");
   sub->add_option("--max-body", o->max_body, "largest request body in bytes (413 beyond), 1 KiB..64 MiB")->capture_default_str();
@@ -76,6 +79,7 @@ Command add_serve(CLI::App& app) {
                                 " MiB (more than half the memory): lower --max-batch or --max-context");
             serve::ServerOptions so;
             so.host = o->host;
+            so.bos = io::bos_to_prepend(o->dir, cfg, o->bos);
             so.port = o->port;
             so.api_key = o->api_key;
             so.model_id = o->model_id.empty() ? std::filesystem::path(o->dir).lexically_normal().filename().string() : o->model_id;

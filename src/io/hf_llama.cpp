@@ -261,6 +261,29 @@ void import_hf_llama(const std::string& dir, const std::string& out_dir, bool re
   if (report) *report = rep;
 }
 
+int32_t bos_to_prepend(const std::string& dir, const ModelConfig& c, const std::string& mode) {
+  if (mode != "auto" && mode != "on" && mode != "off") throw usage_error("--bos must be auto, on or off, got \"" + mode + "\"");
+  if (mode == "off") return -1;
+  int64_t id = -1;
+  if (c.extra.contains("hf") && c.extra.at("hf").is_object() && c.extra.at("hf").contains("config")) {
+    const json& hc = c.extra.at("hf").at("config");
+    if (hc.is_object() && hc.contains("bos_token_id") && hc.at("bos_token_id").is_number_integer())
+      id = hc.at("bos_token_id").get<int64_t>();
+  }
+  if (id < 0 || id >= c.vocab_size) {
+    if (mode == "on") throw usage_error("--bos on: " + dir + " names no beginning-of-sequence token (bos_token_id of an imported model)");
+    return -1;
+  }
+  if (mode == "auto" && file_exists(dir + "/hf/tokenizer_config.json")) {
+    try {
+      const json tc = json::parse(read_text_file(dir + "/hf/tokenizer_config.json", kMaxJsonBytes));
+      if (tc.is_object() && tc.contains("add_bos_token") && tc.at("add_bos_token") == false) return -1;
+    } catch (const json::exception&) {  // an unreadable side file does not decide
+    }
+  }
+  return (int32_t)id;
+}
+
 HfExport export_hf_llama(const std::string& dir, const std::string& out_dir, const std::string& dtype_flag, bool replace) {
   Model<float> m = load_model(dir);
   const ModelConfig& c = m.config();

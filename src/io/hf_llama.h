@@ -51,6 +51,11 @@ HfImport read_hf_llama(const std::string& dir, std::unique_ptr<Model<float>>& mo
 // carrying over the tokenizer and HF's tokenizer/generation side files (under out_dir/hf/).
 void import_hf_llama(const std::string& dir, const std::string& out_dir, bool replace, HfImport* report = nullptr);
 
+// The token to put before every prompt of the model in `dir`: `mode` "off" -> -1; "auto" -> the
+// imported model's bos_token_id (config "hf") unless its tokenizer_config.json says
+// add_bos_token false, else -1; "on" -> that id, or usage_error when the model names none.
+int32_t bos_to_prepend(const std::string& dir, const ModelConfig& cfg, const std::string& mode);
+
 struct HfExport {
   std::string dtype;
   int dropped = 0;  // MoD tensors (routers, predictors) that HF Llama has no place for

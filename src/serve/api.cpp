@@ -62,10 +62,11 @@ std::vector<int32_t> ids_of(const json& a, const std::string& name, const Limits
   return ids;
 }
 
-std::vector<int32_t> encode_prompt(const std::string& text, const std::string& name, const io::Tokenizer& tok) {
-  if (text.empty())
+std::vector<int32_t> encode_prompt(const std::string& text, const std::string& name, const io::Tokenizer& tok, int32_t bos) {
+  if (text.empty() && bos < 0)
     throw bad("'" + name + "' is empty: the tokenizer has no beginning-of-text token, so give at least one character", name);
   auto ids = tok.encode(text);
+  if (bos >= 0) ids.insert(ids.begin(), bos);
   if (ids.empty()) throw bad("'" + name + "' encodes to no tokens", name);
   return ids;
 }
@@ -165,12 +166,12 @@ GenerationRequest parse_request(const std::string& body, bool chat, const io::To
       throw bad("the messages have " + std::to_string(text.size()) + " bytes, more than the server's limit of " +
                     std::to_string(lim.max_prompt_chars),
                 "messages", "prompt_too_long");
-    r.prompts.push_back(encode_prompt(text, "messages", tok));
+    r.prompts.push_back(encode_prompt(text, "messages", tok, lim.bos));
   } else {
     if (!j.contains("prompt")) throw bad("'prompt' is required", "prompt", "missing_field");
     const json& p = j["prompt"];
     if (p.is_string()) {
-      r.prompts.push_back(encode_prompt(text_of(p, "prompt", lim), "prompt", tok));
+      r.prompts.push_back(encode_prompt(text_of(p, "prompt", lim), "prompt", tok, lim.bos));
     } else if (p.is_array() && !p.empty() && p[0].is_number()) {
       r.prompts.push_back(ids_of(p, "prompt", lim));
     } else if (p.is_array() && !p.empty()) {
@@ -182,7 +183,7 @@ GenerationRequest parse_request(const std::string& body, bool chat, const io::To
           if (p[i].empty()) throw bad("'" + name + "' is empty", name);
           r.prompts.push_back(ids_of(p[i], name, lim));
         } else {
-          r.prompts.push_back(encode_prompt(text_of(p[i], name, lim), name, tok));
+          r.prompts.push_back(encode_prompt(text_of(p[i], name, lim), name, tok, lim.bos));
         }
       }
     } else {

@@ -33,6 +33,7 @@ struct Limits {
   int max_context = 0;   // prompt + generated tokens per sequence
   int max_sequences = 0; // prompts x n per request
   size_t max_prompt_chars = 1 << 20;
+  int32_t bos = -1;      // >= 0: prepended to every text prompt (an imported model's BOS token)
 };
 
 struct GenerationRequest {

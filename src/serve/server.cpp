@@ -73,6 +73,7 @@ void handle_generation(Context& C, const httplib::Request& req, httplib::Respons
   lim.max_context = C.sched.max_context();
   lim.max_sequences = std::max(1, C.opt.scheduler.max_batch + C.opt.scheduler.max_queue);
   lim.max_prompt_chars = C.opt.max_body;
+  lim.bos = C.opt.bos;
   try {
     std::lock_guard<std::mutex> lk(C.tok_mu);
     g = parse_request(req.body, chat, C.tok, lim);

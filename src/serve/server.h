@@ -20,6 +20,7 @@ struct ServerOptions {
   std::string model_id;            // the name /v1/models lists
   size_t max_body = 1 << 20;       // request bodies beyond this get 413
   double shutdown_grace_s = 5.0;   // on SIGTERM: seconds in-flight requests get to finish
+  int32_t bos = -1;                // >= 0: prepended to text prompts (io::bos_to_prepend)
   SchedulerOptions scheduler;
 };
 
