@@ -173,7 +173,7 @@ TEST(Bpe, AHfFolderWithOnlyTokenizerJsonImportsGeneratesAndEvaluates) {
   auto r = run_modlm("import hf " + d + "/hf " + d + "/m --json");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("\"tokenizer\":\"tokenizer.json\""), std::string::npos) << r.out;
-  r = run_modlm("generate " + d + "/m --prompt ' the thing' --max-new 4 --greedy --json");
+  r = run_modlm("generate " + d + "/m --prompt ' the thing' --max-new 4 --greedy --json --bos off");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(json::parse(r.out)["prompt_tokens"], 4);  // " the" -> Ġthe; " thing" -> Ġt h ing
   ASSERT_TRUE(write_valid_head(d + "/val.txt", 20000));
