@@ -13,7 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string path = modlm::fuzz::write_input("tokenizer.json", data, size);
   try {
     modlm::io::BpeTokenizer t(path);
-    for (const std::string s : {std::string("hello world 12345"), std::string("\xff\xfe<|x|> \n\n"), std::string(reinterpret_cast<const char*>(data), std::min<size_t>(size, 64))}) {
+    for (const std::string& s : {std::string("hello world 12345"), std::string("\xff\xfe<|x|> \n\n"), std::string(reinterpret_cast<const char*>(data), std::min<size_t>(size, 64))}) {
       const auto ids = t.encode(s);
       for (int32_t id : ids)
         if (id < 0 || id >= t.vocab_size()) std::abort();
