@@ -111,7 +111,7 @@ static void BM_DecodeMatvec(benchmark::State& st) {
   if (fmt == 1) to_bf16(W.data(), W.size(), Wh.data());
   if (fmt == 2)
     for (size_t i = 0; i < W.size(); ++i) Wf[i].bits = float_to_f16(W[i]);
-  if (fmt == 3) infer::quantize_q8(W.data(), out, in, Wq.data(), Sq.data());
+  if (fmt == 3) quantize_q8(W.data(), out, in, Wq.data(), Sq.data());
   auto X = random_buffer((size_t)B * in, 8);
   AlignedVector<float> Y((size_t)B * out);
   for (auto _ : st) {

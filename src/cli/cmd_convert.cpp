@@ -2,10 +2,10 @@
 // model with routers and causal predictors added (model/convert.h has the initialisation).
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/data.h"
+#include "cli/model_flags.h"
 #include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "io/model_dir.h"
@@ -98,25 +98,7 @@ Command add_convert(CLI::App& app) {
             co.predictor_hidden = o->predictor_hidden;
             co.seed = o->seed;
             co.fit = !o->no_fit;
-            if (o->routing == "every_other" || o->routing == "all") {
-              co.layers = o->routing;
-            } else {
-              co.layers = "list";
-              std::stringstream ss(o->routing);
-              std::string item;
-              while (std::getline(ss, item, ',')) {
-                size_t used = 0;
-                int l = -1;
-                try {
-                  l = std::stoi(item, &used);
-                } catch (const std::exception&) {
-                  used = 0;
-                }
-                if (used == 0 || used != item.size())
-                  throw usage_error("--routing must be every_other, all or a comma list of layer indices, got \"" + o->routing + "\"");
-                co.layer_list.push_back(l);  // the range is checked with the config
-              }
-            }
+            co.layers = layer_set_flag(o->routing, "--routing");  // indices are checked with the config
             std::string source;
             const std::vector<int32_t> calib = calibration_tokens(dense, o->in, o->data, o->calib_seqs, o->calib_len, o->seed, &source);
             std::vector<ConvertLayerReport> rep;

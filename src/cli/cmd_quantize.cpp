@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "ops/bf16.h"
+#include "ops/q8.h"
 #include "util/error.h"
 #include "util/fs.h"
 
@@ -70,35 +71,32 @@ Command add_quantize(CLI::App& app) {
               }
               const int rows = (int)p.shape[0], cols = (int)p.shape[1];
               if (fmt == infer::MatFormat::Q8) {
-                const int nb = (cols + infer::kQ8Block - 1) / infer::kQ8Block;
+                const int nb = q8_blocks(cols);
                 bufs.emplace_back(p.numel);
                 int8_t* q = reinterpret_cast<int8_t*>(bufs.back().data());
                 bufs.emplace_back((size_t)rows * nb * sizeof(float));
                 float* sc = reinterpret_cast<float*>(bufs.back().data());
-                infer::quantize_q8(src, rows, cols, q, sc);
-                for (size_t i = 0; i < p.numel; ++i) {
-                  const double w = src[i], back = (double)q[i] * sc[(i / cols) * nb + (i % cols) / infer::kQ8Block];
-                  worst = std::max(worst, std::abs(w - back) / std::max(1e-30, (double)sc[(i / cols) * nb + (i % cols) / infer::kQ8Block]));
-                }
+                quantize_q8(src, rows, cols, q, sc);
+                std::vector<float> back(p.numel);
+                dequantize_q8(q, sc, rows, cols, back.data());
+                for (size_t i = 0; i < p.numel; ++i)
+                  worst = std::max(worst, std::abs((double)src[i] - back[i]) / std::max(1e-30, (double)sc[(i / cols) * nb + (i % cols) / kQ8Block]));
                 refs.push_back({p.name, io::DType::I8, p.shape, q});
                 pending_scales.push_back({p.name + ".scales", io::DType::F32, {rows, nb}, sc});
                 out_bytes += p.numel + 4.0 * rows * nb;
               } else {
                 bufs.emplace_back(p.numel * 2);
                 uint16_t* h = reinterpret_cast<uint16_t*>(bufs.back().data());
-                for (size_t i = 0; i < p.numel; ++i) {
-                  h[i] = fmt == infer::MatFormat::BF16 ? float_to_bf16(src[i]) : float_to_f16(src[i]);
-                  if (fmt == infer::MatFormat::F16 && (h[i] & 0x7c00u) == 0x7c00u)
-                    throw bad_input(o->in + ": tensor '" + p.name + "' holds " + std::to_string(src[i]) +
-                                    ", beyond the f16 range (use --dtype bf16)");
-                }
+                const size_t bad = to_16bit(src, p.numel, h, fmt == infer::MatFormat::F16);
+                if (bad < p.numel)
+                  throw bad_input(o->in + ": tensor '" + p.name + "' holds " + std::to_string(src[bad]) + ", beyond the f16 range (use --dtype bf16)");
                 refs.push_back({p.name, fmt == infer::MatFormat::BF16 ? io::DType::BF16 : io::DType::F16, p.shape, h});
                 out_bytes += 2.0 * p.numel;
               }
             }
             flush();
             json cj = c.to_json();
-            cj["quantization"] = fmt == infer::MatFormat::Q8 ? json{{"format", "q8_0"}, {"block_size", infer::kQ8Block}, {"scales", "F32"}}
+            cj["quantization"] = fmt == infer::MatFormat::Q8 ? json{{"format", "q8_0"}, {"block_size", kQ8Block}, {"scales", "F32"}}
                                                               : json{{"format", infer::format_name(fmt)}};
             const std::string text = cj.dump(2) + "\n";
             write_folder_atomically(o->out, o->force, [&](const std::string& tmp) {

@@ -35,8 +35,7 @@ void ModelFlags::add_to(CLI::App& app) {
   app.add_option("--moe-balance-weight", moe_balance_weight, "MoE: weight of the Switch load-balancing loss (default 0.01)");
 }
 
-// "all" | "every_other" | "none" | "1,3,5" as config.json's layer-set value.
-static json layer_set_flag(const std::string& s, const char* flag) {
+json layer_set_flag(const std::string& s, const char* flag) {
   if (s == "every_other" || s == "all" || s == "none") return s;
   json list = json::array();
   size_t start = 0;

@@ -35,6 +35,10 @@ std::string model_kind(const ModelConfig& cfg);
 // `modlm demo` and `modlm sweep` take them; `group` "" hides them from --help.
 void add_family_flags(CLI::App& app, FamilySettings& f, const std::string& group);
 
+// "all" | "every_other" | "none" | "1,3,5" as config.json's layer-set value (usage_error naming
+// `flag` otherwise); the indices are checked against the model when the config is read.
+json layer_set_flag(const std::string& s, const char* flag);
+
 // "1,4,16" -> {1, 4, 16}: each an integer in [1, 256] (batch sizes, client counts); usage_error
 // naming `flag` otherwise.
 std::vector<int> parse_int_list(const std::string& s, const char* flag);

@@ -114,11 +114,9 @@ void round_weights_to(Model<float>& model, MatFormat fmt) {
       return;
     }
     std::vector<int8_t> q(n);
-    std::vector<float> sc((size_t)rows * ((cols + kQ8Block - 1) / kQ8Block));
+    std::vector<float> sc((size_t)rows * q8_blocks(cols));
     quantize_q8(p, rows, cols, q.data(), sc.data());
-    Matrix m;
-    m.fmt = MatFormat::Q8, m.data = q.data(), m.scales = sc.data(), m.rows = rows, m.cols = cols;
-    m.dequantize_rows(0, rows, p);
+    dequantize_q8(q.data(), sc.data(), rows, cols, p);
   };
   const int D = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.qkv_dim();
   for (int l = 0; l < c.n_layers; ++l) {

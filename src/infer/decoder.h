@@ -20,7 +20,6 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 #include "infer/kv_cache.h"

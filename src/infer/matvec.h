@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/q8.h"
+
 namespace modlm::infer {
 
 // Y[b, j] (+)= sum_k W[j, k] X[b, k] for b < B, j < out.  W: [out, in] row-major (SPEC §6
@@ -27,11 +29,9 @@ struct Half {
 };
 void matvec(const Half* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate = false);
 
-// 8-bit weights with one float scale per block of kQ8Block consecutive weights of a row (the
-// Q8_0 idea): W[j, k] = q[j, k] * scales[j, k / 32], q in [-127, 127]; scales [out, ceil(in/32)].
-// Widened and scaled in registers, so the result is the float product over those dequantized
-// weights (summed in another order); a quarter of the float bytes plus 1/8 byte per weight.
-constexpr int kQ8Block = 32;
+// 8-bit weights in the q8 block format of ops/q8.h: scales [out, ceil(in/32)]. Widened and
+// scaled in registers, so the result is the float product over those dequantized weights
+// (summed in another order); a quarter of the float bytes plus 1/8 byte per weight.
 void matvec_q8(const int8_t* W, const float* scales, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
                bool accumulate = false);
 

@@ -41,7 +41,6 @@ double bytes_per_weight(MatFormat f) {
   return 4.0;
 }
 
-static int q8_blocks(int cols) { return (cols + kQ8Block - 1) / kQ8Block; }
 
 void Matrix::dequantize_rows(int r0, int n, float* dst) const {
   const size_t c = (size_t)cols;
@@ -59,15 +58,9 @@ void Matrix::dequantize_rows(int r0, int n, float* dst) const {
       for (size_t i = 0; i < n * c; ++i) dst[i] = f16_to_float(s[i]);
       break;
     }
-    case MatFormat::Q8: {
-      const int nb = q8_blocks(cols);
-      for (int r = 0; r < n; ++r) {
-        const int8_t* q = (const int8_t*)data + (size_t)(r0 + r) * c;
-        const float* sc = scales + (size_t)(r0 + r) * nb;
-        for (size_t k = 0; k < c; ++k) dst[(size_t)r * c + k] = (float)q[k] * sc[k / kQ8Block];
-      }
+    case MatFormat::Q8:
+      dequantize_q8((const int8_t*)data + (size_t)r0 * c, scales + (size_t)r0 * q8_blocks(cols), n, cols, dst);
       break;
-    }
   }
 }
 
@@ -78,22 +71,6 @@ void matvec(const Matrix& W, const float* X, int ldx, int B, float* Y, int ldy, 
     case MatFormat::F16: return matvec((const Half*)W.data, W.rows, W.cols, X, ldx, B, Y, ldy, accumulate);
     case MatFormat::Q8: return matvec_q8((const int8_t*)W.data, W.scales, W.rows, W.cols, X, ldx, B, Y, ldy, accumulate);
   }
-}
-
-void quantize_q8(const float* w, int rows, int cols, int8_t* q, float* scales) {
-  const int nb = q8_blocks(cols);
-#pragma omp parallel for schedule(static) if ((size_t)rows * cols > 65536)
-  for (int r = 0; r < rows; ++r)
-    for (int b = 0; b < nb; ++b) {
-      const int k0 = b * kQ8Block, k1 = std::min(cols, k0 + kQ8Block);
-      const float* x = w + (size_t)r * cols;
-      float amax = 0;
-      for (int k = k0; k < k1; ++k) amax = std::max(amax, std::abs(x[k]));
-      const float s = amax / 127.0f;
-      scales[(size_t)r * nb + b] = s;
-      const float inv = s > 0 ? 1.0f / s : 0.0f;
-      for (int k = k0; k < k1; ++k) q[(size_t)r * cols + k] = (int8_t)std::clamp(std::lrint(x[k] * inv), -127L, 127L);
-    }
 }
 
 namespace {
@@ -118,9 +95,7 @@ Matrix convert(const float* src, int rows, int cols, MatFormat fmt, std::vector<
   }
   owned.emplace_back(n * 2);
   uint16_t* h = (uint16_t*)owned.back().data();
-  if (fmt == MatFormat::BF16) to_bf16(src, n, h);
-  else
-    for (size_t i = 0; i < n; ++i) h[i] = float_to_f16(src[i]);
+  to_16bit(src, n, h, fmt == MatFormat::F16);  // an f16 overflow streams as infinity, as f16 rounding gives
   m.data = h;
   return m;
 }

@@ -50,8 +50,6 @@ struct LayerMatrices {
 // embeddings and the LM head); the others stay float32.
 bool is_decode_matrix(const std::string& name);
 
-// Quantizes n floats (rows of `cols`) into q8: q = round(w / s), s = max|w| / 127 per block.
-void quantize_q8(const float* w, int rows, int cols, int8_t* q, float* scales);
 
 class InferenceWeights {
  public:

@@ -331,12 +331,9 @@ HfExport export_hf_llama(const std::string& dir, const std::string& out_dir, con
     const void* data = src;
     if (dt != DType::F32) {
       bufs.emplace_back(p.numel * 2);
-      uint16_t* dst = reinterpret_cast<uint16_t*>(bufs.back().data());
-      for (size_t i = 0; i < p.numel; ++i) {
-        dst[i] = dt == DType::BF16 ? float_to_bf16(src[i]) : float_to_f16(src[i]);
-        if (dt == DType::F16 && (dst[i] & 0x7c00u) == 0x7c00u)
-          throw bad_input(dir + ": tensor '" + mine + "' holds " + std::to_string(src[i]) + ", beyond the f16 range (use --dtype bf16 or f32)");
-      }
+      const size_t bad = to_16bit(src, p.numel, reinterpret_cast<uint16_t*>(bufs.back().data()), dt == DType::F16);
+      if (bad < p.numel)
+        throw bad_input(dir + ": tensor '" + mine + "' holds " + std::to_string(src[bad]) + ", beyond the f16 range (use --dtype bf16 or f32)");
       data = bufs.back().data();
     }
     refs.push_back({hfname, dt, p.shape, data});

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "io/safetensors.h"
+#include "ops/q8.h"
 #include "util/error.h"
 #include "util/fs.h"
 
@@ -30,13 +31,10 @@ void load_model_weights(const std::string& dir, Model<float>& model) {
       expected.insert(sn);
       if (t->shape != p.shape)
         throw bad_input(path + ": tensor '" + p.name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(p.shape));
-      const int64_t rows = p.shape[0], cols = p.shape[1], nb = (cols + 31) / 32;
+      const int rows = (int)p.shape[0], cols = (int)p.shape[1];
       if (!f.find(sn)) throw bad_input(path + ": the I8 tensor '" + p.name + "' has no '" + sn + "' beside it");
-      const std::vector<float> sc = f.read_f32(sn, {rows, nb});
-      const int8_t* q = reinterpret_cast<const int8_t*>(f.data(*t));
-      float* dst = model.params().data() + p.offset;
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < cols; ++k) dst[r * cols + k] = (float)q[r * cols + k] * sc[r * nb + k / 32];
+      const std::vector<float> sc = f.read_f32(sn, {rows, q8_blocks(cols)});
+      dequantize_q8(reinterpret_cast<const int8_t*>(f.data(*t)), sc.data(), rows, cols, model.params().data() + p.offset);
       continue;
     }
     f.read_f32_into(p.name, p.shape, model.params().data() + p.offset);

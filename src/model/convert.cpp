@@ -52,8 +52,7 @@ Model<float> convert_to_mod(Model<float>& dense, const ConvertOptions& o, const 
     throw usage_error("--predictor-hidden must be >= 2 (two units carry the router's score), got " + std::to_string(o.predictor_hidden));
   if (B < 1 || T < 2 || (int64_t)calib.size() != (int64_t)B * T) throw bad_input("convert: need at least one calibration sequence of >= 2 tokens");
   json j = dc.to_json();
-  json layers = o.layers == "list" ? json(o.layer_list) : json(o.layers);
-  j["routing"] = {{"layers", layers},         {"capacity", o.capacity},
+  j["routing"] = {{"layers", o.layers},         {"capacity", o.capacity},
                   {"method", "expert_choice"}, {"gate", "sigmoid"},
                   {"causal", o.predictor ? "predictor" : "aux_loss"}, {"predictor_hidden", o.predictor_hidden}};
   const ModelConfig mc = ModelConfig::from_json(j, "convert");

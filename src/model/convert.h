@@ -23,8 +23,7 @@
 namespace modlm {
 
 struct ConvertOptions {
-  std::string layers = "every_other";  // LayerSet kind or a JSON list
-  std::vector<int> layer_list;         // when layers == "list"
+  json layers = "every_other";  // config.json's routing.layers value: a LayerSet kind or a list
   double capacity = 0.125;
   bool predictor = true;               // causal predictor (else aux_loss on the router)
   int predictor_hidden = 128;
