@@ -102,61 +102,28 @@ void Decoder::embed_rows(const int32_t* tokens, int n, float* x) const {
   }
 }
 
+// The tensors a folder of that format stores in it (is_decode_matrix, as `modlm quantize` picks
+// them), each replaced by the values the format holds.
 void round_weights_to(Model<float>& model, MatFormat fmt) {
   if (fmt == MatFormat::F32) return;
-  if (fmt == MatFormat::BF16) return round_weights_to_bf16(model);
-  const ModelConfig& c = model.config();
-  ModelWeights<float> w = ModelWeights<float>::bind(model.layout(), c, model.params().data());
-  auto round = [&](float* p, int rows, int cols) {
-    const size_t n = (size_t)rows * cols;
-    if (fmt == MatFormat::F16) {
-      for (size_t i = 0; i < n; ++i) p[i] = f16_to_float(float_to_f16(p[i]));
-      return;
-    }
-    std::vector<int8_t> q(n);
-    std::vector<float> sc((size_t)rows * q8_blocks(cols));
-    quantize_q8(p, rows, cols, q.data(), sc.data());
-    dequantize_q8(q.data(), sc.data(), rows, cols, p);
-  };
-  const int D = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.qkv_dim();
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights<float>& W = w.layers[l];
-    round(W.wqkv, Q, D);
-    round(W.wo, D, D);
-    if (W.moe_gate) {
-      const int De = c.moe.d_expert;
-      for (int e = 0; e < c.moe.n_experts; ++e) round(W.expert_w13[e], 2 * De, D), round(W.expert_w2[e], D, De);
+  for (const ParamInfo& p : model.layout().params()) {
+    if (!is_decode_matrix(p.name)) continue;
+    float* x = model.params().data() + p.offset;
+    const int rows = (int)p.shape[0], cols = (int)p.shape[1];
+    if (fmt == MatFormat::BF16) {
+      for (size_t i = 0; i < p.numel; ++i) x[i] = round_to_bf16(x[i]);
+    } else if (fmt == MatFormat::F16) {
+      for (size_t i = 0; i < p.numel; ++i) x[i] = f16_to_float(float_to_f16(x[i]));
     } else {
-      round(W.w13, 2 * F, D);
-      round(W.w2, D, F);
+      std::vector<int8_t> q(p.numel);
+      std::vector<float> sc((size_t)rows * q8_blocks(cols));
+      quantize_q8(x, rows, cols, q.data(), sc.data());
+      dequantize_q8(q.data(), sc.data(), rows, cols, x);
     }
   }
-  round(w.tok_embeddings, V, D);  // the folder's format stores the embeddings too (tied: the head, once)
-  if (!c.tie_embeddings) round(w.output, V, D);
 }
 
-void round_weights_to_bf16(Model<float>& model) {
-  const ModelConfig& c = model.config();
-  ModelWeights<float> w = ModelWeights<float>::bind(model.layout(), c, model.params().data());
-  const size_t D = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.qkv_dim();
-  auto round = [](float* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) p[i] = round_to_bf16(p[i]);
-  };
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights<float>& W = w.layers[l];
-    round(W.wqkv, Q * D);
-    round(W.wo, D * D);
-    if (W.moe_gate) {
-      const size_t De = c.moe.d_expert;
-      for (int e = 0; e < c.moe.n_experts; ++e) round(W.expert_w13[e], 2 * De * D), round(W.expert_w2[e], D * De);
-    } else {
-      round(W.w13, 2 * F * D);
-      round(W.w2, D * F);
-    }
-  }
-  round(w.tok_embeddings, V * D);
-  if (!c.tie_embeddings) round(w.output, V * D);
-}
+void round_weights_to_bf16(Model<float>& model) { round_weights_to(model, MatFormat::BF16); }
 
 void Decoder::ensure_rows(int n) {
   if (n <= row_capacity_) return;
