@@ -7,6 +7,7 @@
 #include <limits>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "cli_helpers.h"
@@ -159,11 +160,23 @@ const std::vector<MoeVariant> kMoe = {
 
 // ---------------------------------------------------------------------------------------------
 
+// Sends batches of at least b inputs to the outer-product kernel while in scope (0: the measured
+// per-format thresholds; 1: every batch; 1 << 30: none).
+struct OuterKernelFrom {
+  int saved;
+  explicit OuterKernelFrom(int b) : saved(set_outer_min_batch(b)) {}
+  ~OuterKernelFrom() { set_outer_min_batch(saved); }
+};
+
+// Both kernels (row tiles, and the outer-product kernel of large batches: threshold 1 sends
+// every size there), around their tile edges: 16-input vectors, 256-column panels, 64-input tiles.
 TEST(GenerateKernels, MatvecMatchesReference) {
   Rng r(3);
-  for (int in : {1, 16, 37, 64}) {
+  for (int outer_from : {0, 1, 1 << 30})
+  for (int in : {1, 16, 37, 64, 300}) {
+    const OuterKernelFrom guard(outer_from);
     for (int out : {1, 5, 29, 100}) {
-      for (int B : {1, 3, 8, 11}) {
+      for (int B : {1, 3, 8, 11, 16, 17, 33, 64, 70}) {
         std::vector<float> W((size_t)out * in), X((size_t)B * (in + 2)), Y((size_t)B * (out + 1), 0.5f);
         for (auto& v : W) v = float(r.normal());
         for (auto& v : X) v = float(r.normal());
@@ -184,11 +197,13 @@ TEST(GenerateKernels, MatvecMatchesReference) {
 
 TEST(GenerateKernels, Bf16MatvecMatchesReference) {
   // bf16 weights (the kernel widens them in registers and packs the inputs in its own order):
-  // against a double sum over the bf16 values, for lengths around the 32-wide step.
+  // against a double sum over the bf16 values, for lengths around the 32-wide step; both kernels.
   Rng r(4);
-  for (int in : {1, 7, 31, 32, 33, 64, 100}) {
+  for (int outer_from : {0, 1, 1 << 30})
+  for (int in : {1, 7, 31, 32, 33, 64, 100, 257}) {
+    const OuterKernelFrom guard(outer_from);
     for (int out : {1, 5, 29, 100}) {
-      for (int B : {1, 2, 5, 6, 8, 11}) {
+      for (int B : {1, 2, 5, 6, 8, 11, 16, 20, 64, 65}) {
         std::vector<uint16_t> W((size_t)out * in);
         std::vector<float> X((size_t)B * (in + 2)), Y((size_t)B * (out + 1), 0.5f);
         for (auto& v : W) v = float_to_bf16(float(r.normal()));
@@ -515,12 +530,16 @@ TEST(KvCache, RoutedLayerHoldsExactlyTheProcessedTokensAtTheirPositions) {
   }
 }
 
+// The batch decodes with the outer-product kernel forced (as large batches run it) and with the
+// row tiles, and each sequence alone (batch 1: the row tiles) must agree with it.
 TEST(Generate, BatchDecodingEqualsOneByOne) {
+  for (int outer_from : {1 << 30, 1})
   for (const Variant& v : {Variant{}, kRouted[0], kRouted[1], kDenseGqa, kRouted[3]}) {
     auto m = make_model(v, 6);
     const int V = 256, steps = 15;
     const std::vector<std::vector<int32_t>> prompts = {bytes_of("a"), bytes_of("Sequences of different lengths"),
                                                        bytes_of("and positions.")};
+    std::optional<OuterKernelFrom> kernel(std::in_place, outer_from);
     Decoder batch(*m, 3, 48);
     batch.prefill(prompts);
     std::vector<std::vector<int32_t>> got(3);
@@ -534,6 +553,7 @@ TEST(Generate, BatchDecodingEqualsOneByOne) {
       }
       batch.step({0, 1, 2}, toks);
     }
+    kernel.reset();
     for (int i = 0; i < 3; ++i) {
       Decoder one(*m, 1, 48);
       std::vector<std::vector<float>> rows;
@@ -551,6 +571,30 @@ TEST(Generate, BatchDecodingEqualsOneByOne) {
     EXPECT_LT(rel_diff(d2.logits(0), logits[2][2].data(), V), 1e-5);
     EXPECT_LT(rel_diff(d2.logits(1), logits[0][2].data(), V), 1e-5);
     EXPECT_EQ(d2.length(1), 3);
+  }
+}
+
+// 40 sequences at once: the default kernel choice sends the dense layers' products (and the
+// head) to the outer-product kernel; every sequence must decode as it does alone.
+TEST(Generate, LargeBatchDecodingEqualsOneByOne) {
+  for (const Variant& v : {Variant{}, kRouted[0]}) {
+    auto m = make_model(v, 6);
+    const int V = 256, steps = 6, B = 40;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < B; ++i) prompts.push_back(bytes_of(std::string("prompt ") + std::to_string(i * 7919) + std::string(i % 5, '!')));
+    Decoder batch(*m, B, 32);
+    batch.prefill(prompts);
+    std::vector<std::vector<int32_t>> got(B);
+    for (int s = 0; s < steps; ++s) {
+      std::vector<int32_t> toks;
+      std::vector<int> slots;
+      for (int i = 0; i < B; ++i) toks.push_back(argmax(batch.logits(i), V)), got[i].push_back(toks.back()), slots.push_back(i);
+      batch.step(slots, toks);
+    }
+    for (int i = 0; i < B; ++i) {
+      Decoder one(*m, 1, 32);
+      EXPECT_EQ(greedy_decode(one, prompts[i], steps, nullptr), got[i]) << v.method << " prompt " << i;
+    }
   }
 }
 

@@ -30,6 +30,18 @@ double max_rel(const float* a, const float* b, size_t n) {
   return d / std::max(1.0, m);
 }
 
+// Y = X W^T in double over the given (already widened) weights: the kernels' reference.
+std::vector<float> reference_product(const std::vector<float>& W, int out, int in, const std::vector<float>& X, int B) {
+  std::vector<float> Y((size_t)B * out);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < out; ++j) {
+      double s = 0;
+      for (int k = 0; k < in; ++k) s += (double)W[(size_t)j * in + k] * X[(size_t)b * in + k];
+      Y[(size_t)b * out + j] = (float)s;
+    }
+  return Y;
+}
+
 std::vector<float> logits_of(Decoder& dec, const std::vector<int32_t>& prompt, const std::vector<int32_t>& feed) {
   const int V = dec.config().vocab_size;
   std::vector<float> out;
@@ -63,9 +75,17 @@ TEST(Quantize, Q8BlocksRoundToNearestWithinHalfAScale) {
 }
 
 TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
+  // Both kernels: row tiles (small batches by default) and the outer-product kernel (from
+  // set_outer_min_batch inputs; 1 sends every batch there).
   Rng r(2);
-  for (int in : {1, 15, 16, 17, 31, 32, 33, 100, 1024})
-    for (int B : {1, 3, 8, 9}) {
+  for (int outer_from : {0, 1, 1 << 30})
+  for (int in : {1, 15, 16, 17, 31, 32, 33, 100, 300, 1024})
+    for (int B : {1, 3, 8, 9, 16, 33, 64, 65}) {
+      const int saved = set_outer_min_batch(outer_from);
+      struct Restore {
+        int b;
+        ~Restore() { set_outer_min_batch(b); }
+      } restore{saved};
       const int out = 29;
       std::vector<float> W((size_t)out * in), X((size_t)B * in);
       for (auto& x : W) x = (float)r.normal();
@@ -75,7 +95,7 @@ TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
       std::vector<float> Wh(W.size());
       for (size_t i = 0; i < W.size(); ++i) H[i].bits = float_to_f16(W[i]), Wh[i] = f16_to_float(H[i].bits);
       std::vector<float> want((size_t)B * out), got((size_t)B * out);
-      matvec(Wh.data(), out, in, X.data(), in, B, want.data(), out);
+      want = reference_product(Wh, out, in, X, B);
       matvec(H.data(), out, in, X.data(), in, B, got.data(), out);
       ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "f16 in " << in << " B " << B;
       // q8
@@ -85,7 +105,7 @@ TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
       quantize_q8(W.data(), out, in, q.data(), sc.data());
       for (int j = 0; j < out; ++j)
         for (int k = 0; k < in; ++k) Wq[(size_t)j * in + k] = q[(size_t)j * in + k] * sc[(size_t)j * nb + k / 32];
-      matvec(Wq.data(), out, in, X.data(), in, B, want.data(), out);
+      want = reference_product(Wq, out, in, X, B);
       matvec_q8(q.data(), sc.data(), out, in, X.data(), in, B, got.data(), out);
       ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "q8 in " << in << " B " << B;
       // accumulate adds

@@ -14,6 +14,7 @@
 #include "cli/model_flags.h"
 #include "infer/calibrate.h"
 #include "infer/decoder.h"
+#include "infer/matvec.h"
 #include "infer/sampler.h"
 #include "model/flops.h"
 #include "model/model.h"
@@ -67,6 +68,7 @@ struct DecodeTiming {
   int batch = 0;
   double prefill_flops = 0, step_flops = 0;  // executed FLOPs (ops::FlopCounter) of the prefill / a median step
   double prefill_s = 0, step_median_s = 0, step_mean_s = 0, step_min_s = 0, weight_bytes_per_step = 0;
+  double products_s = 0, products_flops = 0;  // a mean step's matrix products (infer::MatvecClock)
   double kv_bytes = 0;                  // K and V the cache holds at the end (prompt + new tokens)
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
 };
@@ -95,6 +97,8 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
     std::vector<int64_t> processed(dec.routed_layers().size(), 0);
     std::vector<int32_t> toks(B);
     const int n = pass == 0 ? std::min(n_new, 4) : n_new;
+    infer::MatvecClock::reset();
+    infer::MatvecClock::enable(true);
     for (int s = 0; s < n; ++s) {
       auto ts = clk::now();
       for (int i = 0; i < B; ++i) toks[i] = infer::argmax(dec.logits(i), V);
@@ -104,7 +108,10 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
       for (size_t j = 0; j < processed.size(); ++j)
         for (int i = 0; i < B; ++i) processed[j] += dec.route(i, (int)j).processed;
     }
+    infer::MatvecClock::enable(false);
     if (pass == 0) continue;
+    t.products_s = infer::MatvecClock::seconds() / n;
+    t.products_flops = (double)infer::MatvecClock::flops() / n;
     t.prefill_s = prefill;
     t.prefill_flops = prefill_flops;
     t.step_flops = (double)(ops::FlopCounter::total().load() - f1) / n;
@@ -287,6 +294,11 @@ Command add_bench_generate(CLI::App& app) {
                 j["prefill_fraction_of_sgemm"] = prefill_gf / sgemm_now;
                 j["decode_gflops"] = step_gf;
                 j["decode_fraction_of_sgemm"] = step_gf / sgemm_now;
+                // The step's matrix products alone (decode kernels, timed call by call).
+                const double products_gf = t.products_s > 0 ? t.products_flops / t.products_s / 1e9 : 0.0;
+                j["products_gflops"] = products_gf;
+                j["products_fraction_of_sgemm"] = products_gf / sgemm_now;
+                j["products_share_of_step"] = t.products_s / t.step_mean_s;
                 runs.push_back(j);
                 if (!o->json_out) {
                   std::printf("  batch %-3d prefill %8.0f tok/s | decode %8.1f tok/s (%.2f ms/step, min %.2f) | %.1f MB weights/step -> %.1f GB/s",
@@ -295,6 +307,8 @@ Command add_bench_generate(CLI::App& app) {
                   if (stream_now > 0) std::printf(" (%.0f%% of stream %.1f)", 100 * gbps / stream_now, stream_now);
                   std::printf(" | prefill %.1f, decode %.1f GFLOP/s = %.0f%%, %.0f%% of SGEMM %.0f", prefill_gf, step_gf, 100 * prefill_gf / sgemm_now,
                               100 * step_gf / sgemm_now, sgemm_now);
+                  std::printf(" (products %.1f GFLOP/s = %.0f%%, %.0f%% of the step)", products_gf, 100 * products_gf / sgemm_now,
+                              100 * t.products_s / t.step_mean_s);
                   std::printf(" | KV %.1f MB at %d tokens", t.kv_bytes / 1e6, o->prompt_len + o->n_new);
                   if (!t.processed.empty()) std::printf(" | processed %.3f", mean_processed);
                   std::printf("\n");

@@ -1,6 +1,8 @@
 #include "infer/matvec.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <type_traits>
 
 #include "ops/gemm.h"
@@ -10,6 +12,9 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+// GCC 12's AVX-512 headers build conversions on _mm512_undefined_*(), which -Wmaybe-uninitialized
+// reports once they are inlined into masked loads (a false positive: every lane is written).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace modlm::infer {
@@ -249,11 +254,166 @@ const float* pack_inputs(const float* X, int ldx, int B, int in, int S, bool bf1
   return Xp;
 }
 
+#if defined(__AVX512F__)
+// ---- Large batches: the outer-product kernel --------------------------------------------------
+//
+// Past a dozen inputs the products are compute-bound, and the tile above spends a visible share
+// of its time in the horizontal sums that end every (row, input) pair. This kernel runs the
+// vectors along the batch instead: the inputs are transposed to Xt [in][ldxt] (16 inputs per
+// vector), each weight is broadcast and multiplied into MR x NV accumulators (MR rows, 16*NV
+// inputs), and a tile ends with one scattered store per accumulator: no reductions at all.
+// The weights are copied (bf16, f16, q8: widened, and scaled) into a float panel of
+// MR x kPanelK that stays in L1 while all the inputs pass over it.
+constexpr int kPanelK = 256;
+constexpr int kOuterMaxNV = 4;  // 64 inputs per tile: 24 accumulators + 4 inputs + 1 broadcast
+
+constexpr int outer_rows(int nv) { return nv == 1 ? 8 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+
+// Widens rows j0..j0+MR-1, columns k0..k0+kn-1 into panel [MR][kPanelK] (q8: times the scales).
+template <int MR, typename WT>
+inline void widen_panel(const WT* W, int in, int j0, int k0, int kn, const float* SC, float* panel) {
+  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  for (int r = 0; r < MR; ++r) {
+    const WT* w = W + (size_t)(j0 + r) * in + k0;
+    float* p = panel + r * kPanelK;
+    for (int k = 0; k < kn; k += 16) {
+      __m512 v = k + 16 <= kn ? load_w(w + k) : load_w_masked(w + k, (__mmask16)((1u << (kn - k)) - 1));
+      if constexpr (std::is_same_v<WT, int8_t>)
+        v = _mm512_mul_ps(v, _mm512_set1_ps(SC[(size_t)(j0 + r) * nblk + (k0 + k) / kQ8Block]));
+      _mm512_store_ps(p + k, v);
+    }
+  }
+}
+
+// Y[b, j0 + r] (+)= sum_k W[j0 + r, k] Xt[k, b] for r < MR and b < nb (<= 16 NV).
+template <int MR, int NV, typename WT>
+inline void tile_outer(const WT* W, int in, const float* Xt, int ldxt, float* Y, int ldy, int j0, int nb, bool acc,
+                       const float* SC) {
+  __m512 s[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = _mm512_setzero_ps();
+  alignas(64) float panel[MR * kPanelK];
+  for (int k0 = 0; k0 < in; k0 += kPanelK) {
+    const int kn = std::min(kPanelK, in - k0);
+    widen_panel<MR>(W, in, j0, k0, kn, SC, panel);
+    const float* wp = panel;
+    constexpr int ws = kPanelK;
+    // While this panel is multiplied, fetch the next one (these rows' next columns, or the next
+    // tile's first): memory and compute overlap instead of taking turns.
+    {
+      const int nk0 = k0 + kPanelK < in ? k0 + kPanelK : 0, nj0 = k0 + kPanelK < in ? j0 : j0 + MR;
+      const int nkn = std::min(kPanelK, in - nk0);
+      for (int r = 0; r < MR; ++r) {
+        const char* p = reinterpret_cast<const char*>(W + (size_t)(nj0 + r) * in + nk0);
+        for (size_t off = 0; off < (size_t)nkn * sizeof(WT); off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
+      }
+    }
+    const float* x = Xt + (size_t)k0 * ldxt;
+    for (int k = 0; k < kn; ++k, x += ldxt) {
+      __m512 xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = _mm512_load_ps(x + 16 * v);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 w = _mm512_set1_ps(wp[r * ws + k]);
+        for (int v = 0; v < NV; ++v) s[r][v] = _mm512_fmadd_ps(w, xv[v], s[r][v]);
+      }
+    }
+  }
+  // Lane i of s[r][v] is Y[16 v + i, j0 + r]: a strided (scattered) store per accumulator.
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(ldy));
+  for (int v = 0; v < NV; ++v) {
+    const int left = nb - 16 * v;
+    const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+    for (int r = 0; r < MR; ++r) {
+      float* base = Y + (size_t)16 * v * ldy + j0 + r;
+      __m512 val = s[r][v];
+      if (acc) val = _mm512_add_ps(val, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4));
+      _mm512_mask_i32scatter_ps(base, m, idx, val, 4);
+    }
+  }
+}
+
+template <int NV, typename WT>
+inline void outer_rows_tile(const WT* W, int in, const float* Xt, int ldxt, float* Y, int ldy, int j0, int rows, int nb,
+                            bool acc, const float* SC) {
+  constexpr int MR = outer_rows(NV);
+  if (rows == MR) tile_outer<MR, NV>(W, in, Xt, ldxt, Y, ldy, j0, nb, acc, SC);
+  else
+    for (int r = 0; r < rows; ++r) tile_outer<1, NV>(W, in, Xt, ldxt, Y, ldy, j0 + r, nb, acc, SC);
+}
+
+// Xt [in][ldxt] = X^T, ldxt = B rounded up to 16 (zero-padded). Blocked so that both the reads
+// and the writes stay within a few hundred cache lines.
+const float* transpose_inputs(const float* X, int ldx, int B, int in, int& ldxt) {
+  ldxt = (B + 15) / 16 * 16;
+  thread_local AlignedVector<float> xt;
+  if (xt.size() < (size_t)in * ldxt) xt.resize((size_t)in * ldxt);
+  float* T = xt.data();
+  constexpr int kB = 16, kK = 64;
+  for (int k0 = 0; k0 < in; k0 += kK) {
+    const int k1 = std::min(in, k0 + kK);
+    for (int b0 = 0; b0 < ldxt; b0 += kB)
+      for (int b = b0; b < b0 + kB; ++b) {
+        if (b < B) {
+          const float* src = X + (size_t)b * ldx;
+          for (int k = k0; k < k1; ++k) T[(size_t)k * ldxt + b] = src[k];
+        } else {
+          for (int k = k0; k < k1; ++k) T[(size_t)k * ldxt + b] = 0.0f;
+        }
+      }
+  }
+  return T;
+}
+
 template <typename WT>
-void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
-                 const float* SC = nullptr) {
-  if (out <= 0 || B <= 0) return;
-  ops::FlopCounter::add(2LL * B * out * in);
+void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
+                  const float* SC) {
+  int ldxt = 0;
+  const float* Xt = transpose_inputs(X, ldx, B, in, ldxt);
+  constexpr int kBlock = 24;  // divisible by every outer_rows()
+  const int blocks = (out + kBlock - 1) / kBlock;
+  const bool parallel = (size_t)out * in >= 32768;  // as in matvec_impl
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
+    for (int b0 = 0; b0 < B; b0 += 16 * kOuterMaxNV) {
+      const int nb = std::min(16 * kOuterMaxNV, B - b0), nv = (nb + 15) / 16;
+      const float* xt = Xt + b0;
+      float* y = Y + (size_t)b0 * ldy;
+      const int R = outer_rows(nv);
+      for (int j = j_begin; j < j_end; j += R) {
+        const int rows = std::min(R, j_end - j);
+        switch (nv) {
+          case 1: outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+          case 2: outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+          case 3: outer_rows_tile<3>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+          default: outer_rows_tile<4>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+        }
+      }
+    }
+  }
+}
+#endif
+
+int g_outer_min_batch = 0;  // set_outer_min_batch's override; 0 = by weight format:
+
+// From how many inputs the outer-product kernel is faster, by measurement (bench_kernels
+// --benchmark_filter=DecodeMatvecKernels, M head and MLP-down shapes, 2026-12-03, GFLOP/s, row
+// tiles / outer): f32 24: 152/132, 32: 161/174; f16 24: 186/163, 32: 193/215; q8 24: 183/156,
+// 32: 185/233; bf16 12: 132/128, 16: 130/170 (the wide bf16 tile is weakest at many inputs).
+// Between 17 and 31 the outer kernel's second vector of 16 inputs runs partly empty.
+template <typename WT>
+int outer_min_batch() {
+  if (g_outer_min_batch > 0) return g_outer_min_batch;
+  return is_wide<WT>() ? 16 : 32;
+}
+
+template <typename WT>
+void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
+                    const float* SC) {
+#if defined(__AVX512F__)
+  if (B >= outer_min_batch<WT>()) return matvec_outer(W, out, in, X, ldx, B, Y, ldy, accumulate, SC);
+#endif
   constexpr bool wide = is_wide<WT>();
   int kpad = 0;
   const float* Xp = pack_inputs(X, ldx, B, in, wide ? 32 : 16, wide, kpad);
@@ -276,7 +436,34 @@ void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, f
   }
 }
 
+std::atomic<bool> g_clock_on{false};
+std::atomic<int64_t> g_clock_ns{0}, g_clock_flops{0};
+
+template <typename WT>
+void matvec_impl(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
+                 const float* SC = nullptr) {
+  if (out <= 0 || B <= 0) return;
+  const int64_t flops = 2LL * B * out * in;
+  ops::FlopCounter::add(flops);
+  if (!g_clock_on.load(std::memory_order_relaxed)) return matvec_kernels(W, out, in, X, ldx, B, Y, ldy, accumulate, SC);
+  const auto t0 = std::chrono::steady_clock::now();
+  matvec_kernels(W, out, in, X, ldx, B, Y, ldy, accumulate, SC);
+  g_clock_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  g_clock_flops += flops;
+}
+
 }  // namespace
+
+void MatvecClock::enable(bool on) { g_clock_on = on; }
+void MatvecClock::reset() { g_clock_ns = 0, g_clock_flops = 0; }
+double MatvecClock::seconds() { return (double)g_clock_ns.load() * 1e-9; }
+int64_t MatvecClock::flops() { return g_clock_flops.load(); }
+
+int set_outer_min_batch(int b) {
+  const int old = g_outer_min_batch;
+  g_outer_min_batch = b;
+  return old;
+}
 
 void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate) {
   matvec_impl(W, out, in, X, ldx, B, Y, ldy, accumulate);

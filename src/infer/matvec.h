@@ -35,4 +35,21 @@ void matvec(const Half* W, int out, int in, const float* X, int ldx, int B, floa
 void matvec_q8(const int8_t* W, const float* scales, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
                bool accumulate = false);
 
+// From this many inputs on, every matvec above runs the outer-product kernel (vectors along the
+// batch, no horizontal sums; AVX-512 builds) instead of the row tiles. 0 (the default) = the
+// threshold measured for each weight format (matvec.cpp: 16 for bf16, 32 for the others); tests
+// and benchmarks set it to reach both kernels at any size. Returns the previous value. Not
+// thread-safe: set it before decoding starts.
+int set_outer_min_batch(int b);
+
+// Wall time and FLOPs of the matvec calls above made while timing is on: bench generate's
+// "products" figure (the matrix products' own rate, apart from attention, norms and the rest of
+// a step). Two clock reads per call when on; nothing when off.
+struct MatvecClock {
+  static void enable(bool on);
+  static void reset();
+  static double seconds();
+  static int64_t flops();
+};
+
 }  // namespace modlm::infer
