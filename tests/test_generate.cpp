@@ -1086,6 +1086,52 @@ TEST(ForceProcessedFraction, EachRoutedLayerProcessesExactlyTheAskedShareOfTheCa
   }
 }
 
+// Several sequences, counting only their continuations: the decode steps that feed those
+// tokens one by one process exactly the asked share; the prompts do not count.
+TEST(ForceProcessedFraction, OnContinuationsTheDecodeStepsProcessTheAskedShare) {
+  Model<float> m(tiny_config(Variant{"every_other"}));
+  m.init_weights(7);
+  const int P = 10, N = 7, S = 4;
+  const auto prompts = random_prompts(S, P, 256, 99);
+  ASSERT_EQ(prompts, random_prompts(S, P, 256, 99));
+  const auto seqs = greedy_continuations(m, prompts, N);
+  ASSERT_EQ(seqs.size(), (size_t)S);
+  for (const auto& q : seqs) {
+    ASSERT_EQ(q.size(), (size_t)(P + N - 1));
+    // Each is its prompt's greedy continuation, as one sequence alone decodes it.
+    Decoder one(m, 1, P + N);
+    EXPECT_EQ(greedy_decode(one, std::vector<int32_t>(q.begin(), q.begin() + P), N - 1, nullptr),
+              std::vector<int32_t>(q.begin() + P, q.end()));
+  }
+  for (double f : {0.0, 0.25, 0.5}) {
+    const auto layers = force_processed_fraction(m, seqs, f, P);
+    const int counted = S * (N - 1), want = (int)std::lround(f * counted);
+    std::vector<int> processed(2, 0);
+    for (const auto& q : seqs) {
+      Decoder dec(m, 1, P + N);
+      dec.prefill({std::vector<int32_t>(q.begin(), q.begin() + P)});
+      for (int t = P; t < (int)q.size(); ++t) {
+        dec.step({0}, {q[t]});
+        for (int j = 0; j < 2; ++j) processed[j] += dec.route(0, j).processed;
+      }
+    }
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_EQ(processed[j], want) << "fraction " << f << " routed layer " << j;
+      EXPECT_DOUBLE_EQ(layers[j].processed, (double)want / counted);
+    }
+  }
+  // The convenience: rounds of calibration on the prompts' own continuations; after the last
+  // the steps process about the fraction (the continuations move with the biases, so not exactly).
+  const auto last = force_processed_fraction_on_continuations(m, 0.25, prompts, N, 3);
+  for (const auto& l : last) EXPECT_DOUBLE_EQ(l.processed, (double)std::lround(0.25 * S * (N - 1)) / (S * (N - 1)));
+  EXPECT_THROW(force_processed_fraction_on_continuations(m, 0.25, {bytes_of("ab"), bytes_of("abc")}, N), Error);
+  EXPECT_THROW(force_processed_fraction(m, seqs, 0.5, P + N), Error);  // nothing counted
+  EXPECT_THROW(force_processed_fraction(m, std::vector<std::vector<int32_t>>{}, 0.5, 0), Error);
+  EXPECT_EQ(calibration_sequences(32, 64), 8);
+  EXPECT_EQ(calibration_sequences(512, 16), 1);
+  EXPECT_EQ(calibration_sequences(200, 56), 4);
+}
+
 TEST(ForceProcessedFraction, RejectsWhatItCannotForce) {
   Model<float> dense(tiny_config(Variant{}));
   dense.init_weights(1);
@@ -1139,8 +1185,10 @@ TEST(BenchGenerateCli, ForcedFractionComparesModWithItsDenseTwin) {
   ASSERT_EQ(r.code, 0) << r.out;
   const json j = json::parse(r.out);
   ASSERT_TRUE(j.contains("calibration"));
-  EXPECT_EQ(j["calibration"]["tokens"], 256 > 96 ? 96 : 256);  // min(max_seq_len, max(prompt, 256))
-  for (const auto& l : j["calibration"]["layers"]) EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 24.0 / 96);
+  // Calibrated on the first 2 timed prompts (the largest batch; 1024 / 48 tokens would allow 8),
+  // their 7 fed continuation tokens counted: round(0.25 * 14) = 4 processed in every routed layer.
+  EXPECT_EQ(j["calibration"]["sequences"], 2);
+  for (const auto& l : j["calibration"]["layers"]) EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 4.0 / 14);
   ASSERT_EQ(j["mod"]["runs"].size(), 2u);
   ASSERT_EQ(j["dense"]["runs"].size(), 2u);
   for (const auto& run : j["mod"]["runs"]) {

@@ -64,6 +64,8 @@ double sgemm_gflops(int D) {
   return 2.0 * M * K * N / best / 1e9;
 }
 
+constexpr uint64_t kPromptSeed = 11;  // the timed prompts: infer::random_prompts(B, len, V, kPromptSeed)
+
 struct DecodeTiming {
   int batch = 0;
   double prefill_flops = 0, step_flops = 0;  // executed FLOPs (ops::FlopCounter) of the prefill / a median step
@@ -77,10 +79,7 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
   const int V = w->config().vocab_size;
   ops::CountFlops counting;  // the executed FLOPs of prefill and steps, for the GFLOP/s figures
   infer::Decoder dec(w, B, prompt_len + n_new, kv);
-  Rng r(11);
-  std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt_len));
-  for (auto& p : prompts)
-    for (auto& t : p) t = (int32_t)r.below(V);
+  const std::vector<std::vector<int32_t>> prompts = infer::random_prompts(B, prompt_len, V, kPromptSeed);
   std::vector<int> slots(B);
   for (int i = 0; i < B; ++i) slots[i] = i;
   DecodeTiming t;
@@ -243,17 +242,18 @@ Command add_bench_generate(CLI::App& app) {
               Model<float> m(c);
               m.init_weights(1);
               if (forced && c.n_routed()) {
-                // Calibrate on a random text of its own (not the timed prompts).
-                Rng r(23);
-                std::vector<int32_t> text(std::min(c.max_seq_len, std::max(o->prompt_len, 256)));
-                for (auto& t : text) t = (int32_t)r.below(c.vocab_size);
+                // Calibrate on the timed prompts' continuations (the first few of them), counting
+                // the continuation tokens the steps decide (infer/calibrate.h says why).
+                const int n_seqs = std::min(*std::max_element(batches.begin(), batches.end()),
+                                            infer::calibration_sequences(o->prompt_len, o->n_new));
                 json cal = json::array();
-                for (const auto& layer : infer::force_processed_fraction(m, text, o->processed_fraction))
+                for (const auto& layer : infer::force_processed_fraction_on_continuations(
+                         m, o->processed_fraction, infer::random_prompts(n_seqs, o->prompt_len, c.vocab_size, kPromptSeed), o->n_new))
                   cal.push_back({{"layer", layer.layer}, {"bias_shift", layer.bias_shift}, {"processed", layer.processed}});
-                out["calibration"] = {{"fraction", o->processed_fraction}, {"tokens", text.size()}, {"layers", cal}};
+                out["calibration"] = {{"fraction", o->processed_fraction}, {"sequences", n_seqs}, {"layers", cal}};
                 if (!o->json_out)
-                  std::printf("forced processed fraction %.3f: predictor biases moved on %zu random calibration tokens\n",
-                              o->processed_fraction, text.size());
+                  std::printf("forced processed fraction %.3f: predictor biases moved on the greedy continuations of the first %d timed prompts\n",
+                              o->processed_fraction, n_seqs);
               }
               const AlignedVector<float> pristine = m.params();
               for (infer::MatFormat fmt : formats) {

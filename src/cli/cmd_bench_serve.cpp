@@ -62,6 +62,11 @@ double percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
+// Client i's prompts, one per request: the same at every level, so levels share their prompts.
+std::vector<std::vector<int32_t>> client_prompts(int client, int requests, int prompt_len, int vocab) {
+  return infer::random_prompts(requests, prompt_len, vocab, 1000 + (uint64_t)client);
+}
+
 RequestTiming stream_one(int port, const std::vector<int32_t>& prompt, int n_new) {
   httplib::Client c("127.0.0.1", port);
   c.set_read_timeout(600);
@@ -163,28 +168,13 @@ Command add_bench_serve(CLI::App& app) {
               if (c.n_routed() && o->processed_fraction >= 0) {
                 if (c.routing.causal != "predictor") throw usage_error("--processed-fraction needs --causal predictor");
                 const double f = std::min(1.0, o->processed_fraction);
-                Rng r(23);
-                std::vector<int32_t> text(std::min(c.max_seq_len, 256));
-                for (auto& t : text) t = (int32_t)r.below(c.vocab_size);
-                infer::force_processed_fraction(*s.model, text, f);
-                // What is served is random prompts and their greedy continuations, whose hidden
-                // states differ from a random text's: calibrate twice more on such sequences.
-                for (int it = 0; it < 2; ++it) {
-                  std::vector<int32_t> cal;
-                  infer::Decoder dec(*s.model, 1, o->prompt_len + o->n_new);
-                  while ((int)cal.size() < std::min(c.max_seq_len, 4 * (o->prompt_len + o->n_new))) {
-                    std::vector<int32_t> seq(o->prompt_len);
-                    for (auto& t : seq) t = (int32_t)r.below(c.vocab_size);
-                    dec.prefill({seq});
-                    for (int k = 0; k < o->n_new; ++k) {
-                      seq.push_back(infer::argmax(dec.logits(0), c.vocab_size));
-                      if (k + 1 < o->n_new) dec.step({0}, {seq.back()});
-                    }
-                    cal.insert(cal.end(), seq.begin(), seq.end());
-                  }
-                  cal.resize(std::min<size_t>(cal.size(), (size_t)c.max_seq_len));
-                  infer::force_processed_fraction(*s.model, cal, f);
-                }
+                // Calibrated on the served prompts' greedy continuations (those of the first 16
+                // clients: every level up to 16 clients serves a subset), counting the decode-step
+                // tokens; infer/calibrate.h says why not on other sequences.
+                std::vector<std::vector<int32_t>> prompts;
+                for (int i = 0; i < std::min(max_clients, 16); ++i)
+                  for (auto& p : client_prompts(i, o->requests, o->prompt_len, c.vocab_size)) prompts.push_back(std::move(p));
+                infer::force_processed_fraction_on_continuations(*s.model, f, prompts, o->n_new);
               }
               s.tok = std::make_unique<LetterTokenizer>(c.vocab_size);
               serve::ServerOptions so;
@@ -216,12 +206,8 @@ Command add_bench_serve(CLI::App& app) {
                 const auto t0 = clk::now();
                 for (int i = 0; i < N; ++i)
                   th.emplace_back([&, i] {
-                    Rng r(1000 + i);
-                    for (int q = 0; q < o->requests; ++q) {
-                      std::vector<int32_t> prompt(o->prompt_len);
-                      for (auto& t : prompt) t = (int32_t)r.below(s.model->config().vocab_size);
-                      timings[(size_t)i * o->requests + q] = stream_one(s.port, prompt, o->n_new);
-                    }
+                    const auto prompts = client_prompts(i, o->requests, o->prompt_len, s.model->config().vocab_size);
+                    for (int q = 0; q < o->requests; ++q) timings[(size_t)i * o->requests + q] = stream_one(s.port, prompts[q], o->n_new);
                   });
                 for (auto& t : th) t.join();
                 const double wall = secs(t0, clk::now());
