@@ -11,6 +11,7 @@
 #include <set>
 
 #include "cli_helpers.h"
+#include "infer/attend.h"
 #include "infer/calibrate.h"
 #include "infer/decoder.h"
 #include "infer/matvec.h"
@@ -221,6 +222,39 @@ TEST(GenerateKernels, Bf16MatvecMatchesReference) {
       }
     }
   }
+}
+
+// Decode attention against a double-precision softmax over the same (widened) cache rows: the
+// vector kernel's head sizes (16..128 by 16, 16 positions per reduction) and the plain loops'.
+TEST(GenerateKernels, AttendOneMatchesNaiveSoftmaxAttention) {
+  Rng r(5);
+  for (int Dh : {8, 16, 32, 48, 64, 100, 128})
+    for (int n : {1, 5, 15, 16, 17, 33, 100})
+      for (bool bf16 : {false, true}) {
+        std::vector<float> q(Dh), K((size_t)n * Dh), V((size_t)n * Dh), s(n), o(Dh);
+        std::vector<uint16_t> Kb(K.size()), Vb(V.size());
+        for (auto& x : q) x = float(r.normal());
+        for (size_t i = 0; i < K.size(); ++i) {
+          K[i] = float(r.normal()), V[i] = float(r.normal());
+          if (bf16) Kb[i] = float_to_bf16(K[i]), Vb[i] = float_to_bf16(V[i]), K[i] = bf16_to_float(Kb[i]), V[i] = bf16_to_float(Vb[i]);
+        }
+        const float scale = 1.0f / std::sqrt((float)Dh);
+        if (bf16) attend_one(q.data(), Kb.data(), Vb.data(), n, Dh, scale, s.data(), o.data());
+        else attend_one(q.data(), K.data(), V.data(), n, Dh, scale, s.data(), o.data());
+        std::vector<double> w(n);
+        double mx = -1e300, sum = 0;
+        for (int t = 0; t < n; ++t) {
+          double d = 0;
+          for (int k = 0; k < Dh; ++k) d += (double)q[k] * K[(size_t)t * Dh + k];
+          mx = std::max(mx, w[t] = d * scale);
+        }
+        for (int t = 0; t < n; ++t) sum += (w[t] = std::exp(w[t] - mx));
+        for (int k = 0; k < Dh; ++k) {
+          double want = 0;
+          for (int t = 0; t < n; ++t) want += w[t] / sum * V[(size_t)t * Dh + k];
+          ASSERT_NEAR(o[k], want, 2e-5 * (1 + std::abs(want))) << "Dh " << Dh << " n " << n << " bf16 " << bf16 << " k " << k;
+        }
+      }
 }
 
 TEST(GenerateKernels, Bf16RoundsToNearestEven) {

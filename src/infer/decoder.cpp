@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "infer/attend.h"
 #include "infer/matvec.h"
 #include "ops/bf16.h"
 #include "model/routing.h"
@@ -24,38 +25,6 @@ using namespace ops;
 namespace {
 // The same expression as Model::routed_forward, so the gate is bit for bit the model's.
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
-
-inline float widen(float x) { return x; }
-inline float widen(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }  // bf16
-
-// One query against n cached keys and values of one head ([n, Dh] each, float or bf16):
-// o = softmax(q K^T * scale) V, with s as scratch for the n scores.
-template <typename KV>
-void attend_one(const float* q, const KV* K, const KV* Vv, int n, int Dh, float scale, float* s, float* o) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int t = 0; t < n; ++t) {
-    const KV* k = K + (size_t)t * Dh;
-    float dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int d = 0; d < Dh; ++d) dot += q[d] * widen(k[d]);
-    s[t] = dot * scale;
-    mx = std::max(mx, s[t]);
-  }
-  // The forward pass's exp (ops/fast_math.h), so that decode and forward compute the same softmax.
-  // (No speed change measured at 2048 tokens of context: the step is bound by reading the cache.)
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int t = 0; t < n; ++t) sum += (s[t] = ops::vexp<float>(s[t] - mx));
-  for (int d = 0; d < Dh; ++d) o[d] = 0;
-  for (int t = 0; t < n; ++t) {
-    const float p = s[t];
-    const KV* v = Vv + (size_t)t * Dh;
-#pragma omp simd
-    for (int d = 0; d < Dh; ++d) o[d] += p * widen(v[d]);
-  }
-  const float inv = 1.0f / sum;
-  for (int d = 0; d < Dh; ++d) o[d] *= inv;
-}
 }  // namespace
 
 Decoder::Decoder(const Model<float>& model, int max_batch, int max_len, DecodeWeights weights, KvFormat kv)

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 // GCC 12's AVX-512 headers build conversions on _mm512_undefined_*(), which -Wmaybe-uninitialized
 // reports once they are inlined into masked loads (a false positive: every lane is written).
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
