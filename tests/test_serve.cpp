@@ -522,6 +522,11 @@ TEST_F(Serve, ApiKeyFullQueueDisconnectAndSigterm) {
   EXPECT_EQ(get(s.port(), "/v1/models").status, 401);
   EXPECT_EQ(post(s.port(), "/v1/completions", body, {{"Authorization", "Bearer sekrit"}}).status, 200);
   EXPECT_EQ(get(s.port(), "/health").status, 200);  // health and metrics need no key
+  // One slot, no queue: requests sent one after another each find the slot free (it is given
+  // back before the answer goes out).
+  for (int i = 0; i < 20; ++i)
+    ASSERT_EQ(post(s.port(), "/v1/completions", R"({"prompt": "x", "max_tokens": 1})", {{"Authorization", "Bearer sekrit"}}).status, 200)
+        << "request " << i;
 
   // One slot, no queue: while a long stream holds the slot, another request gets 429.
   std::atomic<bool> holding{false}, asked{false};

@@ -306,19 +306,22 @@ void Scheduler::publish(Active& a, bool final) {
 }
 
 void Scheduler::finish(Active& a, const std::string& reason) {
-  {
-    std::lock_guard<std::mutex> rl(a.req->mu);
-    SeqJob& j = a.req->seqs[a.seq];
-    if (reason != "cancelled") publish(a, true);
-    j.done = true;
-    j.finish_reason = reason;
-    a.req->cv.notify_all();
-  }
+  // The slot is free before the client can learn that its sequence ended: a client that sends
+  // its next request as soon as this one is answered must find the slot, not a spurious 429
+  // (one slot, no queue: the test suite's SIGTERM check met exactly that under load).
   dec_->release(a.slot);
-  std::lock_guard<std::mutex> lk(mu_);
-  free_slots_.push_back(a.slot);
-  if (reason == "cancelled") ++stats_.cancelled;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    free_slots_.push_back(a.slot);
+    if (reason == "cancelled") ++stats_.cancelled;
+  }
   a.slot = -1;
+  std::lock_guard<std::mutex> rl(a.req->mu);
+  SeqJob& j = a.req->seqs[a.seq];
+  if (reason != "cancelled") publish(a, true);
+  j.done = true;
+  j.finish_reason = reason;
+  a.req->cv.notify_all();
 }
 
 }  // namespace modlm::serve
