@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/fs.h"
+#include "util/json_file.h"
 
 namespace modlm::cli {
 
@@ -37,11 +38,7 @@ Command add_init(CLI::App& app) {
   return {sub, [o]() -> int {
             json base = json::object();
             if (!o->config.empty()) {
-              try {
-                base = json::parse(read_text_file(o->config));
-              } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e999)
-                throw bad_input(o->config + ": not valid JSON: " + e.what());
-              }
+              base = parse_json_file(o->config);
             }
             if (!o->tokenizer.empty()) {
               if (o->flags.vocab && *o->flags.vocab == "bytes")

@@ -10,18 +10,11 @@
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/fs.h"
+#include "util/json_file.h"
 
 namespace modlm::cli {
 
 namespace {
-
-json parse_json_file(const std::string& path) {
-  try {
-    return json::parse(read_text_file(path));
-  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e999)
-    throw bad_input(path + ": not valid JSON: " + e.what());
-  }
-}
 
 // Flags for every key of the "train" section.
 struct TrainFlags {

@@ -12,6 +12,7 @@
 #include "ops/bf16.h"
 #include "util/error.h"
 #include "util/fs.h"
+#include "util/json_file.h"
 
 namespace modlm::io {
 
@@ -19,7 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr size_t kMaxJsonBytes = 64u << 20;  // config.json, the shard index
 // HF files an import keeps (under OUT/hf/) and an export writes back: they describe the
 // tokenizer's special tokens and the generation defaults, which modlm does not interpret.
 const char* const kSideFiles[] = {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"};
@@ -29,15 +29,6 @@ const std::set<std::string> kStructuralKeys = {
     "num_key_value_heads", "intermediate_size", "rms_norm_eps", "rope_theta",          "tie_word_embeddings",
     "max_position_embeddings", "vocab_size", "hidden_act",       "rope_scaling",            "attention_bias",
     "mlp_bias",      "head_dim",          "torch_dtype"};
-
-json parse_json_file(const std::string& path) {
-  const std::string text = read_text_file(path, kMaxJsonBytes);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw bad_input(path + ": not valid JSON: " + e.what());
-  }
-}
 
 std::string lower(std::string s) {
   for (char& c : s) c = (char)std::tolower((unsigned char)c);
@@ -276,9 +267,9 @@ int32_t bos_to_prepend(const std::string& dir, const ModelConfig& c, const std::
   }
   if (mode == "auto" && file_exists(dir + "/hf/tokenizer_config.json")) {
     try {
-      const json tc = json::parse(read_text_file(dir + "/hf/tokenizer_config.json", kMaxJsonBytes));
+      const json tc = parse_json_file(dir + "/hf/tokenizer_config.json");
       if (tc.is_object() && tc.contains("add_bos_token") && tc.at("add_bos_token") == false) return -1;
-    } catch (const json::exception&) {  // an unreadable side file does not decide
+    } catch (const Error&) {  // an unreadable side file does not decide
     }
   }
   return (int32_t)id;
