@@ -248,7 +248,9 @@ TEST(Families, EachFamilyIsTheDenseShapePlusItsRoutingOrExperts) {
     EXPECT_EQ(c.moe.n_noop, f == "mode_integrated" ? 4 : 0) << f;  // 0 = as many no-op experts as real ones
     EXPECT_EQ(c.d_model, 32);
     EXPECT_EQ(c.d_ff, 64);
-    if (routed) EXPECT_DOUBLE_EQ(c.routing.capacity, 0.25);
+    if (routed) {
+      EXPECT_DOUBLE_EQ(c.routing.capacity, 0.25);
+    }
   }
   // A model a family cannot make is bad input; unknown names too.
   ModelConfig one = dense;

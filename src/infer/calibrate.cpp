@@ -51,7 +51,7 @@ std::vector<CalibratedLayer> force_processed_fraction(Model<float>& model, const
     else if (k == n) threshold = logits[n - 1] - 1.0;
     else threshold = 0.5 * ((double)logits[k - 1] + logits[k]);
     const int l = dec.routed_layers()[j];
-    float* bias = model.param("layers." + std::to_string(l) + ".predictor.fc2.bias");
+    float* bias = model.param(LayerTensorNames::of(c, l).pred_fc2_b);
     bias[0] = (float)(bias[0] - threshold);
     out.push_back({l, -threshold, 0});
   }

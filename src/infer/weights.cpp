@@ -31,6 +31,8 @@ MatFormat parse_format(const std::string& s, const char* flag) {
   throw usage_error(std::string(flag) + " must be f32, bf16, f16 or q8, got \"" + s + "\"");
 }
 
+size_t element_bytes(MatFormat f) { return f == MatFormat::F32 ? 4 : f == MatFormat::Q8 ? 1 : 2; }
+
 double bytes_per_weight(MatFormat f) {
   switch (f) {
     case MatFormat::F32: return 4.0;
@@ -242,14 +244,13 @@ std::shared_ptr<const InferenceWeights> InferenceWeights::load(const std::string
       const Matrix& p = parts[i];
       if (p.fmt != g.fmt) throw bad_input(path + ": '" + names[i] + "' is " + format_name(p.fmt) + " but '" + names[0] + "' is " +
                                           format_name(g.fmt) + " (a fused group needs one format)");
-      const double bpw = g.fmt == MatFormat::Q8 ? 1.0 : bytes_per_weight(g.fmt);
-      adjacent = adjacent && (const uint8_t*)p.data == (const uint8_t*)g.data + (size_t)(bpw * rows * g.cols);
+      adjacent = adjacent && (const uint8_t*)p.data == (const uint8_t*)g.data + element_bytes(g.fmt) * rows * g.cols;
       if (g.fmt == MatFormat::Q8) adjacent = adjacent && p.scales == g.scales + (size_t)rows * q8_blocks(g.cols);
       rows += p.rows;
     }
     g.rows = rows;
     if (!adjacent) {
-      const size_t bpw = g.fmt == MatFormat::F32 ? 4 : g.fmt == MatFormat::Q8 ? 1 : 2;
+      const size_t bpw = element_bytes(g.fmt);
       const size_t bytes = (size_t)rows * g.cols * bpw, sbytes = g.fmt == MatFormat::Q8 ? (size_t)rows * q8_blocks(g.cols) * 4 : 0;
       w->owned_.emplace_back((bytes + 63) / 64 * 64 + sbytes);
       uint8_t* dst = w->owned_.back().data();
@@ -275,36 +276,35 @@ std::shared_ptr<const InferenceWeights> InferenceWeights::load(const std::string
   auto sp = [&](const std::string& n) { return small.count(n) ? small.at(n) : nullptr; };
   auto f32_of = [](const Matrix& m) { return const_cast<float*>(m.f32); };
   for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
+    const LayerTensorNames n = LayerTensorNames::of(c, l);
     LayerWeights<float>& W = w->small_.layers[l];
     LayerMatrices L;
-    W.attn_norm = sp(p + "attn_norm.weight");
-    W.mlp_norm = sp(p + "mlp_norm.weight");
-    L.wqkv = fuse({p + "attn.wq.weight", p + "attn.wk.weight", p + "attn.wv.weight"});
-    L.wo = mats.at(p + "attn.wo.weight");
+    W.attn_norm = sp(n.attn_norm);
+    W.mlp_norm = sp(n.mlp_norm);
+    L.wqkv = fuse({n.wq, n.wk, n.wv});
+    L.wo = mats.at(n.wo);
     W.wqkv = f32_of(L.wqkv);
     W.wo = f32_of(L.wo);
     if (c.has_moe(l)) {
-      W.moe_gate = sp(p + "moe.gate.weight");
-      for (int e = 0; e < c.moe.n_experts; ++e) {
-        const std::string q = p + "moe.experts." + std::to_string(e) + ".";
-        L.expert_w13.push_back(fuse({q + "w1.weight", q + "w3.weight"}));
-        L.expert_w2.push_back(mats.at(q + "w2.weight"));
+      W.moe_gate = sp(n.moe_gate);
+      for (const auto& e : n.experts) {
+        L.expert_w13.push_back(fuse({e.w1, e.w3}));
+        L.expert_w2.push_back(mats.at(e.w2));
         W.expert_w13.push_back(f32_of(L.expert_w13.back()));
         W.expert_w2.push_back(f32_of(L.expert_w2.back()));
       }
     } else {
-      L.w13 = fuse({p + "mlp.w1.weight", p + "mlp.w3.weight"});
-      L.w2 = mats.at(p + "mlp.w2.weight");
+      L.w13 = fuse({n.w1, n.w3});
+      L.w2 = mats.at(n.w2);
       W.w13 = f32_of(L.w13);
       W.w2 = f32_of(L.w2);
     }
     if (c.routed(l)) {
-      W.router = sp(p + "router.weight");
-      W.pred_fc1_w = sp(p + "predictor.fc1.weight");
-      W.pred_fc1_b = sp(p + "predictor.fc1.bias");
-      W.pred_fc2_w = sp(p + "predictor.fc2.weight");
-      W.pred_fc2_b = sp(p + "predictor.fc2.bias");
+      W.router = sp(n.router);
+      W.pred_fc1_w = sp(n.pred_fc1_w);
+      W.pred_fc1_b = sp(n.pred_fc1_b);
+      W.pred_fc2_w = sp(n.pred_fc2_w);
+      W.pred_fc2_b = sp(n.pred_fc2_b);
     }
     w->layers_.push_back(std::move(L));
   }

@@ -25,6 +25,8 @@ const char* format_name(MatFormat f);  // "f32", "bf16", "f16", "q8"
 MatFormat parse_format(const std::string& s, const char* flag);
 // Bytes per weight a full read of such a matrix streams (q8: 1 + 4/32 for the scales).
 double bytes_per_weight(MatFormat f);
+// Bytes of one stored weight element (q8: 1; its scales are a separate array).
+size_t element_bytes(MatFormat f);
 
 // One weight matrix [rows, cols], row-major.
 struct Matrix {

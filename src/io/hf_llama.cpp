@@ -51,14 +51,17 @@ std::vector<std::pair<std::string, std::string>> hf_llama_names(const ModelConfi
   std::vector<std::pair<std::string, std::string>> n;
   n.push_back({"model.embed_tokens.weight", "tok_embeddings.weight"});
   for (int l = 0; l < c.n_layers; ++l) {
-    const std::string h = "model.layers." + std::to_string(l) + ".", m = "layers." + std::to_string(l) + ".";
-    n.push_back({h + "input_layernorm.weight", m + "attn_norm.weight"});
-    for (const char* x : {"q", "k", "v", "o"})
-      n.push_back({h + "self_attn." + x + "_proj.weight", m + "attn.w" + x + ".weight"});
-    n.push_back({h + "post_attention_layernorm.weight", m + "mlp_norm.weight"});
-    n.push_back({h + "mlp.gate_proj.weight", m + "mlp.w1.weight"});
-    n.push_back({h + "mlp.up_proj.weight", m + "mlp.w3.weight"});
-    n.push_back({h + "mlp.down_proj.weight", m + "mlp.w2.weight"});
+    const std::string h = "model.layers." + std::to_string(l) + ".";
+    const LayerTensorNames m = LayerTensorNames::of(c, l);
+    n.push_back({h + "input_layernorm.weight", m.attn_norm});
+    n.push_back({h + "self_attn.q_proj.weight", m.wq});
+    n.push_back({h + "self_attn.k_proj.weight", m.wk});
+    n.push_back({h + "self_attn.v_proj.weight", m.wv});
+    n.push_back({h + "self_attn.o_proj.weight", m.wo});
+    n.push_back({h + "post_attention_layernorm.weight", m.mlp_norm});
+    n.push_back({h + "mlp.gate_proj.weight", m.w1});
+    n.push_back({h + "mlp.up_proj.weight", m.w3});
+    n.push_back({h + "mlp.down_proj.weight", m.w2});
   }
   n.push_back({"model.norm.weight", "norm.weight"});
   if (!c.tie_embeddings) n.push_back({"lm_head.weight", "output.weight"});

@@ -116,21 +116,21 @@ Model<float> convert_to_mod(Model<float>& dense, const ConvertOptions& o, const 
     const double q = 0.5 * (hi + lo);
     const double rsd = std::sqrt(rv);
     const double scale = q > 1e-6 * std::max(rsd, 1e-30) ? 3.0 / q : 3.0 / std::max(rsd, 1e-30);
-    const std::string p = "layers." + std::to_string(l) + ".";
-    float* w = m.param(p + "router.weight");
+    const LayerTensorNames names = LayerTensorNames::of(mc, l);
+    float* w = m.param(names.router);
     for (int d = 0; d < D; ++d) w[d] = (float)(scale * b[d]);
     int passed = 0;
     for (double v : r) passed += scale * (v - q) > 0;
     if (mc.routing.causal == "predictor") {
       const int Hp = mc.routing.predictor_hidden;
-      float* fc1 = m.param(p + "predictor.fc1.weight");
-      float* fc1b = m.param(p + "predictor.fc1.bias");
-      float* fc2 = m.param(p + "predictor.fc2.weight");
+      float* fc1 = m.param(names.pred_fc1_w);
+      float* fc1b = m.param(names.pred_fc1_b);
+      float* fc2 = m.param(names.pred_fc2_w);
       for (int d = 0; d < D; ++d) fc1[d] = w[d], fc1[D + d] = -w[d];
       fc1b[0] = fc1b[1] = 0.f;
       std::fill(fc2, fc2 + Hp, 0.f);
       fc2[0] = 1.f, fc2[1] = -1.f;
-      m.param(p + "predictor.fc2.bias")[0] = (float)(-scale * q);
+      m.param(names.pred_fc2_b)[0] = (float)(-scale * q);
     }
     if (report)
       report->push_back({l, sst > 0 ? 1.0 - sse / sst : 0.0, q, scale, (double)passed / n});

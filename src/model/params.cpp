@@ -8,42 +8,66 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
   const int64_t V = c.vocab_size, D = c.d_model, F = c.d_ff, Dkv = c.kv_dim();
   add("tok_embeddings.weight", {V, D}, true);
   for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    add(p + "attn_norm.weight", {D}, false);
+    const LayerTensorNames n = LayerTensorNames::of(c, l);
+    add(n.attn_norm, {D}, false);
     // wq, wk, wv adjacent: one fused [D + 2 Dkv, D] product (Dkv = D without GQA)
-    add(p + "attn.wq.weight", {D, D}, true, true, /*pad=*/false);
-    add(p + "attn.wk.weight", {Dkv, D}, true, true, /*pad=*/false);
-    add(p + "attn.wv.weight", {Dkv, D}, true);
-    add(p + "attn.wo.weight", {D, D}, true);
-    add(p + "mlp_norm.weight", {D}, false);
+    add(n.wq, {D, D}, true, true, /*pad=*/false);
+    add(n.wk, {Dkv, D}, true, true, /*pad=*/false);
+    add(n.wv, {Dkv, D}, true);
+    add(n.wo, {D, D}, true);
+    add(n.mlp_norm, {D}, false);
     if (c.has_moe(l)) {
       // The experts replace the MLP; each expert's w1, w3 adjacent: one fused [2 d_expert, D] product.
       const int64_t G = c.moe.n_gate(), De = c.moe.d_expert;
-      add(p + "moe.gate.weight", {G, D}, false);
-      for (int e = 0; e < c.moe.n_experts; ++e) {
-        const std::string q = p + "moe.experts." + std::to_string(e) + ".";
-        add(q + "w1.weight", {De, D}, true, true, /*pad=*/false);
-        add(q + "w3.weight", {De, D}, true);
-        add(q + "w2.weight", {D, De}, true);
+      add(n.moe_gate, {G, D}, false);
+      for (const auto& e : n.experts) {
+        add(e.w1, {De, D}, true, true, /*pad=*/false);
+        add(e.w3, {De, D}, true);
+        add(e.w2, {D, De}, true);
       }
     } else {
-      add(p + "mlp.w1.weight", {F, D}, true, true, /*pad=*/false);  // w1, w3 adjacent: one fused [2F, D] product
-      add(p + "mlp.w3.weight", {F, D}, true);
-      add(p + "mlp.w2.weight", {D, F}, true);
+      add(n.w1, {F, D}, true, true, /*pad=*/false);  // w1, w3 adjacent: one fused [2F, D] product
+      add(n.w3, {F, D}, true);
+      add(n.w2, {D, F}, true);
     }
     if (c.routed(l)) {
-      add(p + "router.weight", {1, D}, false);
-      if (c.routing.causal == "predictor") {
+      add(n.router, {1, D}, false);
+      if (!n.pred_fc1_w.empty()) {
         const int64_t Hp = c.routing.predictor_hidden;
-        add(p + "predictor.fc1.weight", {Hp, D}, true, false);
-        add(p + "predictor.fc1.bias", {Hp}, false, false);
-        add(p + "predictor.fc2.weight", {1, Hp}, true, false);
-        add(p + "predictor.fc2.bias", {1}, false, false);
+        add(n.pred_fc1_w, {Hp, D}, true, false);
+        add(n.pred_fc1_b, {Hp}, false, false);
+        add(n.pred_fc2_w, {1, Hp}, true, false);
+        add(n.pred_fc2_b, {1}, false, false);
       }
     }
   }
   add("norm.weight", {D}, false);
   if (!c.tie_embeddings) add("output.weight", {V, D}, true);
+}
+
+LayerTensorNames LayerTensorNames::of(const ModelConfig& c, int l) {
+  const std::string p = "layers." + std::to_string(l) + ".";
+  LayerTensorNames n;
+  n.attn_norm = p + "attn_norm.weight";
+  n.wq = p + "attn.wq.weight", n.wk = p + "attn.wk.weight", n.wv = p + "attn.wv.weight", n.wo = p + "attn.wo.weight";
+  n.mlp_norm = p + "mlp_norm.weight";
+  if (c.has_moe(l)) {
+    n.moe_gate = p + "moe.gate.weight";
+    for (int e = 0; e < c.moe.n_experts; ++e) {
+      const std::string q = p + "moe.experts." + std::to_string(e) + ".";
+      n.experts.push_back({q + "w1.weight", q + "w3.weight", q + "w2.weight"});
+    }
+  } else {
+    n.w1 = p + "mlp.w1.weight", n.w3 = p + "mlp.w3.weight", n.w2 = p + "mlp.w2.weight";
+  }
+  if (c.routed(l)) {
+    n.router = p + "router.weight";
+    if (c.routing.causal == "predictor") {
+      n.pred_fc1_w = p + "predictor.fc1.weight", n.pred_fc1_b = p + "predictor.fc1.bias";
+      n.pred_fc2_w = p + "predictor.fc2.weight", n.pred_fc2_b = p + "predictor.fc2.bias";
+    }
+  }
+  return n;
 }
 
 void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay, bool backbone, bool pad) {
@@ -78,30 +102,29 @@ ModelWeights<T> ModelWeights<T>::bind(const ParamLayout& L, const ModelConfig& c
   auto at = [&](const std::string& n) { return base + L.get(n).offset; };
   w.tok_embeddings = at("tok_embeddings.weight");
   for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
+    const LayerTensorNames n = LayerTensorNames::of(c, l);
     LayerWeights<T> lw;
-    lw.attn_norm = at(p + "attn_norm.weight");
-    lw.wqkv = at(p + "attn.wq.weight");
-    lw.wo = at(p + "attn.wo.weight");
-    lw.mlp_norm = at(p + "mlp_norm.weight");
+    lw.attn_norm = at(n.attn_norm);
+    lw.wqkv = at(n.wq);  // the fused q|k|v group starts at wq
+    lw.wo = at(n.wo);
+    lw.mlp_norm = at(n.mlp_norm);
     if (c.has_moe(l)) {
-      lw.moe_gate = at(p + "moe.gate.weight");
-      for (int e = 0; e < c.moe.n_experts; ++e) {
-        const std::string q = p + "moe.experts." + std::to_string(e) + ".";
-        lw.expert_w13.push_back(at(q + "w1.weight"));
-        lw.expert_w2.push_back(at(q + "w2.weight"));
+      lw.moe_gate = at(n.moe_gate);
+      for (const auto& e : n.experts) {
+        lw.expert_w13.push_back(at(e.w1));  // w1|w3 fused, from w1
+        lw.expert_w2.push_back(at(e.w2));
       }
     } else {
-      lw.w13 = at(p + "mlp.w1.weight");
-      lw.w2 = at(p + "mlp.w2.weight");
+      lw.w13 = at(n.w1);
+      lw.w2 = at(n.w2);
     }
     if (c.routed(l)) {
-      lw.router = at(p + "router.weight");
-      if (c.routing.causal == "predictor") {
-        lw.pred_fc1_w = at(p + "predictor.fc1.weight");
-        lw.pred_fc1_b = at(p + "predictor.fc1.bias");
-        lw.pred_fc2_w = at(p + "predictor.fc2.weight");
-        lw.pred_fc2_b = at(p + "predictor.fc2.bias");
+      lw.router = at(n.router);
+      if (!n.pred_fc1_w.empty()) {
+        lw.pred_fc1_w = at(n.pred_fc1_w);
+        lw.pred_fc1_b = at(n.pred_fc1_b);
+        lw.pred_fc2_w = at(n.pred_fc2_w);
+        lw.pred_fc2_b = at(n.pred_fc2_b);
       }
     }
     w.layers.push_back(lw);

@@ -50,6 +50,22 @@ struct LayerWeights {
   T* pred_fc1_w = nullptr, *pred_fc1_b = nullptr, *pred_fc2_w = nullptr, *pred_fc2_b = nullptr;
 };
 
+// The SPEC §6 names of layer l's tensors: one spelling for the layout (ParamLayout), the
+// binders (ModelWeights::bind, infer::InferenceWeights::load) and whoever else walks a layer.
+// Names a layer does not have are empty: w1/w3/w2 in an MoE layer, the MoE's in a dense one,
+// router and predictor outside routed layers (predictor: causal = "predictor" only).
+struct LayerTensorNames {
+  std::string attn_norm, wq, wk, wv, wo, mlp_norm;
+  std::string w1, w3, w2;
+  std::string moe_gate;
+  struct Expert {
+    std::string w1, w3, w2;
+  };
+  std::vector<Expert> experts;
+  std::string router, pred_fc1_w, pred_fc1_b, pred_fc2_w, pred_fc2_b;
+  static LayerTensorNames of(const ModelConfig& c, int l);
+};
+
 template <typename T>
 struct ModelWeights {
   T* tok_embeddings = nullptr;  // [V, D]
