@@ -398,15 +398,21 @@ void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, 
 
 int g_outer_min_batch = 0;  // set_outer_min_batch's override; 0 = by weight format:
 
-// From how many inputs the outer-product kernel is faster, by measurement (bench_kernels
-// --benchmark_filter=DecodeMatvecKernels, M head and MLP-down shapes, 2026-12-03, GFLOP/s, row
-// tiles / outer): f32 24: 152/132, 32: 161/174; f16 24: 186/163, 32: 193/215; q8 24: 183/156,
-// 32: 185/233; bf16 12: 132/128, 16: 130/170 (the wide bf16 tile is weakest at many inputs).
-// Between 17 and 31 the outer kernel's second vector of 16 inputs runs partly empty.
+// From how many inputs the outer-product kernel is faster, by measurement: row-tile time /
+// outer time, best of 6 alternating, on the M head [32000, 1024] and 8 M MLP-down matrices
+// [8192, 2816] (/tmp harness over this file's kernels, 2026-12-03; > 1: outer faster):
+//   inputs  8     12    16    20    24    28    32
+//   f32     0.96  1.23  1.34  1.05  1.16  1.28  1.35
+//   bf16    0.72  0.97  1.22  1.18  1.14  1.36  1.46
+//   f16     0.64  0.86  1.03  0.80  0.92  1.06  1.18
+//   q8      0.44  0.74  0.86  0.72  0.80  1.01  1.10
+// (From 17 inputs the outer kernel's second vector of 16 runs partly empty: the dip at 20.)
 template <typename WT>
 int outer_min_batch() {
   if (g_outer_min_batch > 0) return g_outer_min_batch;
-  return is_wide<WT>() ? 16 : 32;
+  if constexpr (std::is_same_v<WT, float>) return 12;
+  else if constexpr (std::is_same_v<WT, uint16_t>) return 16;
+  else return 28;  // f16, q8: their row tiles widen cheaply and stay ahead longer
 }
 
 template <typename WT>
