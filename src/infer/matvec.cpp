@@ -426,7 +426,9 @@ void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B
   const float* Xp = pack_inputs(X, ldx, B, in, wide ? 32 : 16, wide, kpad);
   // Work unit: a block of 24 weight rows (divisible by every tile height), all B inputs. The
   // batch loop is inside, so a block's rows are fetched from memory once and reused from cache.
-  constexpr int kBlock = 24;
+  // With one chunk of inputs there is no reuse, and a block of one tile splits the rows between
+  // the threads evenly (1024 rows: 128 tiles each, where 24-row blocks give 22 and 21).
+  const int kBlock = B <= kMaxNB ? tile_rows<WT>(B) : 24;
   const int blocks = (out + kBlock - 1) / kBlock;
   // Small products (a router, a tiny test model) are not worth waking the thread team for.
   const bool parallel = (size_t)out * in >= 32768;
