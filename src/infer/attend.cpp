@@ -7,13 +7,7 @@
 
 #include "ops/fast_math.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-// GCC 12's AVX-512 headers build shuffles and conversions on _mm512_undefined_*(), which
-// -W(maybe-)uninitialized reports once inlined (a false positive: every lane is written).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "ops/avx512.h"
 
 namespace modlm::infer {
 
@@ -23,10 +17,8 @@ inline float widen(float x) { return x; }
 inline float widen(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }  // bf16
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
+inline __m512 load16(const float* p) { return ops::load16_f32(p); }
+inline __m512 load16(const uint16_t* p) { return ops::load16_bf16(p); }
 
 // r[j] = the sum of v[j]'s 16 lanes, for 16 vectors at once: a tree of pairwise shuffles and adds
 // (45 instructions for 16 sums, where one horizontal sum each would take ~8).

@@ -10,13 +10,7 @@
 
 #include "ops/bf16.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-// GCC 12's AVX-512 headers build conversions on _mm512_undefined_*(), which -Wmaybe-uninitialized
-// reports once they are inlined into masked loads (a false positive: every lane is written).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "ops/avx512.h"
 
 namespace modlm::infer {
 
@@ -35,10 +29,8 @@ inline float hsum(__m512 v) {
 }
 
 // 16 weights as floats: a plain load, or 16 bf16 widened (each the top half of a float).
-inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load_w(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
+inline __m512 load_w(const float* p) { return ops::load16_f32(p); }
+inline __m512 load_w(const uint16_t* p) { return ops::load16_bf16(p); }
 inline __m512 load_w(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 inline __m512 load_w(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
 inline __m512 load_w_masked(const Half* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
