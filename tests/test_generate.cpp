@@ -1156,8 +1156,26 @@ TEST(ForceProcessedFraction, OnContinuationsTheDecodeStepsProcessTheAskedShare) 
   }
   // The convenience: rounds of calibration on the prompts' own continuations; after the last
   // the steps process about the fraction (the continuations move with the biases, so not exactly).
-  const auto last = force_processed_fraction_on_continuations(m, 0.25, prompts, N, 3);
-  for (const auto& l : last) EXPECT_DOUBLE_EQ(l.processed, (double)std::lround(0.25 * S * (N - 1)) / (S * (N - 1)));
+  bool converged = false;
+  const auto last = force_processed_fraction_on_continuations(m, 0.25, prompts, N, 6, &converged);
+  const int want = (int)std::lround(0.25 * S * (N - 1));
+  for (const auto& l : last) EXPECT_DOUBLE_EQ(l.processed, (double)want / (S * (N - 1)));
+  // A fixed point: greedy decoding of the prompts now feeds exactly the calibrated tokens, so
+  // its steps process exactly the share.
+  EXPECT_TRUE(converged);
+  if (converged) {
+    std::vector<int> processed(2, 0);
+    for (const auto& p : prompts) {
+      Decoder dec(m, 1, P + N);
+      dec.prefill({p});
+      for (int k = 0; k + 1 < N; ++k) {
+        dec.step({0}, {argmax(dec.logits(0), 256)});
+        for (int j = 0; j < 2; ++j) processed[j] += dec.route(0, j).processed;
+      }
+    }
+    for (int j = 0; j < 2; ++j) EXPECT_EQ(processed[j], want) << "routed layer " << j;
+  }
+  EXPECT_THROW(force_processed_fraction_on_continuations(m, 0.25, prompts, N, 0), Error);
   EXPECT_THROW(force_processed_fraction_on_continuations(m, 0.25, {bytes_of("ab"), bytes_of("abc")}, N), Error);
   EXPECT_THROW(force_processed_fraction(m, seqs, 0.5, P + N), Error);  // nothing counted
   EXPECT_THROW(force_processed_fraction(m, std::vector<std::vector<int32_t>>{}, 0.5, 0), Error);

@@ -241,25 +241,30 @@ Command add_bench_generate(CLI::App& app) {
             for (const auto& [model_name, c] : models) {
               Model<float> m(c);
               m.init_weights(1);
-              if (forced && c.n_routed()) {
-                // Calibrate on the timed prompts' continuations (the first few of them), counting
-                // the continuation tokens the steps decide (infer/calibrate.h says why).
-                const int n_seqs = std::min(*std::max_element(batches.begin(), batches.end()),
-                                            infer::calibration_sequences(o->prompt_len, o->n_new));
-                json cal = json::array();
-                for (const auto& layer : infer::force_processed_fraction_on_continuations(
-                         m, o->processed_fraction, infer::random_prompts(n_seqs, o->prompt_len, c.vocab_size, kPromptSeed), o->n_new))
-                  cal.push_back({{"layer", layer.layer}, {"bias_shift", layer.bias_shift}, {"processed", layer.processed}});
-                out["calibration"] = {{"fraction", o->processed_fraction}, {"sequences", n_seqs}, {"layers", cal}};
-                if (!o->json_out)
-                  std::printf("forced processed fraction %.3f: predictor biases moved on the greedy continuations of the first %d timed prompts\n",
-                              o->processed_fraction, n_seqs);
-              }
               const AlignedVector<float> pristine = m.params();
               for (infer::MatFormat fmt : formats) {
               const std::string name = many ? model_name + "/" + infer::format_name(fmt) : model_name;
               std::copy(pristine.begin(), pristine.end(), m.params().begin());
               infer::round_weights_to(m, fmt);  // prefill and steps compute the same model
+              json cal_info;
+              if (forced && c.n_routed()) {
+                // Calibrate the model as this format rounds it (rounding moves the decisions), on
+                // the timed prompts' continuations (the first few of them), counting the
+                // continuation tokens the steps decide (infer/calibrate.h says why).
+                const int n_seqs = std::min(*std::max_element(batches.begin(), batches.end()),
+                                            infer::calibration_sequences(o->prompt_len, o->n_new));
+                json cal = json::array();
+                bool converged = false;
+                for (const auto& layer : infer::force_processed_fraction_on_continuations(
+                         m, o->processed_fraction, infer::random_prompts(n_seqs, o->prompt_len, c.vocab_size, kPromptSeed), o->n_new, 4,
+                         &converged))
+                  cal.push_back({{"layer", layer.layer}, {"bias_shift", layer.bias_shift}, {"processed", layer.processed}});
+                cal_info = {{"fraction", o->processed_fraction}, {"sequences", n_seqs}, {"converged", converged}, {"layers", cal}};
+                if (!out.contains("calibration")) out["calibration"] = cal_info;  // the first format's; each run's below
+                if (!o->json_out)
+                  std::printf("forced processed fraction %.3f: predictor biases moved on the greedy continuations of the first %d timed prompts%s\n",
+                              o->processed_fraction, n_seqs, converged ? " (a fixed point: they decode exactly that share)" : "");
+              }
               const auto iw = infer::InferenceWeights::from_model(m, fmt);
               const double weight_bytes = (double)iw->matrix_bytes();
               if (!o->json_out)
@@ -316,6 +321,7 @@ Command add_bench_generate(CLI::App& app) {
                 }
               }
               out[name] = {{"weight_bytes", weight_bytes}, {"format", infer::format_name(fmt)}, {"runs", runs}};
+              if (!cal_info.is_null()) out[name]["calibration"] = cal_info;
               }
             }
             for (infer::MatFormat fmt : formats) {

@@ -174,7 +174,7 @@ Command add_bench_serve(CLI::App& app) {
                 std::vector<std::vector<int32_t>> prompts;
                 for (int i = 0; i < std::min(max_clients, 16); ++i)
                   for (auto& p : client_prompts(i, o->requests, o->prompt_len, c.vocab_size)) prompts.push_back(std::move(p));
-                infer::force_processed_fraction_on_continuations(*s.model, f, prompts, o->n_new);
+                infer::force_processed_fraction_on_continuations(*s.model, f, prompts, o->n_new, 2);
               }
               s.tok = std::make_unique<LetterTokenizer>(c.vocab_size);
               serve::ServerOptions so;

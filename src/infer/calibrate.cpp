@@ -97,13 +97,22 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int len, int vocab, uint
 
 std::vector<CalibratedLayer> force_processed_fraction_on_continuations(Model<float>& model, double fraction,
                                                                        const std::vector<std::vector<int32_t>>& prompts, int n_new,
-                                                                       int rounds) {
+                                                                       int rounds, bool* converged) {
   if (prompts.empty()) throw bad_input("calibration needs at least one prompt");
+  if (rounds < 1) throw bad_input("calibration needs at least one round");
   const size_t P = prompts[0].size();
   for (const auto& p : prompts)
     if (p.size() != P) throw bad_input("calibration prompts must have one length (the counted tokens follow it)");
   std::vector<CalibratedLayer> out;
-  for (int it = 0; it < rounds; ++it) out = force_processed_fraction(model, greedy_continuations(model, prompts, n_new), fraction, (int)P);
+  std::vector<std::vector<int32_t>> seqs = greedy_continuations(model, prompts, n_new);
+  bool fixed = false;
+  for (int it = 0; it < rounds && !fixed; ++it) {
+    out = force_processed_fraction(model, seqs, fraction, (int)P);
+    std::vector<std::vector<int32_t>> next = greedy_continuations(model, prompts, n_new);
+    fixed = next == seqs;  // the new biases decode what they were fitted on: exactly the share
+    seqs = std::move(next);
+  }
+  if (converged) *converged = fixed;
   return out;
 }
 
