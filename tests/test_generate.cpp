@@ -1238,9 +1238,12 @@ TEST(BenchGenerateCli, ForcedFractionComparesModWithItsDenseTwin) {
   const json j = json::parse(r.out);
   ASSERT_TRUE(j.contains("calibration"));
   // Calibrated on the first 2 timed prompts (the largest batch; 1024 / 48 tokens would allow 8),
-  // their 7 fed continuation tokens counted: round(0.25 * 14) = 4 processed in every routed layer.
+  // the 8 continuation tokens the timed steps feed counted: round(0.25 * 16) = 4 processed in
+  // every routed layer.
   EXPECT_EQ(j["calibration"]["sequences"], 2);
-  for (const auto& l : j["calibration"]["layers"]) EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 4.0 / 14);
+  for (const auto& l : j["calibration"]["layers"]) EXPECT_DOUBLE_EQ(l["processed"].get<double>(), 4.0 / 16);
+  // One timed step still has a token to calibrate on.
+  EXPECT_EQ(run_modlm(shape + "--routing every_other --capacity 0.25 --processed-fraction 0.25 --batch 1 --prompt-len 40 --new 1 --json").code, 0);
   ASSERT_EQ(j["mod"]["runs"].size(), 2u);
   ASSERT_EQ(j["dense"]["runs"].size(), 2u);
   for (const auto& run : j["mod"]["runs"]) {

@@ -256,8 +256,8 @@ Command add_bench_generate(CLI::App& app) {
                 json cal = json::array();
                 bool converged = false;
                 for (const auto& layer : infer::force_processed_fraction_on_continuations(
-                         m, o->processed_fraction, infer::random_prompts(n_seqs, o->prompt_len, c.vocab_size, kPromptSeed), o->n_new, 4,
-                         &converged))
+                         m, o->processed_fraction, infer::random_prompts(n_seqs, o->prompt_len, c.vocab_size, kPromptSeed),
+                         o->n_new + 1, 4, &converged))  // the timed steps feed --new tokens
                   cal.push_back({{"layer", layer.layer}, {"bias_shift", layer.bias_shift}, {"processed", layer.processed}});
                 cal_info = {{"fraction", o->processed_fraction}, {"sequences", n_seqs}, {"converged", converged}, {"layers", cal}};
                 if (!out.contains("calibration")) out["calibration"] = cal_info;  // the first format's; each run's below

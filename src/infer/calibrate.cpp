@@ -75,7 +75,7 @@ std::vector<std::vector<int32_t>> greedy_continuations(Model<float>& model, cons
   for (const auto& p : prompts) longest = std::max(longest, p.size());
   const int n = (int)prompts.size();
   std::vector<std::vector<int32_t>> seqs = prompts;
-  Decoder dec(model, n, (int)longest + n_new);
+  Decoder dec(model, n, (int)longest + n_new - 1);  // what is fed: the prompt and n_new - 1 tokens
   dec.prefill(seqs);
   std::vector<int> slots(n);
   std::vector<int32_t> toks(n);
