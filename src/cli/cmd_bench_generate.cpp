@@ -203,7 +203,9 @@ Command add_bench_generate(CLI::App& app) {
   sub->footer(
       "Default shape: D=512 L=8 H=8 F=1408 V=8192. Decode tok/s = batch / median step time (a step = one token\n"
       "for every sequence, greedy argmax included); effective bandwidth = weight bytes a step reads / step time\n"
-      "(a routed block no token processes is not read). Stream = best of 5 OpenMP sums over 1 GiB.\n"
+      "(a routed block no token processes is not read). Stream = best of 5 OpenMP sums over 1 GiB; SGEMM = best\n"
+      "of 5 [512, D] x [D, 4D] products; both probed right before each timing. Products = the step's matrix\n"
+      "products timed call by call: their GFLOP/s, its share of SGEMM and their share of the step.\n"
       "Example: modlm bench generate --d-model 1024 --n-layers 16 --n-heads 16 --d-ff 2816 --vocab 32000 --batch 1,8");
   return {sub, [o, fraction_opt]() -> int {
             json base{{"vocab_size", 8192}, {"d_model", 512}, {"n_layers", 8}, {"n_heads", 8}, {"d_ff", 1408}};
