@@ -29,8 +29,8 @@ inline float hsum(__m512 v) {
 }
 
 // 16 weights as floats: a plain load, or 16 bf16 widened (each the top half of a float).
-inline __m512 load_w(const float* p) { return ops::load16_f32(p); }
-inline __m512 load_w(const uint16_t* p) { return ops::load16_bf16(p); }
+inline __m512 load_w(const float* p) { return ops::load16(p); }
+inline __m512 load_w(const uint16_t* p) { return ops::load16(p); }
 inline __m512 load_w(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 inline __m512 load_w(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
 inline __m512 load_w_masked(const Half* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
@@ -291,22 +291,21 @@ inline void tile_outer(const WT* W, int in, const float* Xt, int ldxt, float* Y,
   for (int k0 = 0; k0 < in; k0 += kPanelK) {
     const int kn = std::min(kPanelK, in - k0);
     widen_panel<MR>(W, in, j0, k0, kn, SC, panel);
-    const float* wp = panel;
-    constexpr int ws = kPanelK;
     // While this panel is multiplied, fetch the next one (these rows' next columns, or the next
     // tile's first), spread over the multiplication: one line per row for every 64 bytes of a
     // row the panel holds, as tile() does, so memory and compute overlap instead of taking turns.
     const int nk0 = k0 + kPanelK < in ? k0 + kPanelK : 0, nj0 = k0 + kPanelK < in ? j0 : j0 + MR;
     const int nbytes = std::min(kPanelK, in - nk0) * (int)sizeof(WT);
     const char* next = reinterpret_cast<const char*>(W + (size_t)nj0 * in + nk0);
+    constexpr int kPerLine = 64 / (int)sizeof(WT);  // weights per cache line
     const float* x = Xt + (size_t)k0 * ldxt;
     for (int k = 0; k < kn; ++k, x += ldxt) {
-      if (k % 16 == 0 && (k * (int)sizeof(WT)) % 64 == 0 && k * (int)sizeof(WT) < nbytes)
+      if (k % kPerLine == 0 && k * (int)sizeof(WT) < nbytes)
         for (int r = 0; r < MR; ++r) _mm_prefetch(next + (size_t)r * in * sizeof(WT) + (size_t)k * sizeof(WT), _MM_HINT_T0);
       __m512 xv[NV];
       for (int v = 0; v < NV; ++v) xv[v] = _mm512_load_ps(x + 16 * v);
       for (int r = 0; r < MR; ++r) {
-        const __m512 w = _mm512_set1_ps(wp[r * ws + k]);
+        const __m512 w = _mm512_set1_ps(panel[r * kPanelK + k]);
         for (int v = 0; v < NV; ++v) s[r][v] = _mm512_fmadd_ps(w, xv[v], s[r][v]);
       }
     }

@@ -14,8 +14,8 @@
 namespace modlm::ops {
 
 // 16 floats, or 16 bf16 bit patterns widened to floats (each the top half of a float).
-inline __m512 load16_f32(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_bf16(const uint16_t* p) {
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 

@@ -48,19 +48,6 @@ inline float f16_to_float(uint16_t h) {
 
 // float -> f16, round to nearest, ties to even; beyond 65504 (from the halfway point 65520 on)
 // it is infinity, as float rounding would give; NaN stays a quiet NaN.
-inline uint16_t float_to_f16(float f);
-
-// n floats to bf16 (f16 = false) or f16 (true); returns the index of the first finite value f16
-// cannot hold (it became infinity), or n when there is none (always n for bf16).
-inline size_t to_16bit(const float* src, size_t n, uint16_t* dst, bool f16) {
-  size_t first_overflow = n;
-  for (size_t i = 0; i < n; ++i) {
-    dst[i] = f16 ? float_to_f16(src[i]) : float_to_bf16(src[i]);
-    if (f16 && first_overflow == n && (dst[i] & 0x7c00u) == 0x7c00u && std::isfinite(src[i])) first_overflow = i;
-  }
-  return first_overflow;
-}
-
 inline uint16_t float_to_f16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
@@ -76,6 +63,17 @@ inline uint16_t float_to_f16(float f) {
   const uint32_t rest = mant & 0x1fffu;
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry moves into the exponent
   return sign | static_cast<uint16_t>(h);
+}
+
+// n floats to bf16 (f16 = false) or f16 (true); returns the index of the first finite value f16
+// cannot hold (it became infinity), or n when there is none (always n for bf16).
+inline size_t to_16bit(const float* src, size_t n, uint16_t* dst, bool f16) {
+  size_t first_overflow = n;
+  for (size_t i = 0; i < n; ++i) {
+    dst[i] = f16 ? float_to_f16(src[i]) : float_to_bf16(src[i]);
+    if (f16 && first_overflow == n && (dst[i] & 0x7c00u) == 0x7c00u && std::isfinite(src[i])) first_overflow = i;
+  }
+  return first_overflow;
 }
 
 }  // namespace modlm
