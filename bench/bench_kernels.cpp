@@ -97,23 +97,20 @@ static void BM_CrossEntropy(benchmark::State& st) {
 }
 BENCHMARK(BM_CrossEntropy)->Args({4096, 8192})->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// Decode-time matrix-vector products: the M model's LM head [32000, 1024] (131 MB in float, more
-// than the caches), B inputs. Bytes/s = weight bytes streamed.  args: B, bf16 (0/1)
-// The decode kernels on the M head shape [32000, 1024]: range(0) = batch, range(1) = format
-// (0 f32, 1 bf16, 2 f16, 3 q8), range(2) = kernel (0 as the library picks, 1 row tiles, 2 the
-// outer-product kernel). Bytes processed = the matrix as stored.
+// The decode kernels on the M head shape [32000, 1024] (131 MB in float, more than the caches):
+// range(0) = batch, range(1) = format (0 f32, 1 bf16, 2 f16, 3 q8), range(2) = kernel (0 as the
+// library picks, 1 row tiles, 2 the outer-product kernel). Bytes processed = the matrix as stored.
 static void BM_DecodeMatvec(benchmark::State& st) {
   // range(3): 1 = the M MLP's down projection [1024, 2816] (long rows) instead.
   const bool down = st.range(3) == 1;
   const int out = down ? 1024 : 32000, in = down ? 2816 : 1024, B = (int)st.range(0), fmt = (int)st.range(1),
             kernel = (int)st.range(2);
-  const int saved = infer::set_outer_min_batch(1);  // the library's choice, restored below
-  infer::set_outer_min_batch(kernel == 0 ? saved : kernel == 1 ? 1 << 30 : 1);
+  const infer::OuterKernelFrom choice(kernel == 1 ? 1 << 30 : kernel == 2 ? 1 : 0);
   auto W = random_buffer((size_t)out * in, 7);
   std::vector<uint16_t> Wh((size_t)out * in);
   std::vector<infer::Half> Wf((size_t)out * in);
   std::vector<int8_t> Wq((size_t)out * in);
-  std::vector<float> Sq((size_t)out * ((in + 31) / 32));
+  std::vector<float> Sq((size_t)out * q8_blocks(in));
   if (fmt == 1) to_bf16(W.data(), W.size(), Wh.data());
   if (fmt == 2)
     for (size_t i = 0; i < W.size(); ++i) Wf[i].bits = float_to_f16(W[i]);
@@ -127,7 +124,6 @@ static void BM_DecodeMatvec(benchmark::State& st) {
     else infer::matvec(W.data(), out, in, X.data(), in, B, Y.data(), out);
     benchmark::DoNotOptimize(Y.data());
   }
-  infer::set_outer_min_batch(saved);
   const double bytes = fmt == 0 ? 4.0 : fmt == 3 ? 1.125 : 2.0;
   st.SetBytesProcessed((int64_t)(st.iterations() * (double)out * in * bytes));
   st.counters["GFLOPs"] = benchmark::Counter(2.0 * B * out * in * st.iterations() / 1e9, benchmark::Counter::kIsRate);

@@ -161,13 +161,8 @@ const std::vector<MoeVariant> kMoe = {
 
 // ---------------------------------------------------------------------------------------------
 
-// Sends batches of at least b inputs to the outer-product kernel while in scope (0: the measured
-// per-format thresholds; 1: every batch; 1 << 30: none).
-struct OuterKernelFrom {
-  int saved;
-  explicit OuterKernelFrom(int b) : saved(set_outer_min_batch(b)) {}
-  ~OuterKernelFrom() { set_outer_min_batch(saved); }
-};
+// OuterKernelFrom(b) (infer/matvec.h) sends batches of at least b inputs to the outer-product
+// kernel while in scope (0: the measured per-format thresholds; 1: every batch; 1 << 30: none).
 
 // Both kernels (row tiles, and the outer-product kernel of large batches: threshold 1 sends
 // every size there), around their tile edges: 16-input vectors, 256-column panels, 64-input tiles.

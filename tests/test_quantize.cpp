@@ -81,11 +81,7 @@ TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
   for (int outer_from : {0, 1, 1 << 30})
   for (int in : {1, 15, 16, 17, 31, 32, 33, 100, 300, 1024})
     for (int B : {1, 3, 8, 9, 16, 33, 64, 65}) {
-      const int saved = set_outer_min_batch(outer_from);
-      struct Restore {
-        int b;
-        ~Restore() { set_outer_min_batch(b); }
-      } restore{saved};
+      const OuterKernelFrom kernel(outer_from);
       const int out = 29;
       std::vector<float> W((size_t)out * in), X((size_t)B * in);
       for (auto& x : W) x = (float)r.normal();

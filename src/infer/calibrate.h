@@ -52,9 +52,10 @@ inline int calibration_sequences(int prompt_len, int n_new) {
 // most `rounds` times: it stops at a fixed point, where the greedy continuations under the new
 // biases are the ones they were fitted on, so decode steps on those prompts process exactly
 // round(fraction * n) of their n continuation tokens in every routed layer (*converged = true);
-// otherwise about that share. A random-weight model's continuations often repeat a token, which makes a
-// sequence's decisions nearly all-or-nothing: a fraction forced on other sequences lands far
-// off (0.15-0.26 against 0.125), so the benchmarks calibrate on the prompts they time.
+// otherwise about that share. A random-weight model's continuations often repeat a token,
+// which makes a sequence's decisions nearly all-or-nothing: a fraction forced on other
+// sequences lands far off (0.15-0.26 against 0.125), so the benchmarks calibrate on the
+// prompts they time.
 std::vector<CalibratedLayer> force_processed_fraction_on_continuations(Model<float>& model, double fraction,
                                                                        const std::vector<std::vector<int32_t>>& prompts, int n_new,
                                                                        int rounds = 4, bool* converged = nullptr);

@@ -42,6 +42,19 @@ void matvec_q8(const int8_t* W, const float* scales, int out, int in, const floa
 // thread-safe: set it before decoding starts.
 int set_outer_min_batch(int b);
 
+// set_outer_min_batch(b) for a scope, the previous value restored when it ends (tests and
+// benchmarks that run both kernels).
+class OuterKernelFrom {
+ public:
+  explicit OuterKernelFrom(int b) : saved_(set_outer_min_batch(b)) {}
+  ~OuterKernelFrom() { set_outer_min_batch(saved_); }
+  OuterKernelFrom(const OuterKernelFrom&) = delete;
+  OuterKernelFrom& operator=(const OuterKernelFrom&) = delete;
+
+ private:
+  int saved_;
+};
+
 // Wall time and FLOPs of the matvec calls above made while timing is on: bench generate's
 // "products" figure (the matrix products' own rate, apart from attention, norms and the rest of
 // a step). Two clock reads per call when on; nothing when off.

@@ -43,7 +43,6 @@ double bytes_per_weight(MatFormat f) {
   return 4.0;
 }
 
-
 void Matrix::dequantize_rows(int r0, int n, float* dst) const {
   const size_t c = (size_t)cols;
   switch (fmt) {

@@ -52,7 +52,6 @@ struct LayerMatrices {
 // embeddings and the LM head); the others stay float32.
 bool is_decode_matrix(const std::string& name);
 
-
 class InferenceWeights {
  public:
   // From a model in memory: F32 matrices reference its buffer (the model must outlive the
