@@ -8,29 +8,8 @@
 #include <numeric>
 #include <string>
 #include <vector>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace modlm {
-
-// Buffers of 4 MiB and more (weights, activations, KV caches) are placed on 2 MiB boundaries and
-// marked for transparent huge pages (Debian's default THP mode is "madvise": nothing gets them
-// unasked). Streaming M's 477 MB of bf16 weights then misses the TLB 512x less often: the decode
-// kernel read 34-35 GB/s with them against 28-30 without, in the same minutes (docs/performance.md).
-inline constexpr std::size_t kHugePage = std::size_t{2} << 20;
-inline void* allocate_aligned(std::size_t bytes, std::size_t align) {
-  if (bytes >= 2 * kHugePage) {
-    bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, bytes);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (p) ::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: without THP the pages stay 4 KiB
-#endif
-    return p;
-  }
-  bytes = (bytes + align - 1) / align * align;
-  return std::aligned_alloc(align, bytes == 0 ? align : bytes);
-}
 
 template <typename T, std::size_t Align = 64>
 struct AlignedAllocator {
@@ -41,8 +20,8 @@ struct AlignedAllocator {
   template <typename U>
   struct rebind { using other = AlignedAllocator<U, Align>; };
   T* allocate(std::size_t n) {
-    if (n > SIZE_MAX / sizeof(T)) throw std::bad_alloc();
-    void* p = allocate_aligned(n * sizeof(T), Align);
+    std::size_t bytes = (n * sizeof(T) + Align - 1) / Align * Align;
+    void* p = std::aligned_alloc(Align, bytes == 0 ? Align : bytes);
     if (!p) throw std::bad_alloc();
     return static_cast<T*>(p);
   }
