@@ -174,9 +174,10 @@ constexpr bool kBf16Wide = false;
 // (each a separate stream, often 4 KiB apart: the same L1 set) for the cache's associativity.
 constexpr int rows_for(int nb) { return nb <= 4 ? 4 : 3; }
 // The wide bf16 kernel: R*nb accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
-// One input: 2 rows. (With weights on huge pages (tensor.h) 2 rows streamed M's bf16 matrices at
-// 34-35 GB/s where 4 rows read 29-30 and 8 rows 27, same minutes, next tile prefetched in each;
-// bench generate M batch 1: 52-53 -> 59-62 tok/s. Float and q8 rows showed no difference.)
+// One input: 2 rows, fewer streams in flight per thread. (bench generate M bf16 batch 1, the
+// matrices converted in memory, runs alternated: 4 rows 50.4-51.4 tok/s, 2 rows 55.9-57.1; a
+// mapped bf16 folder ran equally fast either way: farm-bench wall ratio 0.990. 8 rows were slower
+// still before the software prefetch. Float and q8 tiles showed no difference between 2 and 4.)
 constexpr int rows_for_bf16(int nb) { return nb == 1 ? 2 : nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
 
 template <typename WT>
