@@ -174,18 +174,21 @@ constexpr bool kBf16Wide = false;
 // (each a separate stream, often 4 KiB apart: the same L1 set) for the cache's associativity.
 constexpr int rows_for(int nb) { return nb <= 4 ? 4 : 3; }
 // The wide bf16 kernel: R*nb accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
-// One input: 2 rows, fewer streams in flight per thread. (bench generate M bf16 batch 1, the
-// matrices converted in memory, runs alternated: 4 rows 50.4-51.4 tok/s, 2 rows 55.9-57.1; a
-// mapped bf16 folder ran equally fast either way: farm-bench wall ratio 0.990. 8 rows were slower
-// still before the software prefetch. Float and q8 tiles showed no difference between 2 and 4.)
-constexpr int rows_for_bf16(int nb) { return nb == 1 ? 2 : nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
+// (One input: 2 rows, see tile_rows.)
+constexpr int rows_for_bf16(int nb) { return nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
 
 template <typename WT>
 constexpr bool is_wide() {
   return std::is_same_v<WT, uint16_t> && kBf16Wide;
 }
+// One input, 16- and 8-bit weights: 2 rows, fewer streams in flight per thread (bench generate
+// M batch 1, matrices converted in memory, runs alternated, 4 -> 2 rows: bf16 50.4-51.4 ->
+// 55.9-57.1 tok/s, f16 49.6-50.0 -> 53.2-53.4, q8 77.1-78.7 -> 82.3-84.1; a mapped bf16 folder
+// ran equally fast either way, farm-bench wall ratio 0.990). Float stays at 4 rows (2 rows:
+// 26.8-27.4 tok/s against 28.0-28.2).
 template <typename WT>
 constexpr int tile_rows(int nb) {
+  if (nb == 1 && sizeof(WT) < sizeof(float)) return 2;
   return is_wide<WT>() ? rows_for_bf16(nb) : rows_for(nb);
 }
 
