@@ -52,7 +52,6 @@ class StreamProbe {
     if (s < 0) std::printf(" ");  // keep the sum alive
   }
   double best_gbps() const { return (double)buf_.size() * sizeof(float) / best_s_ / 1e9; }
-  size_t bytes() const { return buf_.size() * sizeof(float); }
 
  private:
   AlignedVector<float> buf_;

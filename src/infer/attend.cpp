@@ -27,23 +27,7 @@ inline float exp_shifted(float* s, int n, float mx) {
 
 #if defined(__AVX512F__)
 using ops::load16;
-
-// r[j] = the sum of v[j]'s 16 lanes, for 16 vectors at once: a tree of pairwise shuffles and adds
-// (45 instructions for 16 sums, where one horizontal sum each would take ~8).
-inline __m512 sum_lanes16(const __m512* v) {
-  __m512 a[8], b[4], c[2];
-  for (int j = 0; j < 8; ++j)  // per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3]
-    a[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
-  for (int j = 0; j < 4; ++j) {  // per 128-bit lane: the lane's quad sum of v[4j .. 4j+3]
-    const __m512d x = _mm512_castps_pd(a[2 * j]), y = _mm512_castps_pd(a[2 * j + 1]);
-    b[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  for (int j = 0; j < 2; ++j)
-    c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
+using ops::sum_lanes16;
 
 // attend_one for head sizes of DC x 16: q and the output in registers; the scores of 16
 // positions reduced together (sum_lanes16); each cached row read once per pass.
