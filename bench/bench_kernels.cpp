@@ -101,9 +101,10 @@ BENCHMARK(BM_CrossEntropy)->Args({4096, 8192})->Unit(benchmark::kMillisecond)->U
 // range(0) = batch, range(1) = format (0 f32, 1 bf16, 2 f16, 3 q8), range(2) = kernel (0 as the
 // library picks, 1 row tiles, 2 the outer-product kernel). Bytes processed = the matrix as stored.
 static void BM_DecodeMatvec(benchmark::State& st) {
-  // range(3): 1 = the M MLP's down projection [1024, 2816] (long rows) instead.
-  const bool down = st.range(3) == 1;
-  const int out = down ? 1024 : 32000, in = down ? 2816 : 1024, B = (int)st.range(0), fmt = (int)st.range(1),
+  // range(3): 1 = the M MLP's down projection [1024, 2816] (long rows) instead; 2 = [1024, 1024],
+  // which stays in L2 between iterations: the kernel's arithmetic rate apart from memory.
+  const int shape = (int)st.range(3);
+  const int out = shape == 0 ? 32000 : 1024, in = shape == 1 ? 2816 : 1024, B = (int)st.range(0), fmt = (int)st.range(1),
             kernel = (int)st.range(2);
   const infer::OuterKernelFrom choice(kernel == 1 ? 1 << 30 : kernel == 2 ? 1 : 0);
   auto W = random_buffer((size_t)out * in, 7);
@@ -134,6 +135,12 @@ BENCHMARK(BM_DecodeMatvec)
     ->UseRealTime();
 // Row tiles against the outer-product kernel where the choice is made (bench_kernels
 // --benchmark_filter=DecodeMatvecKernels): batch, format, kernel.
+// From L2 (bench_kernels --benchmark_filter=DecodeMatvecL2): batch 1-8, each format.
+BENCHMARK(BM_DecodeMatvec)
+    ->Name("BM_DecodeMatvecL2")
+    ->ArgsProduct({{1, 2, 4, 8}, {0, 1, 2, 3}, {0}, {2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK(BM_DecodeMatvec)
     ->Name("BM_DecodeMatvecKernels")
     ->ArgsProduct({{4, 8, 12, 16, 24, 32, 64}, {0, 1, 2, 3}, {1, 2}, {0, 1}})
