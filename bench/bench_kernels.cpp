@@ -133,14 +133,14 @@ BENCHMARK(BM_DecodeMatvec)
     ->ArgsProduct({{1, 8}, {0, 1, 2, 3}, {0}, {0}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-// Row tiles against the outer-product kernel where the choice is made (bench_kernels
-// --benchmark_filter=DecodeMatvecKernels): batch, format, kernel.
 // From L2 (bench_kernels --benchmark_filter=DecodeMatvecL2): batch 1-8, each format.
 BENCHMARK(BM_DecodeMatvec)
     ->Name("BM_DecodeMatvecL2")
     ->ArgsProduct({{1, 2, 4, 8}, {0, 1, 2, 3}, {0}, {2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+// Row tiles against the outer-product kernel where the choice is made (bench_kernels
+// --benchmark_filter=DecodeMatvecKernels): batch, format, kernel.
 BENCHMARK(BM_DecodeMatvec)
     ->Name("BM_DecodeMatvecKernels")
     ->ArgsProduct({{4, 8, 12, 16, 24, 32, 64}, {0, 1, 2, 3}, {1, 2}, {0, 1}})

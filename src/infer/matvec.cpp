@@ -246,6 +246,38 @@ inline void rows_tile_nb(int nb, const WT* W, int in, const float* Xp, float* Y,
   }
 }
 
+// One row's inputs k0 .. k0 + S - 1 into the S slots at d, zeros past `in`. Slot i holds input
+// k0 + i, or in bf16 order (lane l = (i % 16) / 4, word w = i % 4, half h = i / 16) input
+// k0 + 8 l + 4 h + w.
+inline void pack_group(const float* src, int k0, int in, int S, bool bf16_order, float* d) {
+#if defined(__AVX512F__)
+  // By vector permutes (the scalar loop cost ~2 % of a batch-1 step); masked loads give the zeros.
+  const int n_left = in - k0;
+  const __mmask16 m0 = n_left >= 16 ? 0xFFFF : (__mmask16)((1u << n_left) - 1);
+  const __m512 a = _mm512_maskz_loadu_ps(m0, src + k0);
+  if (S == 16) {
+    _mm512_store_ps(d, a);
+    return;
+  }
+  const __mmask16 m1 = n_left >= 32 ? 0xFFFF : n_left <= 16 ? 0 : (__mmask16)((1u << (n_left - 16)) - 1);
+  const __m512 c = _mm512_maskz_loadu_ps(m1, src + k0 + 16);
+  if (!bf16_order) {
+    _mm512_store_ps(d, a), _mm512_store_ps(d + 16, c);
+    return;
+  }
+  // Slot i (< 16) takes k0 + 8 (i / 4) + i % 4, slot 16 + i takes k0 + 8 (i / 4) + 4 + i % 4.
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  _mm512_store_ps(d, _mm512_permutex2var_ps(a, lo, c));
+  _mm512_store_ps(d + 16, _mm512_permutex2var_ps(a, hi, c));
+#else
+  for (int i = 0; i < S; ++i) {
+    const int k = k0 + (bf16_order ? 8 * ((i % 16) / 4) + 4 * (i / 16) + i % 4 : i);
+    d[i] = k < in ? src[k] : 0.0f;
+  }
+#endif
+}
+
 // Packs the inputs: chunk c of up to kMaxNB rows (starting at row b0) at Xp + b0 * kpad, laid out
 // [kpad/S][nb][S] for S inputs per kernel step (16, or 32 for the wide bf16 kernel, whose 32 are
 // in the order its widening produces: in each group of 8, the first 4 go to the first 16 slots).
@@ -262,35 +294,7 @@ const float* pack_inputs(const float* X, int ldx, int B, int in, int S, bool bf1
       for (int b = 0; b < nb; ++b) {
         const float* src = X + (size_t)(b0 + b) * ldx;
         float* d = dst + ((size_t)kb * nb + b) * S;
-#if defined(__AVX512F__)
-        // 16 or 32 inputs by vector permutes (the scalar loop below cost ~2 % of a batch-1 step):
-        // the same slot order, zeros past `in` from the masked loads.
-        const int k0 = kb * S, n_left = in - k0;
-        const __mmask16 m0 = n_left >= 16 ? 0xFFFF : (__mmask16)((1u << n_left) - 1);
-        const __mmask16 m1 = n_left >= 32 ? 0xFFFF : n_left <= 16 ? 0 : (__mmask16)((1u << (n_left - 16)) - 1);
-        const __m512 a = _mm512_maskz_loadu_ps(m0, src + k0);
-        if (S == 16) {
-          _mm512_store_ps(d, a);
-          continue;
-        }
-        const __m512 c = _mm512_maskz_loadu_ps(m1, src + k0 + 16);
-        if (!bf16_order) {
-          _mm512_store_ps(d, a), _mm512_store_ps(d + 16, c);
-          continue;
-        }
-        // Slot i (< 16) takes k = 8 (i / 4) + i % 4, slot 16 + i takes k = 8 (i / 4) + 4 + i % 4.
-        const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-        const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-        _mm512_store_ps(d, _mm512_permutex2var_ps(a, lo, c));
-        _mm512_store_ps(d + 16, _mm512_permutex2var_ps(a, hi, c));
-        continue;
-#endif
-        for (int i = 0; i < S; ++i) {
-          // Slot i holds input k: identity, or (bf16 order) lane l = (i % 16) / 4, word w = i % 4,
-          // half h = i / 16 -> k = 8 l + 4 h + w.
-          const int k = kb * S + (bf16_order ? 8 * ((i % 16) / 4) + 4 * (i / 16) + i % 4 : i);
-          d[i] = k < in ? src[k] : 0.0f;
-        }
+        pack_group(src, kb * S, in, S, bf16_order, d);
       }
   }
   return Xp;
