@@ -18,6 +18,19 @@ namespace {
 
 constexpr int kMaxNB = 8;  // inputs per register tile
 
+// How far ahead of the rows being read a tile also prefetches into L2 (T1), in bytes (0: not),
+// beside the L1 prefetch of the next tile's rows (tile()). With 16- and 8-bit weights a tile's
+// rows are short (q8: 1 KiB of a 1024-wide row), so that L1 prefetch runs only 2-4 KiB ahead;
+// lines already on their way to L2 shorten each L1 miss (the likely reason; the gain is what is
+// measured). M batch 1, bench generate, runs alternated (docs/performance.md): q8 best step
+// 22.7-22.9 -> 25.4 GB/s (74-76 -> 79-80 % of stream), `generate` wall -10 % at 300 tokens
+// (farm-bench); bf16 88-89 -> 90-93 %; 3-24 KiB all gain, 6 KiB most. Float weights (4 KiB
+// rows, 4 per tile: 16 KiB ahead already) gain nothing.
+template <typename WT>
+constexpr int l2_ahead() {
+  return sizeof(WT) < sizeof(float) ? 6144 : 0;
+}
+
 #if defined(__AVX512F__)
 // Horizontal sum by a shuffle tree: 4 dependent adds where a sum through memory was a chain of
 // 16 at the end of every row tile: a 1024 x 1024 product from L2 at batch 1 ran 40 -> 46 GB/s
@@ -93,12 +106,16 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   // (q8 M decode: 13 -> 23 GB/s, docs/performance.md).
   const char* next = reinterpret_cast<const char*>(w + (size_t)R * in);
   constexpr int kPerLine = 64 / (int)sizeof(WT);  // weights per cache line
+  constexpr int far = l2_ahead<WT>();
   if constexpr (std::is_same_v<WT, int8_t> && NB == 1) {
     // One input: a whole 32-weight block at a time, its scale applied once to the block's sum
     // (one multiply per 32 weights and row instead of two).
     for (; k + 32 <= in; k += 32, xp += 32) {
-      if (k % kPerLine == 0)
+      if (k % kPerLine == 0) {
         for (int r = 0; r < R; ++r) _mm_prefetch(next + (size_t)r * in + k, _MM_HINT_T0);
+        if constexpr (far > 0)
+          for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
+      }
       const __m512 x0 = _mm512_load_ps(xp), x1 = _mm512_load_ps(xp + 16);
       for (int r = 0; r < R; ++r) {
         const int8_t* wr = w + (size_t)r * in + k;
@@ -108,8 +125,12 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     }
   }
   for (; k + 16 <= in; k += 16, xp += NB * 16) {
-    if (k % kPerLine == 0)
+    if (k % kPerLine == 0) {
       for (int r = 0; r < R; ++r) _mm_prefetch(next + ((size_t)r * in + k) * sizeof(WT), _MM_HINT_T0);
+      if constexpr (far > 0)
+        for (int r = 0; r < R; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
+    }
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = load_w(w + (size_t)r * in + k);
     if constexpr (std::is_same_v<WT, int8_t>)
@@ -146,8 +167,11 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
   const uint16_t* w = W + (size_t)j0 * in;
   const float* xp = Xp;
   const char* next = reinterpret_cast<const char*>(w + (size_t)R * in);  // prefetched as in tile()
+  constexpr int far = l2_ahead<uint16_t>();
   for (int k = 0; k < in; k += 32, xp += NB * 32) {
     for (int r = 0; r < R; ++r) _mm_prefetch(next + ((size_t)r * in + k) * 2, _MM_HINT_T0);
+    if constexpr (far > 0)
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
     __m512 lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
       const __m512i v = k + 32 <= in ? _mm512_loadu_si512(w + (size_t)r * in + k)
