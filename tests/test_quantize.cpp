@@ -163,6 +163,31 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
       f2.prefill({longp}, /*all_logits=*/true);
       ASSERT_EQ(s2.logit_rows(), (int)longp.size());
       EXPECT_LT(max_rel(s2.logits(0), f2.logits(0), longp.size() * 256), 2e-5);
+      // A long prompt's routed layers take the step kernels when they process at most
+      // kStepPrefillRows rows, widened GEMMs beyond: prompts of 73 and 400 tokens (capacity 0.5)
+      // reach both (checked on the processed counts), each matching the float model.
+      int fewest = 1 << 30, most = 0;
+      for (int len : {(int)longp.size(), 400}) {
+        std::vector<int32_t> p(len);
+        for (int t = 0; t < len; ++t) p[t] = (int32_t)((t * 13 + 5) % 256);
+        Decoder s3(w, 1, 401), f3(deq, 1, 401);
+        s3.prefill({p}, /*all_logits=*/true);
+        f3.prefill({p}, /*all_logits=*/true);
+        EXPECT_LT(max_rel(s3.logits(0), f3.logits(0), (size_t)len * 256), 2e-5) << len;
+        for (int j = 0; j < 2; ++j) {
+          int processed = 0;
+          for (int t = 0; t < len; ++t) processed += s3.route(t, j).processed;
+          EXPECT_EQ(processed, [&] { int c = 0; for (int t = 0; t < len; ++t) c += f3.route(t, j).processed; return c; }());
+          fewest = std::min(fewest, processed), most = std::max(most, processed);
+        }
+        // The steps after such a prefill read the caches it left (processed tokens only).
+        s3.step({0}, {7});
+        f3.step({0}, {7});
+        EXPECT_LT(max_rel(s3.logits(0), f3.logits(0), 256), 2e-5) << len;
+      }
+      EXPECT_GT(fewest, 0);
+      EXPECT_LE(fewest, Decoder::kStepPrefillRows);
+      EXPECT_GT(most, Decoder::kStepPrefillRows);
     }
     // ... and the rounded in-memory model the benchmark times.
     Model<float> m2(base.config());

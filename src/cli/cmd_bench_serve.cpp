@@ -236,6 +236,9 @@ Command add_bench_serve(CLI::App& app) {
                        {"tpot_p50_ms", percentile(tpot, 0.5) * 1e3},
                        {"tpot_p99_ms", percentile(tpot, 0.99) * 1e3},
                        {"mean_batch", steps > 0 ? rows / steps : 0.0},
+                       {"decode_step_ms", steps > 0 ? (after.step_seconds - before.step_seconds) / steps * 1e3 : 0.0},
+                       {"prefill_s", after.prefill_seconds - before.prefill_seconds},
+                       {"decode_s", after.step_seconds - before.step_seconds},
                        {"weight_bytes_per_token", wbpt},
                        {"processed_fraction", pf}};
                 tps[k] = tokens / wall;
@@ -244,9 +247,10 @@ Command add_bench_serve(CLI::App& app) {
                   double mean_pf = 0;
                   for (const auto& p : pf) mean_pf += p.get<double>() / std::max<size_t>(1, pf.size());
                   std::printf("  %3d clients  %-5s %8.1f tok/s | TTFT p50 %7.1f p99 %7.1f ms | TPOT p50 %6.1f p99 %6.1f ms | batch %5.1f | "
-                              "%6.1f MB weights/token%s",
+                              "%6.1f MB weights/token | step %5.1f ms, decode %4.1f s + prefill %4.1f s of %4.1f%s",
                               N, s.name.c_str(), tokens / wall, percentile(ttft, 0.5) * 1e3, percentile(ttft, 0.99) * 1e3,
                               percentile(tpot, 0.5) * 1e3, percentile(tpot, 0.99) * 1e3, steps > 0 ? rows / steps : 0.0, wbpt / 1e6,
+                              m["decode_step_ms"].get<double>(), m["decode_s"].get<double>(), m["prefill_s"].get<double>(), wall,
                               failed ? " | FAILED REQUESTS" : "");
                   if (!pf.empty()) std::printf(" | processed %.3f", mean_pf);
                   std::printf("\n");

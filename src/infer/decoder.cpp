@@ -298,10 +298,23 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   pxg_.resize({m, D});
   pyg_.resize({m, D});
   for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
-  layer_forward<float>(prefill_layer(l), dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
-                       /*moe_capacity=*/false);
-  weight_bytes_ += block_bytes(l, false);
-  if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
+  // Few selected rows of a stored 16/8-bit layer: the step's kernels (as a short prompt batch
+  // takes, prefill()), which append the rows' keys and values themselves, instead of widening
+  // the whole layer for GEMMs on the capacity's share of the rows. (A routed layer of a
+  // 256-token chunk at c = 0.125 processes ~32 rows.)
+  const bool step_kernels = !iw_->has_float_matrices() && m <= kStepPrefillRows;
+  if (step_kernels) {
+    ensure_rows(m);
+    pslot_.resize(m);
+    for (int i = 0; i < m; ++i) pslot_[i] = row_slot_[psel_[i]];
+    block_step(l, m, pxg_.data(), pslot_.data(), psel_pos_.data(), pyg_.data());
+    weight_bytes_ += block_bytes(l, true);
+  } else {
+    layer_forward<float>(prefill_layer(l), dims_, rope_, pxg_.data(), m, psel_pos_.data(), psel_off_, acts_, pyg_.data(),
+                         /*moe_capacity=*/false);
+    weight_bytes_ += block_bytes(l, false);
+    if (cfg_.has_moe(l)) weight_bytes_ += moe_bytes(acts_.moe);
+  }
   for (int i = 0; i < m; ++i) {
     const int row = psel_[i];
     RouteRecord& rec = routes_[(size_t)row * R + j];
@@ -311,6 +324,7 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
     const float* xr = pxg_.data() + (size_t)i * D;
     const float* br = pyg_.data() + (size_t)i * D;
     for (int k = 0; k < D; ++k) yr[k] = g * br[k] + (1.0f - g) * xr[k];
+    if (step_kernels) continue;  // block_step cached the row
     const float* q = acts_.qkv.data() + (size_t)i * cfg_.qkv_dim();
     cache_.append(l, row_slot_[row], row_pos_[row], q + D, q + D + cfg_.kv_dim());
   }

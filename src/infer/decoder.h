@@ -157,7 +157,7 @@ class Decoder {
   TensorT<float> px_, py_, pxg_, pyg_, pr_, pz_, pdec_, pxf_, pinv_;
   LayerActs<float> acts_;
   std::vector<int32_t> ptok_, psel_pos_;
-  std::vector<int> pseqs_, psel_, psel_off_;
+  std::vector<int> pseqs_, psel_, psel_off_, pslot_;
 
   // Step buffers, sized for max_batch once.
   AlignedVector<float> sx_, sy_, sxn_, sinv_, sqkv_, satt_, sa_, sh13_, sg_, sscore_;
