@@ -166,6 +166,11 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
       // A long prompt's routed layers take the step kernels when they process at most
       // kStepPrefillRows rows, widened GEMMs beyond: prompts of 73 and 400 tokens (capacity 0.5)
       // reach both (checked on the processed counts), each matching the float model.
+      auto processed_in = [](const Decoder& d, int j) {
+        int c = 0;
+        for (int t = 0; t < d.token_rows(); ++t) c += d.route(t, j).processed;
+        return c;
+      };
       int fewest = 1 << 30, most = 0;
       for (int len : {(int)longp.size(), 400}) {
         std::vector<int32_t> p(len);
@@ -174,10 +179,10 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
         s3.prefill({p}, /*all_logits=*/true);
         f3.prefill({p}, /*all_logits=*/true);
         EXPECT_LT(max_rel(s3.logits(0), f3.logits(0), (size_t)len * 256), 2e-5) << len;
+        ASSERT_EQ(s3.token_rows(), len);
         for (int j = 0; j < 2; ++j) {
-          int processed = 0;
-          for (int t = 0; t < len; ++t) processed += s3.route(t, j).processed;
-          EXPECT_EQ(processed, [&] { int c = 0; for (int t = 0; t < len; ++t) c += f3.route(t, j).processed; return c; }());
+          const int processed = processed_in(s3, j);
+          EXPECT_EQ(processed, processed_in(f3, j));
           fewest = std::min(fewest, processed), most = std::max(most, processed);
         }
         // The steps after such a prefill read the caches it left (processed tokens only).
