@@ -180,7 +180,7 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     pseqs_.push_back((int)ptok_.size());
   }
   const int n = (int)ptok_.size();
-  if (!iw_->has_float_matrices() && n <= kStepPrefillRows) {
+  if (prefill_by_steps(n)) {
     // Stored 16/8-bit matrices and a short prompt batch: the step's kernels on the packed rows
     // (each row causal over its slot's cache), instead of widening every layer for GEMMs that
     // a few rows cannot amortise (M q8, 4 tokens: 235 -> ~15 ms; docs/quantize.md).
@@ -302,7 +302,7 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   // takes, prefill()), which append the rows' keys and values themselves, instead of widening
   // the whole layer for GEMMs on the capacity's share of the rows. (A routed layer of a
   // 256-token chunk at c = 0.125 processes ~32 rows.)
-  const bool step_kernels = !iw_->has_float_matrices() && m <= kStepPrefillRows;
+  const bool step_kernels = prefill_by_steps(m);
   if (step_kernels) {
     ensure_rows(m);
     pslot_.resize(m);

@@ -131,6 +131,9 @@ class Decoder {
   double block_bytes(int l, bool stored) const;
   double moe_bytes(const MoeActs<float>& A) const;
   void embed_rows(const int32_t* tokens, int n, float* x) const;
+  // Whether `rows` prefill rows (a prompt batch, or those a routed layer processes) take the step
+  // kernels: a store without float matrices, and at most kStepPrefillRows of them.
+  bool prefill_by_steps(int rows) const { return !iw_->has_float_matrices() && rows <= kStepPrefillRows; }
   LayerWeights<float> prefill_layer(int l);  // layer l's float weights (dequantized when stored otherwise)
 
   std::shared_ptr<const InferenceWeights> iw_;

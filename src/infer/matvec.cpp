@@ -19,11 +19,11 @@ namespace {
 constexpr int kMaxNB = 8;  // inputs per register tile
 
 // How far ahead of the rows being read a tile also prefetches into L2 (T1), in bytes (0: not),
-// beside the L1 prefetch of the next tile's rows (tile()). With 16- and 8-bit weights a tile's
-// rows are short (q8: 1 KiB of a 1024-wide row), so that L1 prefetch runs only 2-4 KiB ahead;
-// lines already on their way to L2 shorten each L1 miss (the likely reason; the gain is what is
-// measured). M batch 1, bench generate, runs alternated (docs/performance.md): q8 best step
-// 22.7-22.9 -> 25.4 GB/s (74-76 -> 79-80 % of stream), `generate` wall -10 % at 300 tokens
+// beside the L1 prefetch of the next tile's rows (prefetch_rows). With 16- and 8-bit weights a
+// tile's rows are short (q8: 1 KiB of a 1024-wide row), so that L1 prefetch runs only 2-4 KiB
+// ahead; lines already on their way to L2 shorten each L1 miss (the likely reason; the gain is
+// what is measured). M batch 1, bench generate, runs alternated (docs/performance.md): q8 best
+// step 22.7-22.9 -> 25.4 GB/s (74-76 -> 79-80 % of stream), `generate` wall -10 % at 300 tokens
 // (farm-bench); bf16 88-89 -> 90-93 %; 3-24 KiB all gain, 6 KiB most. Float weights (4 KiB
 // rows, 4 per tile: 16 KiB ahead already) gain nothing.
 template <typename WT>
@@ -86,6 +86,18 @@ inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
+// The prefetches a tile issues for column k of its rows w (R rows of `in`), once per 64 bytes
+// of a row consumed: the next tile's rows into L1, one line per row (the hardware prefetcher
+// alone keeps too few misses in flight for short rows of narrow weights: q8 M decode 13 -> 23
+// GB/s, docs/performance.md), and, for 16/8-bit weights, these rows l2_ahead() bytes on into L2.
+template <int R, typename WT>
+inline void prefetch_rows(const WT* w, int in, int k) {
+  for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)(R + r) * in + k), _MM_HINT_T0);
+  if constexpr (l2_ahead<WT>() > 0)
+    for (int r = 0; r < R; ++r)
+      _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + l2_ahead<WT>(), _MM_HINT_T1);
+}
+
 // R weight rows j0..j0+R-1 against NB inputs: R*NB accumulators stay in zmm registers, each
 // 16-float slice of a weight row is loaded once and used NB times. Xp is the chunk's inputs
 // packed as [in/16][NB][16] (zero-padded), so the inputs a slice meets are one contiguous run.
@@ -101,21 +113,12 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
   int k = 0;
   const float* xp = Xp;
-  // Prefetch the next tile's rows, one line per row for every 64 bytes of a row consumed: the
-  // hardware prefetcher alone keeps too few misses in flight for short rows of narrow weights
-  // (q8 M decode: 13 -> 23 GB/s, docs/performance.md).
-  const char* next = reinterpret_cast<const char*>(w + (size_t)R * in);
-  constexpr int kPerLine = 64 / (int)sizeof(WT);  // weights per cache line
-  constexpr int far = l2_ahead<WT>();
+  constexpr int kPerLine = 64 / (int)sizeof(WT);  // weights per cache line (one prefetch each)
   if constexpr (std::is_same_v<WT, int8_t> && NB == 1) {
     // One input: a whole 32-weight block at a time, its scale applied once to the block's sum
     // (one multiply per 32 weights and row instead of two).
     for (; k + 32 <= in; k += 32, xp += 32) {
-      if (k % kPerLine == 0) {
-        for (int r = 0; r < R; ++r) _mm_prefetch(next + (size_t)r * in + k, _MM_HINT_T0);
-        if constexpr (far > 0)
-          for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
-      }
+      if (k % kPerLine == 0) prefetch_rows<R>(w, in, k);
       const __m512 x0 = _mm512_load_ps(xp), x1 = _mm512_load_ps(xp + 16);
       for (int r = 0; r < R; ++r) {
         const int8_t* wr = w + (size_t)r * in + k;
@@ -125,12 +128,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     }
   }
   for (; k + 16 <= in; k += 16, xp += NB * 16) {
-    if (k % kPerLine == 0) {
-      for (int r = 0; r < R; ++r) _mm_prefetch(next + ((size_t)r * in + k) * sizeof(WT), _MM_HINT_T0);
-      if constexpr (far > 0)
-        for (int r = 0; r < R; ++r)
-          _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
-    }
+    if (k % kPerLine == 0) prefetch_rows<R>(w, in, k);
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = load_w(w + (size_t)r * in + k);
     if constexpr (std::is_same_v<WT, int8_t>)
@@ -166,12 +164,8 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
   const __m512i zero = _mm512_setzero_si512();
   const uint16_t* w = W + (size_t)j0 * in;
   const float* xp = Xp;
-  const char* next = reinterpret_cast<const char*>(w + (size_t)R * in);  // prefetched as in tile()
-  constexpr int far = l2_ahead<uint16_t>();
   for (int k = 0; k < in; k += 32, xp += NB * 32) {
-    for (int r = 0; r < R; ++r) _mm_prefetch(next + ((size_t)r * in + k) * 2, _MM_HINT_T0);
-    if constexpr (far > 0)
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + far, _MM_HINT_T1);
+    prefetch_rows<R>(w, in, k);  // 32 bf16 = one line per row
     __m512 lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
       const __m512i v = k + 32 <= in ? _mm512_loadu_si512(w + (size_t)r * in + k)

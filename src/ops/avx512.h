@@ -19,7 +19,6 @@ inline __m512 load16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-
 // r[j] = the sum of v[j]'s 16 lanes, for 16 vectors at once: a tree of pairwise shuffles and adds
 // (45 instructions for 16 sums, where one horizontal sum each would take ~8).
 inline __m512 sum_lanes16(const __m512* v) {
