@@ -11,6 +11,9 @@
 #include "ops/bf16.h"
 
 #include "ops/avx512.h"
+#if !defined(__AVX512F__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace modlm::infer {
 
@@ -182,6 +185,109 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
 }
 
 constexpr bool kBf16Wide = true;  // the bf16 path above: 32 per step, permuted packing
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// ---- AVX2 + FMA (Zen 1-3, Intel before Skylake-X and its client parts): 8 floats a vector --------
+//
+// The same row tiles as above with 16 vector registers instead of 32: the inputs keep the
+// [in/16][NB][16] packing and each 16-slice is taken as two 8-wide halves, both into the same
+// accumulators (one more order of summation). Without this path an AVX2 build ran the scalar
+// loops below: M batch 1 at 2.2 GB/s (q8) and 8.4 (f32) against a 29 GB/s stream (AMD EPYC,
+// 2026-12-04, docs/performance.md).
+inline float hsum(__m256 v) {
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
+}
+
+template <int R, int NB>
+inline void store_sums(const __m256 (&s)[R][NB], float* Y, int ldy, int j0, bool acc) {
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r) {
+      const float v = hsum(s[r][b]);
+      float& y = Y[(size_t)b * ldy + j0 + r];
+      y = acc ? y + v : v;
+    }
+}
+
+// 8 weights as floats.
+inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_w(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+inline __m256 load_w(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+inline __m256 load_w(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+
+template <int R, typename WT>
+inline void prefetch_rows(const WT* w, int in, int k) {
+  for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)(R + r) * in + k), _MM_HINT_T0);
+  if constexpr (l2_ahead<WT>() > 0)
+    for (int r = 0; r < R; ++r)
+      _mm_prefetch(reinterpret_cast<const char*>(w + (size_t)r * in + k) + l2_ahead<WT>(), _MM_HINT_T1);
+}
+
+// One 16-slice (weights w + r * ldw, inputs xp [NB][16]) into the accumulators; q8 rows times
+// their block's scale.
+template <int R, int NB, typename WT>
+inline void tile_slice(const WT* w, size_t ldw, const float* xp, __m256 (&s)[R][NB], const float* scale) {
+  for (int h = 0; h < 16; h += 8) {
+    __m256 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load_w(w + (size_t)r * ldw + h);
+    if constexpr (std::is_same_v<WT, int8_t>)
+      for (int r = 0; r < R; ++r) wv[r] = _mm256_mul_ps(wv[r], _mm256_broadcast_ss(scale + r));
+    for (int b = 0; b < NB; ++b) {
+      const __m256 xv = _mm256_load_ps(xp + b * 16 + h);
+      for (int r = 0; r < R; ++r) s[r][b] = _mm256_fmadd_ps(wv[r], xv, s[r][b]);
+    }
+  }
+}
+
+template <int R, int NB, typename WT>
+inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc, const float* SC = nullptr) {
+  __m256 s[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) s[r][b] = _mm256_setzero_ps();
+  const WT* w = W + (size_t)j0 * in;
+  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
+  float scale[R];
+  int k = 0;
+  const float* xp = Xp;
+  constexpr int kPerLine = 64 / (int)sizeof(WT);
+  if constexpr (std::is_same_v<WT, int8_t> && NB == 1) {
+    // One input: a whole 32-weight block at a time, its scale applied once to the block's sum.
+    for (; k + 32 <= in; k += 32, xp += 32) {
+      if (k % kPerLine == 0) prefetch_rows<R>(w, in, k);
+      const __m256 x0 = _mm256_load_ps(xp), x1 = _mm256_load_ps(xp + 8), x2 = _mm256_load_ps(xp + 16),
+                   x3 = _mm256_load_ps(xp + 24);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* wr = w + (size_t)r * in + k;
+        __m256 blk = _mm256_mul_ps(load_w(wr), x0);
+        blk = _mm256_fmadd_ps(load_w(wr + 8), x1, blk);
+        blk = _mm256_fmadd_ps(load_w(wr + 16), x2, blk);
+        blk = _mm256_fmadd_ps(load_w(wr + 24), x3, blk);
+        s[r][0] = _mm256_fmadd_ps(blk, _mm256_broadcast_ss(sc + (size_t)r * nblk + k / kQ8Block), s[r][0]);
+      }
+    }
+  }
+  for (; k + 16 <= in; k += 16, xp += NB * 16) {
+    if (k % kPerLine == 0) prefetch_rows<R>(w, in, k);
+    if constexpr (std::is_same_v<WT, int8_t>)
+      for (int r = 0; r < R; ++r) scale[r] = sc[(size_t)r * nblk + k / kQ8Block];
+    tile_slice<R, NB>(w + k, (size_t)in, xp, s, scale);
+  }
+  if (k < in) {
+    // The last, partial slice: its weights copied after zeros-padding (the inputs are padded).
+    WT tail[R][16] = {};
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < in - k; ++i) tail[r][i] = w[(size_t)r * in + k + i];
+    if constexpr (std::is_same_v<WT, int8_t>)
+      for (int r = 0; r < R; ++r) scale[r] = sc[(size_t)r * nblk + k / kQ8Block];
+    tile_slice<R, NB>(&tail[0][0], 16, xp, s, scale);
+  }
+  store_sums<R, NB>(s, Y, ldy, j0, acc);
+}
+constexpr bool kBf16Wide = false;
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
@@ -211,7 +317,12 @@ constexpr bool kBf16Wide = false;
 
 // Rows per tile for nb inputs: R*nb + R + 1 <= 32 vector registers, and few enough weight rows
 // (each a separate stream, often 4 KiB apart: the same L1 set) for the cache's associativity.
+// AVX2 has 16: R*nb + R + 1 <= 16.
+#if !defined(__AVX512F__) && defined(__AVX2__)
+constexpr int rows_for(int nb) { return nb <= 2 ? 4 : nb <= 3 ? 3 : nb <= 6 ? 2 : 1; }
+#else
 constexpr int rows_for(int nb) { return nb <= 4 ? 4 : 3; }
+#endif
 // The wide bf16 kernel: R*nb accumulators + 2R widened weights + 2 inputs + zero <= 32 registers.
 // (One input: 2 rows, see tile_rows.)
 constexpr int rows_for_bf16(int nb) { return nb <= 4 ? 4 : nb <= 5 ? 3 : 2; }
@@ -289,6 +400,12 @@ inline void pack_group(const float* src, int k0, int in, int S, bool bf16_order,
   _mm512_store_ps(d, _mm512_permutex2var_ps(a, lo, c));
   _mm512_store_ps(d + 16, _mm512_permutex2var_ps(a, hi, c));
 #else
+#if defined(__AVX2__)
+  if (!bf16_order && k0 + S <= in) {
+    for (int i = 0; i < S; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(src + k0 + i));
+    return;
+  }
+#endif
   for (int i = 0; i < S; ++i) {
     const int k = k0 + (bf16_order ? 8 * ((i % 16) / 4) + 4 * (i / 16) + i % 4 : i);
     d[i] = k < in ? src[k] : 0.0f;
