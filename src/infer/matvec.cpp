@@ -513,6 +513,100 @@ inline void tile_outer(const WT* W, int in, const float* Xt, int ldxt, float* Y,
   }
 }
 
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// ---- Large batches on AVX2: the outer-product kernel with 8-wide vectors ----------------------
+//
+// As above (weights widened into an L1 panel, each broadcast into MR x NV accumulators of 8
+// inputs each, no horizontal sums), sized for 16 registers: the classic 6 x 16 tile (6 rows,
+// 2 vectors of inputs: 12 accumulators + 2 inputs + 1 broadcast), or 12 x 8 for the last 8.
+constexpr int kPanelK = 256;
+constexpr int kVW = 8;          // floats per vector
+constexpr int kOuterMaxNV = 2;  // 16 inputs per tile
+constexpr int outer_rows(int nv) { return nv == 1 ? 12 : 6; }
+
+template <int MR, typename WT>
+inline void widen_panel(const WT* W, int in, int j0, int k0, int kn, const float* SC, float* panel) {
+  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  for (int r = 0; r < MR; ++r) {
+    const WT* w = W + (size_t)(j0 + r) * in + k0;
+    float* p = panel + r * kPanelK;
+    int k = 0;
+    for (; k + kVW <= kn; k += kVW) {
+      __m256 v = load_w(w + k);
+      if constexpr (std::is_same_v<WT, int8_t>)
+        v = _mm256_mul_ps(v, _mm256_broadcast_ss(SC + (size_t)(j0 + r) * nblk + (k0 + k) / kQ8Block));
+      _mm256_store_ps(p + k, v);
+    }
+    for (; k < kn; ++k) {
+      float v;
+      if constexpr (std::is_same_v<WT, int8_t>) v = (float)w[k] * SC[(size_t)(j0 + r) * nblk + (k0 + k) / kQ8Block];
+      else if constexpr (std::is_same_v<WT, uint16_t>) v = bf16_to_float(w[k]);
+      else if constexpr (std::is_same_v<WT, Half>) v = f16_to_float(w[k].bits);
+      else v = w[k];
+      p[k] = v;
+    }
+  }
+}
+
+// Y[b, j0 + r] (+)= sum_k W[j0 + r, k] Xt[k, b] for r < MR and b < nb (<= 8 NV).
+template <int MR, int NV, typename WT>
+inline void tile_outer(const WT* W, int in, const float* Xt, int ldxt, float* Y, int ldy, int j0, int nb, bool acc,
+                       const float* SC) {
+  __m256 s[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = _mm256_setzero_ps();
+  alignas(32) float panel[MR * kPanelK];
+  for (int k0 = 0; k0 < in; k0 += kPanelK) {
+    const int kn = std::min(kPanelK, in - k0);
+    widen_panel<MR>(W, in, j0, k0, kn, SC, panel);
+    // The next panel's lines fetched while this one is multiplied (as the AVX-512 kernel does).
+    const int nk0 = k0 + kPanelK < in ? k0 + kPanelK : 0, nj0 = k0 + kPanelK < in ? j0 : j0 + MR;
+    const int nbytes = std::min(kPanelK, in - nk0) * (int)sizeof(WT);
+    const char* next = reinterpret_cast<const char*>(W + (size_t)nj0 * in + nk0);
+    constexpr int kPerLine = 64 / (int)sizeof(WT);
+    const float* x = Xt + (size_t)k0 * ldxt;
+    // The prefetches once per line, outside the multiply loop: a branch inside it made GCC 12
+    // store every accumulator to the stack on each step (the f32 MLP-down at 64 inputs ran 59
+    // GFLOP/s).
+    __m256 a[MR][NV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) a[r][v] = s[r][v];
+    for (int kl = 0; kl < kn; kl += kPerLine) {
+      if (kl * (int)sizeof(WT) < nbytes)
+        for (int r = 0; r < MR; ++r) _mm_prefetch(next + (size_t)r * in * sizeof(WT) + (size_t)kl * sizeof(WT), _MM_HINT_T0);
+      const int ke = std::min(kn, kl + kPerLine);
+      for (int k = kl; k < ke; ++k, x += ldxt) {
+        __m256 xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = _mm256_load_ps(x + kVW * v);
+        for (int r = 0; r < MR; ++r) {
+          const __m256 w = _mm256_broadcast_ss(panel + r * kPanelK + k);
+          for (int v = 0; v < NV; ++v) a[r][v] = _mm256_fmadd_ps(w, xv[v], a[r][v]);
+        }
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) s[r][v] = a[r][v];
+  }
+  // Lane i of s[r][v] is Y[8 v + i, j0 + r].
+  alignas(32) float t[kVW];
+  for (int v = 0; v < NV; ++v) {
+    const int left = std::min(kVW, nb - kVW * v);
+    for (int r = 0; r < MR; ++r) {
+      _mm256_store_ps(t, s[r][v]);
+      float* base = Y + (size_t)kVW * v * ldy + j0 + r;
+      for (int i = 0; i < left; ++i) base[(size_t)i * ldy] = acc ? base[(size_t)i * ldy] + t[i] : t[i];
+    }
+  }
+}
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+#if defined(__AVX512F__)
+constexpr int kOuterVW = 16;  // inputs per vector of the outer kernel
+#else
+constexpr int kOuterVW = kVW;
+#endif
+
 template <int NV, typename WT>
 inline void outer_rows_tile(const WT* W, int in, const float* Xt, int ldxt, float* Y, int ldy, int j0, int rows, int nb,
                             bool acc, const float* SC) {
@@ -525,7 +619,7 @@ inline void outer_rows_tile(const WT* W, int in, const float* Xt, int ldxt, floa
 // Xt [in][ldxt] = X^T, ldxt = B rounded up to 16 (zero-padded). Blocked so that both the reads
 // and the writes stay within a few hundred cache lines.
 const float* transpose_inputs(const float* X, int ldx, int B, int in, int& ldxt) {
-  ldxt = (B + 15) / 16 * 16;
+  ldxt = (B + 15) / 16 * 16;  // a multiple of both vector widths
   thread_local AlignedVector<float> xt;
   if (xt.size() < (size_t)in * ldxt) xt.resize((size_t)in * ldxt);
   float* T = xt.data();
@@ -556,25 +650,30 @@ void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, 
 #pragma omp parallel for schedule(static) if (parallel)
   for (int blk = 0; blk < blocks; ++blk) {
     const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
-    for (int b0 = 0; b0 < B; b0 += 16 * kOuterMaxNV) {
-      const int nb = std::min(16 * kOuterMaxNV, B - b0), nv = (nb + 15) / 16;
+    for (int b0 = 0; b0 < B; b0 += kOuterVW * kOuterMaxNV) {
+      const int nb = std::min(kOuterVW * kOuterMaxNV, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW;
       const float* xt = Xt + b0;
       float* y = Y + (size_t)b0 * ldy;
       const int R = outer_rows(nv);
       for (int j = j_begin; j < j_end; j += R) {
         const int rows = std::min(R, j_end - j);
-        switch (nv) {
-          case 1: outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-          case 2: outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-          case 3: outer_rows_tile<3>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-          default: outer_rows_tile<4>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+        if constexpr (kOuterMaxNV == 4) {
+          switch (nv) {
+            case 1: outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+            case 2: outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+            case 3: outer_rows_tile<3>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+            default: outer_rows_tile<4>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+          }
+        } else {
+          if (nv == 1) outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
+          else outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
         }
       }
     }
   }
 }
-#endif
 
+#endif
 int g_outer_min_batch = 0;  // set_outer_min_batch's override; 0 = by weight format:
 
 // From how many inputs the outer-product kernel is faster, by measurement: row-tile time /
@@ -586,9 +685,20 @@ int g_outer_min_batch = 0;  // set_outer_min_batch's override; 0 = by weight for
 //   f16     0.64  0.86  1.03  0.80  0.92  1.06  1.18
 //   q8      0.44  0.74  0.86  0.72  0.80  1.01  1.10
 // (From 17 inputs the outer kernel's second vector of 16 runs partly empty: the dip at 20.)
+// AVX2 (6 x 16 tiles, 16 registers), the M MLP-down [1024, 2816] by bench_kernels
+// --benchmark_filter=DecodeMatvecKernels, ms row tiles / outer (AMD EPYC, 2026-12-04):
+//   inputs  4            8            12           16           64
+//   f32     -            0.61 / 0.85  0.90 / 0.60  1.26 / 0.64  5.01 / 2.76
+//   bf16    0.23 / 0.45  0.55 / 0.41  0.77 / 0.64  1.16 / 0.65  4.48 / 3.24
+//   f16     0.41 / 0.47  0.56 / 0.44  0.78 / 0.59
+//   q8      0.27 / 0.48  0.54 / 0.46  0.80 / 0.69  1.07 / 0.66  4.92 / 3.28
+// (the row tiles hold one weight row per 7-8 inputs there: too few registers for more).
 template <typename WT>
 int outer_min_batch() {
   if (g_outer_min_batch > 0) return g_outer_min_batch;
+#if !defined(__AVX512F__)
+  return std::is_same_v<WT, float> ? 12 : 8;
+#endif
   if constexpr (std::is_same_v<WT, float>) return 12;
   else if constexpr (std::is_same_v<WT, uint16_t>) return 16;
   else return 28;  // f16, q8: their row tiles widen cheaply and stay ahead longer
@@ -597,7 +707,7 @@ int outer_min_batch() {
 template <typename WT>
 void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
                     const float* SC) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
   if (B >= outer_min_batch<WT>()) return matvec_outer(W, out, in, X, ldx, B, Y, ldy, accumulate, SC);
 #endif
   constexpr bool wide = is_wide<WT>();
