@@ -133,11 +133,7 @@ class Decoder {
   void embed_rows(const int32_t* tokens, int n, float* x) const;
   // Whether `rows` prefill rows (a prompt batch, or those a routed layer processes) take the step
   // kernels: a store without float matrices, and at most kStepPrefillRows of them.
-  bool prefill_by_steps(int rows) const {
-    if (iw_->format() == MatFormat::F32) return false;
-    static const int lim_f = getenv("MODLM_SPF") ? atoi(getenv("MODLM_SPF")) : 0;
-    return rows <= (iw_->has_float_matrices() ? lim_f : kStepPrefillRows);
-  }
+  bool prefill_by_steps(int rows) const { return !iw_->has_float_matrices() && rows <= kStepPrefillRows; }
   LayerWeights<float> prefill_layer(int l);  // layer l's float weights (dequantized when stored otherwise)
 
   std::shared_ptr<const InferenceWeights> iw_;
