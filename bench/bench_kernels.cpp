@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "infer/attend.h"
 #include "infer/matvec.h"
 #include "infer/weights.h"
 #include "ops/attention.h"
@@ -145,6 +146,41 @@ BENCHMARK(BM_DecodeMatvec)
     ->Name("BM_DecodeMatvecKernels")
     ->ArgsProduct({{4, 8, 12, 16, 24, 32, 64}, {0, 1, 2, 3}, {1, 2}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Decode attention over the cache, one step of one M layer: 16 heads of 64 dims, each head's
+// keys and values contiguous (as the decoder's cache keeps them), heads spread over the threads as
+// in Decoder::layer_step. range(0) = cached positions, range(1) = cache (0 f32, 1 bf16). Bytes
+// processed = the keys and values read: at long context this read competes with the weights'.
+static void BM_DecodeAttention(benchmark::State& st) {
+  constexpr int H = 16, Dh = 64;
+  const int n = (int)st.range(0);
+  const bool bf16 = st.range(1) == 1;
+  const size_t per_head = (size_t)n * Dh;
+  auto K = random_buffer(per_head * H, 11), V = random_buffer(per_head * H, 12), q = random_buffer((size_t)H * Dh, 13);
+  std::vector<uint16_t> Kb(K.size()), Vb(V.size());
+  to_bf16(K.data(), K.size(), Kb.data());
+  to_bf16(V.data(), V.size(), Vb.data());
+  AlignedVector<float> out((size_t)H * Dh), scores((size_t)H * n);
+  const float scale = 0.125f;
+  for (auto _ : st) {
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; ++h) {
+      float* s = scores.data() + (size_t)h * n;
+      if (bf16)
+        infer::attend_one(q.data() + h * Dh, Kb.data() + h * per_head, Vb.data() + h * per_head, n, Dh, scale, s,
+                          out.data() + h * Dh);
+      else
+        infer::attend_one(q.data() + h * Dh, K.data() + h * per_head, V.data() + h * per_head, n, Dh, scale, s,
+                          out.data() + h * Dh);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  st.SetBytesProcessed((int64_t)(st.iterations() * 2.0 * per_head * H * (bf16 ? 2 : 4)));
+}
+BENCHMARK(BM_DecodeAttention)
+    ->ArgsProduct({{512, 4096}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -220,11 +220,12 @@ TEST(GenerateKernels, Bf16MatvecMatchesReference) {
 }
 
 // Decode attention against a double-precision softmax over the same (widened) cache rows: the
-// vector kernel's head sizes (16..128 by 16, 16 positions per reduction) and the plain loops'.
+// vector kernels' head sizes (16..128 by 16; 16 positions per reduction with AVX-512, 8 with
+// AVX2, so n straddles both block sizes) and the plain loops'.
 TEST(GenerateKernels, AttendOneMatchesNaiveSoftmaxAttention) {
   Rng r(5);
-  for (int Dh : {8, 16, 32, 48, 64, 100, 128})
-    for (int n : {1, 5, 15, 16, 17, 33, 100})
+  for (int Dh : {8, 16, 32, 48, 64, 80, 96, 100, 128})
+    for (int n : {1, 5, 7, 8, 9, 15, 16, 17, 33, 100})
       for (bool bf16 : {false, true}) {
         std::vector<float> q(Dh), K((size_t)n * Dh), V((size_t)n * Dh), s(n), o(Dh);
         std::vector<uint16_t> Kb(K.size()), Vb(V.size());

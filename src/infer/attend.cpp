@@ -8,6 +8,9 @@
 #include "ops/fast_math.h"
 
 #include "ops/avx512.h"
+#if !defined(__AVX512F__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace modlm::infer {
 
@@ -70,6 +73,74 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   const __m512 inv = _mm512_set1_ps(1.0f / sum);
   for (int c = 0; c < DC; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(ov[c], inv));
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+// The same for AVX2 (8 floats a vector, 16 registers): the scores of 8 positions reduced
+// together, q read from L1 (too few registers to hold it), the output accumulated 64 dims at a
+// time. Without it an AVX2 build ran the plain loops below.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+// r[j] = the sum of v[j]'s 8 lanes.
+inline __m256 sum_lanes8(const __m256* v) {
+  const __m256 a0 = _mm256_hadd_ps(v[0], v[1]), a1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 a2 = _mm256_hadd_ps(v[4], v[5]), a3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 b = _mm256_hadd_ps(a0, a1), c = _mm256_hadd_ps(a2, a3);  // per 128-bit half: v0..v3, v4..v7
+  return _mm256_add_ps(_mm256_permute2f128_ps(b, c, 0x20), _mm256_permute2f128_ps(b, c, 0x31));
+}
+
+// o[0 .. 8 CN) = sum_t s[t] V[t, off + ..] for the CN x 8 dims from `off` (rows of Dh).
+template <int CN, typename KV>
+inline void weigh_values(const float* s, const KV* Vv, int n, int Dh, float* o, float inv) {
+  __m256 ov[CN];
+  for (int c = 0; c < CN; ++c) ov[c] = _mm256_setzero_ps();
+  for (int t = 0; t < n; ++t) {
+    const __m256 p = _mm256_broadcast_ss(s + t);
+    const KV* v = Vv + (size_t)t * Dh;
+    for (int c = 0; c < CN; ++c) ov[c] = _mm256_fmadd_ps(p, load8(v + 8 * c), ov[c]);
+  }
+  for (int c = 0; c < CN; ++c) _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(ov[c], _mm256_set1_ps(inv)));
+}
+
+template <int DC, typename KV>
+void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scale, float* s, float* o) {
+  constexpr int Dh = DC * 8;
+  __m256 mxv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int t0 = 0; t0 < n; t0 += 8) {
+    const int nb = std::min(8, n - t0);
+    __m256 part[8];
+    for (int j = 0; j < 8; ++j) {
+      if (j >= nb) {
+        part[j] = _mm256_setzero_ps();
+        continue;
+      }
+      const KV* k = K + (size_t)(t0 + j) * Dh;
+      __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(q), load8(k)), a1 = _mm256_setzero_ps();
+      for (int c = 1; c < DC; ++c) {
+        __m256& a = c % 2 ? a1 : a0;
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), load8(k + 8 * c), a);
+      }
+      part[j] = _mm256_add_ps(a0, a1);
+    }
+    const __m256 sc = _mm256_mul_ps(sum_lanes8(part), _mm256_set1_ps(scale));
+    if (nb == 8) {
+      _mm256_storeu_ps(s + t0, sc);
+      mxv = _mm256_max_ps(mxv, sc);
+    } else {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, sc);
+      for (int j = 0; j < nb; ++j) s[t0 + j] = t[j], mx = std::max(mx, t[j]);
+    }
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mxv);
+  for (int i = 0; i < 8; ++i) mx = std::max(mx, lanes[i]);
+  const float inv = 1.0f / exp_shifted(s, n, mx);
+  constexpr int C1 = DC > 8 ? 8 : DC;
+  weigh_values<C1>(s, Vv, n, Dh, o, inv);
+  if constexpr (DC > 8) weigh_values<DC - 8>(s, Vv + 64, n, Dh, o + 64, inv);
+}
 #endif
 
 // Any head size: the vector kernel for multiples of 16 up to 128, plain loops otherwise.
@@ -84,6 +155,17 @@ void attend_any(const float* q, const KV* K, const KV* Vv, int n, int Dh, float 
     case 80: return attend_one_vec<5>(q, K, Vv, n, scale, s, o);
     case 96: return attend_one_vec<6>(q, K, Vv, n, scale, s, o);
     case 128: return attend_one_vec<8>(q, K, Vv, n, scale, s, o);
+    default: break;
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  switch (Dh) {
+    case 16: return attend_one_vec<2>(q, K, Vv, n, scale, s, o);
+    case 32: return attend_one_vec<4>(q, K, Vv, n, scale, s, o);
+    case 48: return attend_one_vec<6>(q, K, Vv, n, scale, s, o);
+    case 64: return attend_one_vec<8>(q, K, Vv, n, scale, s, o);
+    case 80: return attend_one_vec<10>(q, K, Vv, n, scale, s, o);
+    case 96: return attend_one_vec<12>(q, K, Vv, n, scale, s, o);
+    case 128: return attend_one_vec<16>(q, K, Vv, n, scale, s, o);
     default: break;
   }
 #endif
