@@ -150,36 +150,51 @@ BENCHMARK(BM_DecodeMatvec)
 
 // Decode attention over the cache, one step of one M layer: 16 heads of 64 dims, each head's
 // keys and values contiguous (as the decoder's cache keeps them), heads spread over the threads as
-// in Decoder::layer_step. range(0) = cached positions, range(1) = cache (0 f32, 1 bf16). Bytes
-// processed = the keys and values read: at long context this read competes with the weights'.
+// in Decoder::layer_step. range(0) = cached positions, range(1) = cache (0 f32, 1 bf16),
+// range(2) = layers whose caches the iterations cycle through: 1 keeps the cache in L2/L3, 32
+// (537 MB of bf16 at 4096 positions) reads it from memory as a long-context decode step does.
+// Bytes processed = the keys and values read.
 static void BM_DecodeAttention(benchmark::State& st) {
   constexpr int H = 16, Dh = 64;
-  const int n = (int)st.range(0);
+  const int n = (int)st.range(0), layers = (int)st.range(2);
   const bool bf16 = st.range(1) == 1;
-  const size_t per_head = (size_t)n * Dh;
-  auto K = random_buffer(per_head * H, 11), V = random_buffer(per_head * H, 12), q = random_buffer((size_t)H * Dh, 13);
-  std::vector<uint16_t> Kb(K.size()), Vb(V.size());
-  to_bf16(K.data(), K.size(), Kb.data());
-  to_bf16(V.data(), V.size(), Vb.data());
+  const size_t per_head = (size_t)n * Dh, per_layer = per_head * H;
+  AlignedVector<float> K, V;
+  std::vector<uint16_t> Kb, Vb;
+  {
+    auto k1 = random_buffer(per_layer, 11), v1 = random_buffer(per_layer, 12);
+    if (bf16) {
+      Kb.resize(per_layer * layers), Vb.resize(per_layer * layers);
+      for (int l = 0; l < layers; ++l)
+        to_bf16(k1.data(), per_layer, Kb.data() + l * per_layer), to_bf16(v1.data(), per_layer, Vb.data() + l * per_layer);
+    } else {
+      K.resize(per_layer * layers), V.resize(per_layer * layers);
+      for (int l = 0; l < layers; ++l)
+        std::copy(k1.begin(), k1.end(), K.begin() + l * per_layer), std::copy(v1.begin(), v1.end(), V.begin() + l * per_layer);
+    }
+  }
+  auto q = random_buffer((size_t)H * Dh, 13);
   AlignedVector<float> out((size_t)H * Dh), scores((size_t)H * n);
   const float scale = 0.125f;
+  int l = 0;
   for (auto _ : st) {
+    const size_t base = (size_t)l * per_layer;
+    l = (l + 1) % layers;
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; ++h) {
       float* s = scores.data() + (size_t)h * n;
+      const size_t at = base + h * per_head;
       if (bf16)
-        infer::attend_one(q.data() + h * Dh, Kb.data() + h * per_head, Vb.data() + h * per_head, n, Dh, scale, s,
-                          out.data() + h * Dh);
+        infer::attend_one(q.data() + h * Dh, Kb.data() + at, Vb.data() + at, n, Dh, scale, s, out.data() + h * Dh);
       else
-        infer::attend_one(q.data() + h * Dh, K.data() + h * per_head, V.data() + h * per_head, n, Dh, scale, s,
-                          out.data() + h * Dh);
+        infer::attend_one(q.data() + h * Dh, K.data() + at, V.data() + at, n, Dh, scale, s, out.data() + h * Dh);
     }
     benchmark::DoNotOptimize(out.data());
   }
-  st.SetBytesProcessed((int64_t)(st.iterations() * 2.0 * per_head * H * (bf16 ? 2 : 4)));
+  st.SetBytesProcessed((int64_t)(st.iterations() * 2.0 * per_layer * (bf16 ? 2 : 4)));
 }
 BENCHMARK(BM_DecodeAttention)
-    ->ArgsProduct({{512, 4096}, {0, 1}})
+    ->ArgsProduct({{512, 4096}, {0, 1}, {1, 32}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

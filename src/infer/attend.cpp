@@ -28,6 +28,22 @@ inline float exp_shifted(float* s, int n, float mx) {
   return sum;
 }
 
+// How far ahead of the rows being read the vector kernels prefetch a bf16 cache, in bytes. With
+// the hardware prefetcher alone a bf16 cache read from memory (BM_DecodeAttention/4096/1/32) ran at
+// 12-14 GB/s against 23 for a float one, and at 17.8-18.3 with these prefetches. A float cache
+// is left to the hardware: prefetching it ran no faster (19-25 GB/s against 23).
+template <typename KV>
+constexpr size_t kCacheAhead = sizeof(KV) == 2 ? 8192 : 0;
+
+// Prefetches the lines of bytes [from, from + len) of `a` (a_bytes long) followed by `b`
+// (b_bytes): the keys pass runs on into the values' first lines (that pass comes next), the
+// values pass into nothing.
+inline void prefetch_ahead(const void* a, size_t a_bytes, const void* b, size_t b_bytes, size_t from, size_t len) {
+  const size_t end = std::min(from + len, a_bytes + b_bytes);
+  for (size_t i = from; i < end; i += 64)
+    __builtin_prefetch(i < a_bytes ? (const char*)a + i : (const char*)b + (i - a_bytes), 0, 3);
+}
+
 #if defined(__AVX512F__)
 using ops::load16;
 using ops::sum_lanes16;
@@ -40,8 +56,11 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   __m512 qv[DC];
   for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
   __m512 mxv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  constexpr size_t kRow = sizeof(KV) * Dh;
+  const size_t bytes = kRow * n;
   for (int t0 = 0; t0 < n; t0 += 16) {
     const int nb = std::min(16, n - t0);
+    if constexpr (kCacheAhead<KV> > 0) prefetch_ahead(K, bytes, Vv, bytes, t0 * kRow + kCacheAhead<KV>, 16 * kRow);
     __m512 part[16];
     for (int j = 0; j < 16; ++j) {
       if (j >= nb) {
@@ -66,6 +85,7 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   __m512 ov[DC];
   for (int c = 0; c < DC; ++c) ov[c] = _mm512_setzero_ps();
   for (int t = 0; t < n; ++t) {
+    if constexpr (kCacheAhead<KV> > 0) prefetch_ahead(Vv, bytes, nullptr, 0, t * kRow + kCacheAhead<KV>, kRow);
     const __m512 p = _mm512_set1_ps(s[t]);
     const KV* v = Vv + (size_t)t * Dh;
     for (int c = 0; c < DC; ++c) ov[c] = _mm512_fmadd_ps(p, load16(v + 16 * c), ov[c]);
@@ -89,12 +109,14 @@ inline __m256 sum_lanes8(const __m256* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(b, c, 0x20), _mm256_permute2f128_ps(b, c, 0x31));
 }
 
-// o[0 .. 8 CN) = sum_t s[t] V[t, off + ..] for the CN x 8 dims from `off` (rows of Dh).
-template <int CN, typename KV>
+// o[0 .. 8 CN) = sum_t s[t] V[t, 0 .. 8 CN) (rows of Dh); the first pass over V prefetches it.
+template <int CN, bool kFirstPass, typename KV>
 inline void weigh_values(const float* s, const KV* Vv, int n, int Dh, float* o, float inv) {
   __m256 ov[CN];
   for (int c = 0; c < CN; ++c) ov[c] = _mm256_setzero_ps();
+  const size_t row = sizeof(KV) * Dh;
   for (int t = 0; t < n; ++t) {
+    if constexpr (kFirstPass && kCacheAhead<KV> > 0) prefetch_ahead(Vv, row * n, nullptr, 0, t * row + kCacheAhead<KV>, row);
     const __m256 p = _mm256_broadcast_ss(s + t);
     const KV* v = Vv + (size_t)t * Dh;
     for (int c = 0; c < CN; ++c) ov[c] = _mm256_fmadd_ps(p, load8(v + 8 * c), ov[c]);
@@ -107,8 +129,11 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   constexpr int Dh = DC * 8;
   __m256 mxv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   float mx = -std::numeric_limits<float>::infinity();
+  constexpr size_t kRow = sizeof(KV) * Dh;
+  const size_t bytes = kRow * n;
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nb = std::min(8, n - t0);
+    if constexpr (kCacheAhead<KV> > 0) prefetch_ahead(K, bytes, Vv, bytes, t0 * kRow + kCacheAhead<KV>, 8 * kRow);
     __m256 part[8];
     for (int j = 0; j < 8; ++j) {
       if (j >= nb) {
@@ -138,8 +163,8 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   for (int i = 0; i < 8; ++i) mx = std::max(mx, lanes[i]);
   const float inv = 1.0f / exp_shifted(s, n, mx);
   constexpr int C1 = DC > 8 ? 8 : DC;
-  weigh_values<C1>(s, Vv, n, Dh, o, inv);
-  if constexpr (DC > 8) weigh_values<DC - 8>(s, Vv + 64, n, Dh, o + 64, inv);
+  weigh_values<C1, true>(s, Vv, n, Dh, o, inv);
+  if constexpr (DC > 8) weigh_values<DC - 8, false>(s, Vv + 64, n, Dh, o + 64, inv);
 }
 #endif
 
