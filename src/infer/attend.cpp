@@ -30,8 +30,8 @@ inline float exp_shifted(float* s, int n, float mx) {
 
 // How far ahead of the rows being read the vector kernels prefetch a bf16 cache, in bytes. With
 // the hardware prefetcher alone a bf16 cache read from memory (BM_DecodeAttention/4096/1/32) ran at
-// 12-14 GB/s against 23 for a float one, and at 17.8-18.3 with these prefetches. A float cache
-// is left to the hardware: prefetching it ran no faster (19-25 GB/s against 23).
+// 10-14 GB/s against 19-24 for a float one, and at 15.5-18.3 with these prefetches (AVX2 build:
+// 9-10 -> 12-14). A float cache is left to the hardware: prefetching it ran no faster.
 template <typename KV>
 constexpr size_t kCacheAhead = sizeof(KV) == 2 ? 8192 : 0;
 
@@ -45,6 +45,7 @@ inline void prefetch_ahead(const void* a, size_t a_bytes, const void* b, size_t 
 }
 
 #if defined(__AVX512F__)
+constexpr int kLanes = 16;  // floats a vector
 using ops::load16;
 using ops::sum_lanes16;
 
@@ -97,6 +98,7 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
 // The same for AVX2 (8 floats a vector, 16 registers): the scores of 8 positions reduced
 // together, q read from L1 (too few registers to hold it), the output accumulated 64 dims at a
 // time. Without it an AVX2 build ran the plain loops below.
+constexpr int kLanes = 8;  // floats a vector
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
@@ -171,26 +173,15 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
 // Any head size: the vector kernel for multiples of 16 up to 128, plain loops otherwise.
 template <typename KV>
 void attend_any(const float* q, const KV* K, const KV* Vv, int n, int Dh, float scale, float* s, float* o) {
-#if defined(__AVX512F__)
-  switch (Dh) {  // the common head sizes (32, 64, 128) and their neighbours
-    case 16: return attend_one_vec<1>(q, K, Vv, n, scale, s, o);
-    case 32: return attend_one_vec<2>(q, K, Vv, n, scale, s, o);
-    case 48: return attend_one_vec<3>(q, K, Vv, n, scale, s, o);
-    case 64: return attend_one_vec<4>(q, K, Vv, n, scale, s, o);
-    case 80: return attend_one_vec<5>(q, K, Vv, n, scale, s, o);
-    case 96: return attend_one_vec<6>(q, K, Vv, n, scale, s, o);
-    case 128: return attend_one_vec<8>(q, K, Vv, n, scale, s, o);
-    default: break;
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  switch (Dh) {
-    case 16: return attend_one_vec<2>(q, K, Vv, n, scale, s, o);
-    case 32: return attend_one_vec<4>(q, K, Vv, n, scale, s, o);
-    case 48: return attend_one_vec<6>(q, K, Vv, n, scale, s, o);
-    case 64: return attend_one_vec<8>(q, K, Vv, n, scale, s, o);
-    case 80: return attend_one_vec<10>(q, K, Vv, n, scale, s, o);
-    case 96: return attend_one_vec<12>(q, K, Vv, n, scale, s, o);
-    case 128: return attend_one_vec<16>(q, K, Vv, n, scale, s, o);
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  switch (Dh) {  // the common head sizes (32, 64, 128) and their neighbours, in vectors of kLanes
+    case 16: return attend_one_vec<16 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 32: return attend_one_vec<32 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 48: return attend_one_vec<48 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 64: return attend_one_vec<64 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 80: return attend_one_vec<80 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 96: return attend_one_vec<96 / kLanes>(q, K, Vv, n, scale, s, o);
+    case 128: return attend_one_vec<128 / kLanes>(q, K, Vv, n, scale, s, o);
     default: break;
   }
 #endif
