@@ -184,7 +184,16 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
   store_sums<R, NB>(s, Y, ldy, j0, acc);
 }
 
-constexpr bool kBf16Wide = true;  // the bf16 path above: 32 per step, permuted packing
+// The bf16 path above (32 per step, permuted packing) where it was measured, on Intel
+// (Sapphire/Emerald Rapids). On AMD Zen (GCC tunes AVX-512 Zen 4/5 as znver3 or later) the plain
+// tiles, which widen 16 at a time by zero-extend and shift, ran faster: M head [32000, 1024] from
+// memory (bench_kernels BM_DecodeMatvec/B/1/0/0, AMD EPYC Zen 5, 3 alternations), batch 8
+// 90-117 -> 197-201 GFLOP/s, batch 1 41-46 -> 44-47 GB/s.
+#if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
+constexpr bool kBf16Wide = false;
+#else
+constexpr bool kBf16Wide = true;
+#endif
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // ---- AVX2 + FMA (Zen 1-3, Intel before Skylake-X and its client parts): 8 floats a vector --------
 //
