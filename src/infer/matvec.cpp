@@ -190,10 +190,52 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
 // memory (bench_kernels BM_DecodeMatvec/B/1/0/0, AMD EPYC Zen 5, 3 alternations), batch 8
 // 90-117 -> 197-201 GFLOP/s, batch 1 41-46 -> 44-47 GB/s.
 #if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
-constexpr bool kBf16Wide = false;
+constexpr bool kZen = true;
 #else
-constexpr bool kBf16Wide = true;
+constexpr bool kZen = false;
 #endif
+constexpr bool kBf16Wide = !kZen;
+
+// One input, 16- and 8-bit weights, on AMD Zen: one weight row at a time, front to back, with
+// two accumulator chains and no prefetch of the next row (q8 keeps its L2 prefetch ahead). Each
+// thread then reads one sequential stream, which the hardware prefetcher follows best: the M
+// decode matrices (477 MB bf16, 238 MB q8; a stand-alone harness over this file's kernels, 2
+// threads, best of 8, three runs, AMD EPYC Zen 5) bf16 35-36 -> 50-54 GB/s, q8 33-45 -> 43-54,
+// where a plain parallel sum of the same matrices reads 48. (Two-row tiles, or a prefetch of the
+// next row, interleave two streams per thread; on this machine that costs a third.)
+template <typename WT>
+inline void row_one_input(const WT* W, int in, const float* xp, float* Y, int j, bool acc, const float* SC) {
+  const WT* w = W + (size_t)j * in;
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int k = 0;
+  if constexpr (std::is_same_v<WT, int8_t>) {
+    const float* sc = SC + (size_t)j * ((in + kQ8Block - 1) / kQ8Block);
+    for (; k + 64 <= in; k += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k) + l2_ahead<WT>(), _MM_HINT_T1);
+      const __m512 b0 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), _mm512_mul_ps(load_w(w + k), _mm512_load_ps(xp + k)));
+      const __m512 b1 =
+          _mm512_fmadd_ps(load_w(w + k + 48), _mm512_load_ps(xp + k + 48), _mm512_mul_ps(load_w(w + k + 32), _mm512_load_ps(xp + k + 32)));
+      s0 = _mm512_fmadd_ps(b0, _mm512_set1_ps(sc[k / kQ8Block]), s0);
+      s1 = _mm512_fmadd_ps(b1, _mm512_set1_ps(sc[k / kQ8Block + 1]), s1);
+    }
+    for (; k < in; k += 16) {  // the last 16-slices, each inside one block; masked at the end
+      const __mmask16 m = in - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - k)) - 1);
+      const __m512 wv = _mm512_mul_ps(load_w_masked(w + k, m), _mm512_set1_ps(sc[k / kQ8Block]));
+      s0 = _mm512_fmadd_ps(wv, _mm512_load_ps(xp + k), s0);
+    }
+  } else {
+    for (; k + 32 <= in; k += 32) {
+      s0 = _mm512_fmadd_ps(load_w(w + k), _mm512_load_ps(xp + k), s0);
+      s1 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), s1);
+    }
+    for (; k < in; k += 16) {
+      const __mmask16 m = in - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - k)) - 1);
+      s0 = _mm512_fmadd_ps(load_w_masked(w + k, m), _mm512_load_ps(xp + k), s0);
+    }
+  }
+  const float v = hsum(_mm512_add_ps(s0, s1));
+  Y[j] = acc ? Y[j] + v : v;
+}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // ---- AVX2 + FMA (Zen 1-3, Intel before Skylake-X and its client parts): 8 floats a vector --------
 //
@@ -297,6 +339,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   store_sums<R, NB>(s, Y, ldy, j0, acc);
 }
 constexpr bool kBf16Wide = false;
+constexpr bool kZen = false;
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
@@ -322,6 +365,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     }
 }
 constexpr bool kBf16Wide = false;
+constexpr bool kZen = false;
 #endif
 
 // Rows per tile for nb inputs: R*nb + R + 1 <= 32 vector registers, and few enough weight rows
@@ -345,8 +389,18 @@ constexpr bool is_wide() {
 // 55.9-57.1 tok/s, f16 49.6-50.0 -> 53.2-53.4, q8 77.1-78.7 -> 82.3-84.1; a mapped bf16 folder
 // ran equally fast either way, farm-bench wall ratio 0.990). Float stays at 4 rows (2 rows:
 // 26.8-27.4 tok/s against 28.0-28.2).
+// On AMD Zen with AVX-512 they take one row at a time instead (row_one_input).
+template <typename WT>
+constexpr bool one_row_tiles(int nb) {
+#if defined(__AVX512F__)
+  return kZen && nb == 1 && sizeof(WT) < sizeof(float);
+#else
+  return false;
+#endif
+}
 template <typename WT>
 constexpr int tile_rows(int nb) {
+  if (one_row_tiles<WT>(nb)) return 1;
   if (nb == 1 && sizeof(WT) < sizeof(float)) return 2;
   return is_wide<WT>() ? rows_for_bf16(nb) : rows_for(nb);
 }
@@ -356,7 +410,9 @@ template <int NB, typename WT>
 inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, int rows, bool acc, const float* SC) {
   constexpr int R = tile_rows<WT>(NB);
 #if defined(__AVX512F__)
-  if constexpr (is_wide<WT>()) {
+  if constexpr (one_row_tiles<WT>(NB)) {
+    for (int r = 0; r < rows; ++r) row_one_input(W, in, Xp, Y, j0 + r, acc, SC);
+  } else if constexpr (is_wide<WT>()) {
     if (rows == R) tile_bf16<R, NB>(W, in, Xp, Y, ldy, j0, acc);
     else
       for (int r = 0; r < rows; ++r) tile_bf16<1, NB>(W, in, Xp, Y, ldy, j0 + r, acc);
