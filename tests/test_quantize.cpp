@@ -136,6 +136,8 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
     EXPECT_EQ(f.find("layers.1.router.weight")->dtype, io::DType::F32);
     EXPECT_EQ(f.find("layers.0.attn_norm.weight")->dtype, io::DType::F32);
     EXPECT_EQ(f.find("layers.0.attn.wk.weight")->begin, f.find("layers.0.attn.wq.weight")->end);
+    for (const char* m : {"tok_embeddings.weight", "layers.1.attn.wq.weight", "layers.3.mlp.w2.weight", "output.weight"})
+      EXPECT_EQ((uintptr_t)f.data(*f.find(m)) % 64, 0u) << m;  // mapped matrices start on cache lines
     EXPECT_EQ(f.find("layers.0.mlp.w3.weight")->begin, f.find("layers.0.mlp.w1.weight")->end);
     if (fmt == MatFormat::Q8) {
       EXPECT_EQ(f.find("layers.0.attn.wv.weight.scales")->shape, (std::vector<int64_t>{32, 2}));

@@ -81,6 +81,38 @@ void expect_open_error(const std::string& path, const std::vector<std::string>& 
 // ---------------------------------------------------------------------------------------------
 // Round trips
 
+TEST_F(SafetensorsTest, WriterPutsLineSizedTensorsOn64ByteBoundaries) {
+  // Odd-sized tensors first in the caller's order: the writer lays the 64-byte multiples out
+  // first, so each starts on a cache line of the mapping, and every value reads back.
+  const std::vector<float> odd = {1, 2, 3};                       // 12 bytes
+  std::vector<float> m(16 * 16);                                   // 1024 bytes
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = float(i) * 0.5f;
+  const std::vector<uint16_t> odd16 = {0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0};  // 10 bytes
+  std::vector<int8_t> q(192);                                      // 192 bytes
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = int8_t(int(i % 255) - 127);
+  const std::string path = file("aligned.safetensors");
+  modlm::io::write_safetensors(path, {{"odd", DType::F32, {3}, odd.data()},
+                                      {"m", DType::F32, {16, 16}, m.data()},
+                                      {"odd16", DType::BF16, {5}, odd16.data()},
+                                      {"q", DType::I8, {3, 64}, q.data()}});
+  SafetensorsFile f = SafetensorsFile::open(path);
+  ASSERT_EQ(f.tensors().size(), 4u);
+  EXPECT_EQ(f.tensors()[0].name, "m");  // file order: line-sized first, then the rest
+  EXPECT_EQ(f.tensors()[1].name, "q");
+  EXPECT_EQ(f.tensors()[2].name, "odd");
+  EXPECT_EQ(f.tensors()[3].name, "odd16");
+  for (const char* name : {"m", "q"}) {
+    const modlm::io::TensorInfo* t = f.find(name);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->begin % 64, 0u) << name;
+    EXPECT_EQ((uintptr_t)f.data(*t) % 64, 0u) << name;  // the mapping itself
+  }
+  EXPECT_EQ(f.read_f32("odd", {3}), odd);
+  EXPECT_EQ(f.read_f32("m", {16, 16}), m);
+  EXPECT_EQ(f.read_f32("odd16", {5}), (std::vector<float>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(std::memcmp(f.data(*f.find("q")), q.data(), q.size()), 0);
+}
+
 TEST_F(SafetensorsTest, RoundTripSeveralDtypesAndMetadata) {
   const std::vector<float> a = {1.5f, -2.0f, 0.0f, 3.25f, 1e-20f, -7.0f};          // F32 [2, 3]
   const std::vector<uint16_t> b = {0x3f80, 0xc000, 0x4040, 0x0000};                // BF16 [4]: 1, -2, 3, 0
@@ -97,11 +129,11 @@ TEST_F(SafetensorsTest, RoundTripSeveralDtypesAndMetadata) {
                                 {"n", DType::I32, {2}, n.data()}},
                                {{"format", "pt"}, {"step", "12"}});
 
-  // Header length keeps the data section 8-byte aligned.
+  // The header's length puts the data section at a multiple of 64 bytes.
   const std::string bytes = read_bytes(path);
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
-  EXPECT_EQ(header_len % 8, 0u);
+  EXPECT_EQ((8 + header_len) % 64, 0u);
 
   SafetensorsFile f = SafetensorsFile::open(path);
   EXPECT_EQ(f.path(), path);

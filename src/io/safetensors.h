@@ -84,9 +84,12 @@ struct TensorRef {
   const void* data;
 };
 
-// Writes a standard safetensors file atomically (see atomic_write_file): tensors in the given
-// order with contiguous offsets, header padded with spaces to a multiple of 8 bytes so the data
-// section is 8-byte aligned. Duplicate or reserved names, negative dimensions -> bad_input.
+// Writes a standard safetensors file atomically (see atomic_write_file), contiguous offsets, the
+// header (in the given order) padded with spaces so the data section starts at a multiple of 64
+// bytes. The data section holds the tensors whose size is a non-zero multiple of 64 bytes first,
+// then the others, each group in the given order: every such tensor (all weight matrices of
+// usual shapes) starts on a 64-byte boundary. Duplicate or reserved names, negative dimensions
+// -> bad_input.
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
