@@ -294,3 +294,31 @@ TEST(Cli, BenchTrainTimesEveryFamilyAgainstDenseInOneRun) {
   EXPECT_EQ(run_modlm(shape + "--families moe,foo").code, 2);
   EXPECT_EQ(run_modlm(shape + "--families mod --n-layers 1").code, 2);
 }
+
+TEST(Cli, BenchServeRoundsAlternateAndReportTheMedianRatio) {
+  // Both models in every round; the level's ratio is the median round's (the lower middle of an
+  // even count), and its per-model figures are that round's.
+  const std::string shape = "bench serve --d-model 32 --n-layers 4 --n-heads 2 --d-ff 48 --vocab 300 --clients 2 --requests 1 "
+                            "--prompt-len 4 --new 4 ";
+  auto r = run_modlm(shape + "--rounds 4 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json lv = json::parse(r.out)["levels"][0];
+  ASSERT_EQ(lv["rounds"].size(), 4u);
+  std::vector<double> ratios;
+  for (const auto& round : lv["rounds"]) {
+    ASSERT_TRUE(round.contains("mod") && round.contains("dense")) << round.dump();
+    EXPECT_EQ(round["mod"]["tokens"].get<int>(), 2 * 4);
+    EXPECT_EQ(round["dense"]["tokens"].get<int>(), 2 * 4);
+    EXPECT_DOUBLE_EQ(round["speedup"].get<double>(),
+                     round["mod"]["tokens_per_second"].get<double>() / round["dense"]["tokens_per_second"].get<double>());
+    ratios.push_back(round["speedup"].get<double>());
+  }
+  std::sort(ratios.begin(), ratios.end());
+  EXPECT_DOUBLE_EQ(lv["speedup"].get<double>(), ratios[1]);
+  EXPECT_DOUBLE_EQ(lv["mod"]["tokens_per_second"].get<double>() / lv["dense"]["tokens_per_second"].get<double>(), ratios[1]);
+  // One round: no per-round list.
+  r = run_modlm(shape + "--json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(json::parse(r.out)["levels"][0].contains("rounds"));
+  EXPECT_EQ(run_modlm(shape + "--rounds 0").code, 2);
+}

@@ -110,7 +110,7 @@ RequestTiming stream_one(int port, const std::vector<int32_t>& prompt, int n_new
 Command add_bench_serve(CLI::App& app) {
   struct Opts {
     std::string clients = "1,4,16,64", weights = "f32";
-    int prompt_len = 32, n_new = 64, requests = 2;
+    int prompt_len = 32, n_new = 64, requests = 2, rounds = 1;
     double processed_fraction = 0.125;
     bool json_out = false, no_dense = false;
     ModelFlags flags;
@@ -127,6 +127,10 @@ Command add_bench_serve(CLI::App& app) {
                   "`bench generate --processed-fraction` does; negative = leave the random predictor (~0.5)")
       ->capture_default_str();
   sub->add_option("--weights", o->weights, "f32, bf16, f16 or q8")->check(CLI::IsMember({"f32", "bf16", "f16", "q8"}))->capture_default_str();
+  sub->add_option("--rounds", o->rounds,
+                  "times each level runs both models, alternating which goes first; the ratio is the median of the rounds' "
+                  "ratios (the machine's speed drifts between runs: more rounds, a steadier ratio)")
+      ->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not run the dense twin");
   sub->add_flag("--json", o->json_out, "print JSON");
   o->flags.add_to(*sub);
@@ -141,7 +145,8 @@ Command add_bench_serve(CLI::App& app) {
                       {"routing", {{"layers", "every_other"}, {"capacity", 0.125}, {"causal", "predictor"}}}};
             ModelConfig cfg = o->flags.apply(base, "flags");
             const std::vector<int> levels = parse_int_list(o->clients, "--clients");
-            if (o->prompt_len < 1 || o->n_new < 1 || o->requests < 1) throw usage_error("--prompt-len, --new and --requests must be >= 1");
+            if (o->prompt_len < 1 || o->n_new < 1 || o->requests < 1 || o->rounds < 1)
+              throw usage_error("--prompt-len, --new, --requests and --rounds must be >= 1");
             if (o->prompt_len + o->n_new > cfg.max_seq_len) throw usage_error("--prompt-len + --new exceeds max_seq_len");
             const int max_clients = *std::max_element(levels.begin(), levels.end());
             const infer::MatFormat fmt = infer::parse_format(o->weights, "--weights");
@@ -194,76 +199,108 @@ Command add_bench_serve(CLI::App& app) {
                           "%d threads, prompt %d + %d new tokens, %d requests per client\n",
                           cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.n_routed(), cfg.routing.capacity,
                           o->processed_fraction, omp_get_max_threads(), o->prompt_len, o->n_new, o->requests);
+            // One model at one level: N clients, each streaming --requests completions; prints its line.
+            auto run_level = [&](Served& s, int N) -> json {
+              const serve::SchedulerStats before = s.server->scheduler().stats();
+              std::vector<RequestTiming> timings((size_t)N * o->requests);
+              std::vector<std::thread> th;
+              const auto t0 = clk::now();
+              for (int i = 0; i < N; ++i)
+                th.emplace_back([&, i] {
+                  const auto prompts = client_prompts(i, o->requests, o->prompt_len, s.model->config().vocab_size);
+                  for (int q = 0; q < o->requests; ++q) timings[(size_t)i * o->requests + q] = stream_one(s.port, prompts[q], o->n_new);
+                });
+              for (auto& t : th) t.join();
+              const double wall = secs(t0, clk::now());
+              const serve::SchedulerStats after = s.server->scheduler().stats();
+              int64_t tokens = 0;
+              int failed = 0;
+              std::vector<double> ttft, tpot;
+              for (const auto& t : timings) {
+                tokens += t.tokens;
+                failed += !t.ok;
+                ttft.push_back(t.ttft);
+                tpot.push_back(t.tpot);
+              }
+              const double rows = (double)(after.step_rows - before.step_rows);
+              const double wbpt = rows > 0 ? (after.step_weight_bytes - before.step_weight_bytes) / rows : 0;
+              json pf = json::array();
+              for (size_t j = 0; j < after.routed_layers.size(); ++j)
+                pf.push_back(rows > 0 ? (double)(after.routed_processed[j] - before.routed_processed[j]) / rows : 0.0);
+              const double steps = (double)(after.decode_steps - before.decode_steps);
+              json m{{"tokens_per_second", tokens / wall},
+                     {"tokens", tokens},
+                     {"wall_s", wall},
+                     {"failed_requests", failed},
+                     {"ttft_p50_ms", percentile(ttft, 0.5) * 1e3},
+                     {"ttft_p99_ms", percentile(ttft, 0.99) * 1e3},
+                     {"tpot_p50_ms", percentile(tpot, 0.5) * 1e3},
+                     {"tpot_p99_ms", percentile(tpot, 0.99) * 1e3},
+                     {"mean_batch", steps > 0 ? rows / steps : 0.0},
+                     {"decode_step_ms", steps > 0 ? (after.step_seconds - before.step_seconds) / steps * 1e3 : 0.0},
+                     {"prefill_s", after.prefill_seconds - before.prefill_seconds},
+                     {"decode_s", after.step_seconds - before.step_seconds},
+                     {"weight_bytes_per_token", wbpt},
+                     {"processed_fraction", pf}};
+              if (!o->json_out) {
+                double mean_pf = 0;
+                for (const auto& p : pf) mean_pf += p.get<double>() / std::max<size_t>(1, pf.size());
+                std::printf("  %3d clients  %-5s %8.1f tok/s | TTFT p50 %7.1f p99 %7.1f ms | TPOT p50 %6.1f p99 %6.1f ms | batch %5.1f | "
+                            "%6.1f MB weights/token | step %5.1f ms, decode %4.1f s + prefill %4.1f s of %4.1f%s",
+                            N, s.name.c_str(), tokens / wall, percentile(ttft, 0.5) * 1e3, percentile(ttft, 0.99) * 1e3,
+                            percentile(tpot, 0.5) * 1e3, percentile(tpot, 0.99) * 1e3, steps > 0 ? rows / steps : 0.0, wbpt / 1e6,
+                            m["decode_step_ms"].get<double>(), m["decode_s"].get<double>(), m["prefill_s"].get<double>(), wall,
+                            failed ? " | FAILED REQUESTS" : "");
+                if (!pf.empty()) std::printf(" | processed %.3f", mean_pf);
+                std::printf("\n");
+                std::fflush(stdout);
+              }
+              return m;
+            };
             json levels_out = json::array();
             for (int N : levels) {
               json lv{{"clients", N}};
-              double tps[2] = {0, 0};
-              for (size_t k = 0; k < served.size(); ++k) {
-                Served& s = served[k];
-                const serve::SchedulerStats before = s.server->scheduler().stats();
-                std::vector<RequestTiming> timings((size_t)N * o->requests);
-                std::vector<std::thread> th;
-                const auto t0 = clk::now();
-                for (int i = 0; i < N; ++i)
-                  th.emplace_back([&, i] {
-                    const auto prompts = client_prompts(i, o->requests, o->prompt_len, s.model->config().vocab_size);
-                    for (int q = 0; q < o->requests; ++q) timings[(size_t)i * o->requests + q] = stream_one(s.port, prompts[q], o->n_new);
-                  });
-                for (auto& t : th) t.join();
-                const double wall = secs(t0, clk::now());
-                const serve::SchedulerStats after = s.server->scheduler().stats();
-                int64_t tokens = 0;
-                int failed = 0;
-                std::vector<double> ttft, tpot;
-                for (const auto& t : timings) {
-                  tokens += t.tokens;
-                  failed += !t.ok;
-                  ttft.push_back(t.ttft);
-                  tpot.push_back(t.tpot);
+              std::vector<double> ratios;
+              json rounds = json::array();
+              for (int r = 0; r < o->rounds; ++r) {
+                // Odd rounds run the dense twin first, so a drift of the machine's speed within a
+                // round favours neither model over the rounds.
+                json round = json::object();
+                for (size_t i = 0; i < served.size(); ++i) {
+                  Served& s = served[r % 2 && served.size() == 2 ? 1 - i : i];
+                  round[s.name] = run_level(s, N);
                 }
-                const double rows = (double)(after.step_rows - before.step_rows);
-                const double wbpt = rows > 0 ? (after.step_weight_bytes - before.step_weight_bytes) / rows : 0;
-                json pf = json::array();
-                for (size_t j = 0; j < after.routed_layers.size(); ++j)
-                  pf.push_back(rows > 0 ? (double)(after.routed_processed[j] - before.routed_processed[j]) / rows : 0.0);
-                const double steps = (double)(after.decode_steps - before.decode_steps);
-                json m{{"tokens_per_second", tokens / wall},
-                       {"tokens", tokens},
-                       {"wall_s", wall},
-                       {"failed_requests", failed},
-                       {"ttft_p50_ms", percentile(ttft, 0.5) * 1e3},
-                       {"ttft_p99_ms", percentile(ttft, 0.99) * 1e3},
-                       {"tpot_p50_ms", percentile(tpot, 0.5) * 1e3},
-                       {"tpot_p99_ms", percentile(tpot, 0.99) * 1e3},
-                       {"mean_batch", steps > 0 ? rows / steps : 0.0},
-                       {"decode_step_ms", steps > 0 ? (after.step_seconds - before.step_seconds) / steps * 1e3 : 0.0},
-                       {"prefill_s", after.prefill_seconds - before.prefill_seconds},
-                       {"decode_s", after.step_seconds - before.step_seconds},
-                       {"weight_bytes_per_token", wbpt},
-                       {"processed_fraction", pf}};
-                tps[k] = tokens / wall;
-                lv[s.name] = m;
-                if (!o->json_out) {
-                  double mean_pf = 0;
-                  for (const auto& p : pf) mean_pf += p.get<double>() / std::max<size_t>(1, pf.size());
-                  std::printf("  %3d clients  %-5s %8.1f tok/s | TTFT p50 %7.1f p99 %7.1f ms | TPOT p50 %6.1f p99 %6.1f ms | batch %5.1f | "
-                              "%6.1f MB weights/token | step %5.1f ms, decode %4.1f s + prefill %4.1f s of %4.1f%s",
-                              N, s.name.c_str(), tokens / wall, percentile(ttft, 0.5) * 1e3, percentile(ttft, 0.99) * 1e3,
-                              percentile(tpot, 0.5) * 1e3, percentile(tpot, 0.99) * 1e3, steps > 0 ? rows / steps : 0.0, wbpt / 1e6,
-                              m["decode_step_ms"].get<double>(), m["decode_s"].get<double>(), m["prefill_s"].get<double>(), wall,
-                              failed ? " | FAILED REQUESTS" : "");
-                  if (!pf.empty()) std::printf(" | processed %.3f", mean_pf);
-                  std::printf("\n");
-                  std::fflush(stdout);
+                if (served.size() == 2) {
+                  const double d = round["dense"]["tokens_per_second"].get<double>();
+                  const double ratio = d > 0 ? round[served[0].name]["tokens_per_second"].get<double>() / d : 0.0;
+                  round["speedup"] = ratio;
+                  ratios.push_back(ratio);
+                  if (!o->json_out && o->rounds > 1)
+                    std::printf("  %3d clients  round %d: %s / dense %.2fx\n", N, r + 1, served[0].name.c_str(), ratio);
                 }
+                rounds.push_back(round);
               }
-              if (served.size() == 2 && tps[1] > 0) {
-                lv["speedup"] = tps[0] / tps[1];
+              // The round whose ratio is the median stands for the level (the last round without a twin).
+              size_t pick = rounds.size() - 1;
+              if (!ratios.empty()) {
+                std::vector<size_t> idx(ratios.size());
+                for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+                std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return ratios[a] < ratios[b]; });
+                pick = idx[(idx.size() - 1) / 2];
+              }
+              for (const Served& s : served) lv[s.name] = rounds[pick][s.name];
+              if (o->rounds > 1) lv["rounds"] = rounds;
+              if (served.size() == 2) {
+                const double lo = *std::min_element(ratios.begin(), ratios.end()), hi = *std::max_element(ratios.begin(), ratios.end());
+                lv["speedup"] = ratios[pick];
                 lv["weight_bytes_ratio"] = lv[served[0].name]["weight_bytes_per_token"].get<double>() /
                                            std::max(1.0, lv["dense"]["weight_bytes_per_token"].get<double>());
-                if (!o->json_out)
-                  std::printf("  %3d clients  %s / dense: %.2fx tokens/s, %.3f weight bytes per token\n", N, served[0].name.c_str(),
-                              tps[0] / tps[1], lv["weight_bytes_ratio"].get<double>());
+                if (!o->json_out) {
+                  std::printf("  %3d clients  %s / dense: %.2fx tokens/s, %.3f weight bytes per token", N, served[0].name.c_str(),
+                              ratios[pick], lv["weight_bytes_ratio"].get<double>());
+                  if (o->rounds > 1) std::printf(" (median of %d rounds, %.2f-%.2fx)", o->rounds, lo, hi);
+                  std::printf("\n");
+                }
               }
               levels_out.push_back(lv);
             }
