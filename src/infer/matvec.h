@@ -19,7 +19,8 @@ namespace modlm::infer {
 void matvec(const float* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
             bool accumulate = false);
 // The same with bf16 weights (ops/bf16.h), widened to float in registers: half the bytes read.
-// On weights that bf16 holds exactly, the result is bit for bit the float version's.
+// The float product over the bf16 values, summed in the kernel's own order (not bit for bit the
+// float version's: the kernels split the sums differently).
 void matvec(const uint16_t* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy,
             bool accumulate = false);
 
