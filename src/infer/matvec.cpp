@@ -21,6 +21,14 @@ namespace {
 
 constexpr int kMaxNB = 8;  // inputs per register tile
 
+// AMD Zen (GCC tunes Zen 4 and 5 as znver3 or later): some kernel choices below were measured to
+// differ there from Intel's (kBf16Wide, one_row_tiles).
+#if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
+constexpr bool kZen = true;
+#else
+constexpr bool kZen = false;
+#endif
+
 // How far ahead of the rows being read a tile also prefetches into L2 (T1), in bytes (0: not),
 // beside the L1 prefetch of the next tile's rows (prefetch_rows). With 16- and 8-bit weights a
 // tile's rows are short (q8: 1 KiB of a 1024-wide row), so that L1 prefetch runs only 2-4 KiB
@@ -35,6 +43,9 @@ constexpr int l2_ahead() {
 }
 
 #if defined(__AVX512F__)
+// The first min(n, 16) lanes (n >= 0): a 16-slice's mask where fewer than 16 values are left.
+inline __mmask16 first_lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
 // Horizontal sum by a shuffle tree: 4 dependent adds where a sum through memory was a chain of
 // 16 at the end of every row tile: a 1024 x 1024 product from L2 at batch 1 ran 40 -> 46 GB/s
 // (q8), 93 -> 108 (bf16), 112 -> 121 (f32); 10-15 % at batches 2-8 too.
@@ -189,11 +200,6 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
 // tiles, which widen 16 at a time by zero-extend and shift, ran faster: M head [32000, 1024] from
 // memory (bench_kernels BM_DecodeMatvec/B/1/0/0, AMD EPYC Zen 5, 3 alternations), batch 8
 // 90-117 -> 197-201 GFLOP/s, batch 1 41-46 -> 44-47 GB/s.
-#if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
-constexpr bool kZen = true;
-#else
-constexpr bool kZen = false;
-#endif
 constexpr bool kBf16Wide = !kZen;
 
 // One input, 16- and 8-bit weights, on AMD Zen: one weight row at a time, front to back, with
@@ -209,7 +215,7 @@ inline void row_one_input(const WT* W, int in, const float* xp, float* Y, int j,
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
   int k = 0;
   if constexpr (std::is_same_v<WT, int8_t>) {
-    const float* sc = SC + (size_t)j * ((in + kQ8Block - 1) / kQ8Block);
+    const float* sc = SC + (size_t)j * q8_blocks(in);
     for (; k + 64 <= in; k += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(w + k) + l2_ahead<WT>(), _MM_HINT_T1);
       const __m512 b0 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), _mm512_mul_ps(load_w(w + k), _mm512_load_ps(xp + k)));
@@ -219,8 +225,7 @@ inline void row_one_input(const WT* W, int in, const float* xp, float* Y, int j,
       s1 = _mm512_fmadd_ps(b1, _mm512_set1_ps(sc[k / kQ8Block + 1]), s1);
     }
     for (; k < in; k += 16) {  // the last 16-slices, each inside one block; masked at the end
-      const __mmask16 m = in - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - k)) - 1);
-      const __m512 wv = _mm512_mul_ps(load_w_masked(w + k, m), _mm512_set1_ps(sc[k / kQ8Block]));
+      const __m512 wv = _mm512_mul_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_set1_ps(sc[k / kQ8Block]));
       s0 = _mm512_fmadd_ps(wv, _mm512_load_ps(xp + k), s0);
     }
   } else {
@@ -229,8 +234,7 @@ inline void row_one_input(const WT* W, int in, const float* xp, float* Y, int j,
       s1 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), s1);
     }
     for (; k < in; k += 16) {
-      const __mmask16 m = in - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - k)) - 1);
-      s0 = _mm512_fmadd_ps(load_w_masked(w + k, m), _mm512_load_ps(xp + k), s0);
+      s0 = _mm512_fmadd_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_load_ps(xp + k), s0);
     }
   }
   const float v = hsum(_mm512_add_ps(s0, s1));
@@ -339,7 +343,6 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   store_sums<R, NB>(s, Y, ldy, j0, acc);
 }
 constexpr bool kBf16Wide = false;
-constexpr bool kZen = false;
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
@@ -365,7 +368,6 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     }
 }
 constexpr bool kBf16Wide = false;
-constexpr bool kZen = false;
 #endif
 
 // Rows per tile for nb inputs: R*nb + R + 1 <= 32 vector registers, and few enough weight rows
@@ -447,13 +449,13 @@ inline void pack_group(const float* src, int k0, int in, int S, bool bf16_order,
 #if defined(__AVX512F__)
   // By vector permutes (the scalar loop cost ~2 % of a batch-1 step); masked loads give the zeros.
   const int n_left = in - k0;
-  const __mmask16 m0 = n_left >= 16 ? 0xFFFF : (__mmask16)((1u << n_left) - 1);
+  const __mmask16 m0 = first_lanes(n_left);
   const __m512 a = _mm512_maskz_loadu_ps(m0, src + k0);
   if (S == 16) {
     _mm512_store_ps(d, a);
     return;
   }
-  const __mmask16 m1 = n_left >= 32 ? 0xFFFF : n_left <= 16 ? 0 : (__mmask16)((1u << (n_left - 16)) - 1);
+  const __mmask16 m1 = first_lanes(std::max(0, n_left - 16));
   const __m512 c = _mm512_maskz_loadu_ps(m1, src + k0 + 16);
   if (!bf16_order) {
     _mm512_store_ps(d, a), _mm512_store_ps(d + 16, c);
