@@ -123,7 +123,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) s[r][b] = _mm512_setzero_ps();
   const WT* w = W + (size_t)j0 * in;
-  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const int nblk = q8_blocks(in);
   const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
   int k = 0;
   const float* xp = Xp;
@@ -303,7 +303,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) s[r][b] = _mm256_setzero_ps();
   const WT* w = W + (size_t)j0 * in;
-  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const int nblk = q8_blocks(in);
   const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
   float scale[R];
   int k = 0;
@@ -351,7 +351,7 @@ inline float weight_at(const int8_t* w, int i) { return (float)w[i]; }
 
 template <int R, int NB, typename WT>
 inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0, bool acc, const float* SC = nullptr) {
-  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const int nblk = q8_blocks(in);
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) {
       const WT* w = W + (size_t)(j0 + r) * in;
@@ -522,7 +522,7 @@ constexpr int outer_rows(int nv) { return nv == 1 ? 12 : nv == 2 ? 12 : nv == 3 
 // Widens rows j0..j0+MR-1, columns k0..k0+kn-1 into panel [MR][kPanelK] (q8: times the scales).
 template <int MR, typename WT>
 inline void widen_panel(const WT* W, int in, int j0, int k0, int kn, const float* SC, float* panel) {
-  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const int nblk = q8_blocks(in);
   for (int r = 0; r < MR; ++r) {
     const WT* w = W + (size_t)(j0 + r) * in + k0;
     float* p = panel + r * kPanelK;
@@ -593,7 +593,7 @@ constexpr int outer_rows(int nv) { return nv == 1 ? 12 : 6; }
 
 template <int MR, typename WT>
 inline void widen_panel(const WT* W, int in, int j0, int k0, int kn, const float* SC, float* panel) {
-  const int nblk = (in + kQ8Block - 1) / kQ8Block;
+  const int nblk = q8_blocks(in);
   for (int r = 0; r < MR; ++r) {
     const WT* w = W + (size_t)(j0 + r) * in + k0;
     float* p = panel + r * kPanelK;
