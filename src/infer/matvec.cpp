@@ -202,43 +202,62 @@ inline void tile_bf16(const uint16_t* W, int in, const float* Xp, float* Y, int 
 // 90-117 -> 197-201 GFLOP/s, batch 1 41-46 -> 44-47 GB/s.
 constexpr bool kBf16Wide = !kZen;
 
-// One input, 16- and 8-bit weights, on AMD Zen: one weight row at a time, front to back, with
-// two accumulator chains and no prefetch of the next row (q8 keeps its L2 prefetch ahead). Each
-// thread then reads one sequential stream, which the hardware prefetcher follows best: the M
-// decode matrices (477 MB bf16, 238 MB q8; a stand-alone harness over this file's kernels, 2
-// threads, best of 8, three runs, AMD EPYC Zen 5) bf16 35-36 -> 50-54 GB/s, q8 33-45 -> 43-54,
-// where a plain parallel sum of the same matrices reads 48. (Two-row tiles, or a prefetch of the
-// next row, interleave two streams per thread; on this machine that costs a third.)
-template <typename WT>
-inline void row_one_input(const WT* W, int in, const float* xp, float* Y, int j, bool acc, const float* SC) {
+// One to three inputs, 16- and 8-bit weights, on AMD Zen: one weight row at a time, front to
+// back, two accumulator chains per input and no prefetch of the next row (an L2 prefetch
+// l2_ahead() on in the row, except for one input of 16-bit weights). Each thread then reads one
+// sequential stream, which the hardware prefetcher follows best. One input: the M decode
+// matrices (477 MB bf16, 238 MB q8; a stand-alone harness over this file's kernels, 2 threads,
+// best of 8, three runs, AMD EPYC Zen 5) bf16 35-36 -> 50-54 GB/s, q8 33-45 -> 43-54, where a
+// plain parallel sum of the same matrices reads 48. (Two-row tiles, or a prefetch of the next
+// row, interleave two streams per thread; on this machine that costs a third.) Two and three
+// inputs (a routed block that few sequences of a batch need; the harness cycling the 16 M
+// layers' matrices from memory, best of 5, two alternations against the row tiles): q8 28.5-29.4
+// -> 34-38 GB/s (2 inputs) and 27-28 -> 30-33 (3), bf16 38-39 -> 47 and 36-42 -> 44.5, f16 41 ->
+// 47 and 38-41 -> 44-45; without the L2 prefetch bf16 gained nothing. At four inputs neither
+// gains; float loses at every count (its 4-row tiles stay).
+template <int NB, typename WT>
+inline void row_inputs(const WT* W, int in, const float* Xp, float* Y, int ldy, int j, bool acc, const float* SC) {
   const WT* w = W + (size_t)j * in;
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  __m512 s[2][NB];  // [chain][input]
+  for (int h = 0; h < 2; ++h)
+    for (int b = 0; b < NB; ++b) s[h][b] = _mm512_setzero_ps();
+  // The inputs' 16-slice at column k (a multiple of 16): Xp packed [in/16][NB][16].
+  auto x_at = [&](int k, int b) { return _mm512_load_ps(Xp + (size_t)k * NB + b * 16); };
   int k = 0;
   if constexpr (std::is_same_v<WT, int8_t>) {
+    // Two 32-weight blocks per step, one per chain; a block's scale multiplies its sum once.
     const float* sc = SC + (size_t)j * q8_blocks(in);
     for (; k + 64 <= in; k += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(w + k) + l2_ahead<WT>(), _MM_HINT_T1);
-      const __m512 b0 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), _mm512_mul_ps(load_w(w + k), _mm512_load_ps(xp + k)));
-      const __m512 b1 =
-          _mm512_fmadd_ps(load_w(w + k + 48), _mm512_load_ps(xp + k + 48), _mm512_mul_ps(load_w(w + k + 32), _mm512_load_ps(xp + k + 32)));
-      s0 = _mm512_fmadd_ps(b0, _mm512_set1_ps(sc[k / kQ8Block]), s0);
-      s1 = _mm512_fmadd_ps(b1, _mm512_set1_ps(sc[k / kQ8Block + 1]), s1);
+      for (int h = 0; h < 2; ++h) {
+        const int kb = k + 32 * h;
+        const __m512 w0 = load_w(w + kb), w1 = load_w(w + kb + 16), scale = _mm512_set1_ps(sc[kb / kQ8Block]);
+        for (int b = 0; b < NB; ++b)
+          s[h][b] = _mm512_fmadd_ps(_mm512_fmadd_ps(w1, x_at(kb + 16, b), _mm512_mul_ps(w0, x_at(kb, b))), scale, s[h][b]);
+      }
     }
     for (; k < in; k += 16) {  // the last 16-slices, each inside one block; masked at the end
       const __m512 wv = _mm512_mul_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_set1_ps(sc[k / kQ8Block]));
-      s0 = _mm512_fmadd_ps(wv, _mm512_load_ps(xp + k), s0);
+      for (int b = 0; b < NB; ++b) s[0][b] = _mm512_fmadd_ps(wv, x_at(k, b), s[0][b]);
     }
   } else {
     for (; k + 32 <= in; k += 32) {
-      s0 = _mm512_fmadd_ps(load_w(w + k), _mm512_load_ps(xp + k), s0);
-      s1 = _mm512_fmadd_ps(load_w(w + k + 16), _mm512_load_ps(xp + k + 16), s1);
+      if constexpr (NB > 1) _mm_prefetch(reinterpret_cast<const char*>(w + k) + l2_ahead<WT>(), _MM_HINT_T1);
+      for (int h = 0; h < 2; ++h) {
+        const __m512 wv = load_w(w + k + 16 * h);
+        for (int b = 0; b < NB; ++b) s[h][b] = _mm512_fmadd_ps(wv, x_at(k + 16 * h, b), s[h][b]);
+      }
     }
     for (; k < in; k += 16) {
-      s0 = _mm512_fmadd_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_load_ps(xp + k), s0);
+      const __m512 wv = load_w_masked(w + k, first_lanes(in - k));
+      for (int b = 0; b < NB; ++b) s[0][b] = _mm512_fmadd_ps(wv, x_at(k, b), s[0][b]);
     }
   }
-  const float v = hsum(_mm512_add_ps(s0, s1));
-  Y[j] = acc ? Y[j] + v : v;
+  for (int b = 0; b < NB; ++b) {
+    const float v = hsum(_mm512_add_ps(s[0][b], s[1][b]));
+    float& y = Y[(size_t)b * ldy + j];
+    y = acc ? y + v : v;
+  }
 }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // ---- AVX2 + FMA (Zen 1-3, Intel before Skylake-X and its client parts): 8 floats a vector --------
@@ -391,11 +410,11 @@ constexpr bool is_wide() {
 // 55.9-57.1 tok/s, f16 49.6-50.0 -> 53.2-53.4, q8 77.1-78.7 -> 82.3-84.1; a mapped bf16 folder
 // ran equally fast either way, farm-bench wall ratio 0.990). Float stays at 4 rows (2 rows:
 // 26.8-27.4 tok/s against 28.0-28.2).
-// On AMD Zen with AVX-512 they take one row at a time instead (row_one_input).
+// On AMD Zen with AVX-512 they take one row at a time instead, up to three inputs (row_inputs).
 template <typename WT>
 constexpr bool one_row_tiles(int nb) {
 #if defined(__AVX512F__)
-  return kZen && nb == 1 && sizeof(WT) < sizeof(float);
+  return kZen && nb <= 3 && sizeof(WT) < sizeof(float);
 #else
   return false;
 #endif
@@ -413,7 +432,7 @@ inline void rows_tile(const WT* W, int in, const float* Xp, float* Y, int ldy, i
   constexpr int R = tile_rows<WT>(NB);
 #if defined(__AVX512F__)
   if constexpr (one_row_tiles<WT>(NB)) {
-    for (int r = 0; r < rows; ++r) row_one_input(W, in, Xp, Y, j0 + r, acc, SC);
+    for (int r = 0; r < rows; ++r) row_inputs<NB>(W, in, Xp, Y, ldy, j0 + r, acc, SC);
   } else if constexpr (is_wide<WT>()) {
     if (rows == R) tile_bf16<R, NB>(W, in, Xp, Y, ldy, j0, acc);
     else
