@@ -295,6 +295,23 @@ TEST(Cli, BenchTrainTimesEveryFamilyAgainstDenseInOneRun) {
   EXPECT_EQ(run_modlm(shape + "--families mod --n-layers 1").code, 2);
 }
 
+TEST(Cli, BenchTrainNamesTheBlasKernelsAndAnEnvironmentThatPicksThem) {
+  // OPENBLAS_CORETYPE (read by OpenBLAS at load) can pin kernels narrower than the CPU's, which
+  // halves every GEMM; a benchmark says which ran and whether the environment chose them.
+  const std::string args = std::string(MODLM_BINARY) +
+                           " bench train --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --seq-len 16 --steps 1 --no-peak --json 2>&1";
+  auto pinned = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell " + args);
+  ASSERT_EQ(pinned.code, 0) << pinned.out;
+  const std::string p = json::parse(pinned.out)["blas"].get<std::string>();
+  EXPECT_EQ(p.rfind("OpenBLAS ", 0), 0u) << p;
+  EXPECT_NE(p.find(" kernels (OPENBLAS_CORETYPE=Haswell in the environment)"), std::string::npos) << p;
+  auto chosen = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE= " + args);
+  ASSERT_EQ(chosen.code, 0) << chosen.out;
+  const std::string b = json::parse(chosen.out)["blas"].get<std::string>();
+  EXPECT_EQ(b.rfind("OpenBLAS ", 0), 0u) << b;
+  EXPECT_EQ(b.find("OPENBLAS_CORETYPE"), std::string::npos) << b;
+}
+
 TEST(Cli, BenchServeRoundsAlternateAndReportTheMedianRatio) {
   // Both models in every round; the level's ratio is the median round's (the lower middle of an
   // even count), and its per-model figures are that round's.

@@ -130,7 +130,8 @@ Command add_bench(CLI::App& app) {
             if (o->batch < 1 || o->seq_len < 1 || o->steps < 1 || o->warmup < 0) throw usage_error("--batch, --seq-len, --steps must be >= 1");
             if (o->seq_len > cfg.max_seq_len) throw usage_error("--seq-len exceeds max_seq_len");
             const int B = o->batch, T = o->seq_len, n = B * T;
-            json out{{"batch", B}, {"seq_len", T}, {"config", cfg.to_json()}};
+            json out{{"batch", B}, {"seq_len", T}, {"blas", ops::blas_kernels()}, {"config", cfg.to_json()}};
+            if (!o->json_out) std::printf("matrix products: %s\n", ops::blas_kernels().c_str());
             auto report = [&](const std::string& name_s, const ModelConfig& c) {
               const char* name = name_s.c_str();
               StepTiming st = time_steps(c, B, T, o->steps, o->warmup);

@@ -16,6 +16,7 @@
 #include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "model/flops.h"
+#include "ops/gemm.h"
 #include "serve/server.h"
 #include "util/error.h"
 #include "util/rng.h"
@@ -163,7 +164,7 @@ Command add_bench_serve(CLI::App& app) {
             };
             std::vector<Served> served;
             json out{{"weights", o->weights}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"requests_per_client", o->requests},
-                     {"threads", omp_get_max_threads()}, {"config", cfg.to_json()}};
+                     {"threads", omp_get_max_threads()}, {"blas", ops::blas_kernels()}, {"config", cfg.to_json()}};
             for (auto& [name, c] : cfgs) {
               Served s;
               s.name = name;
@@ -196,9 +197,9 @@ Command add_bench_serve(CLI::App& app) {
             }
             if (!o->json_out)
               std::printf("bench serve: D=%d L=%d H=%d F=%d V=%d, %d routed layers (capacity %.3f, processed fraction forced to %.3f), "
-                          "%d threads, prompt %d + %d new tokens, %d requests per client\n",
+                          "%d threads, prompt %d + %d new tokens, %d requests per client; prefill GEMMs: %s\n",
                           cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.n_routed(), cfg.routing.capacity,
-                          o->processed_fraction, omp_get_max_threads(), o->prompt_len, o->n_new, o->requests);
+                          o->processed_fraction, omp_get_max_threads(), o->prompt_len, o->n_new, o->requests, ops::blas_kernels().c_str());
             // One model at one level: N clients, each streaming --requests completions; prints its line.
             auto run_level = [&](Served& s, int N) -> json {
               const serve::SchedulerStats before = s.server->scheduler().stats();

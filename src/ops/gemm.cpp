@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <cstdlib>
+
 namespace modlm::ops {
 
 std::atomic<int64_t>& FlopCounter::total() {
@@ -11,6 +13,12 @@ std::atomic<int64_t>& FlopCounter::total() {
 std::atomic<bool>& FlopCounter::enabled() {
   static std::atomic<bool> e{false};
   return e;
+}
+
+std::string blas_kernels() {
+  std::string s = std::string("OpenBLAS ") + openblas_get_corename() + " kernels";
+  if (const char* env = std::getenv("OPENBLAS_CORETYPE"); env && *env) s += std::string(" (OPENBLAS_CORETYPE=") + env + " in the environment)";
+  return s;
 }
 
 static inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }

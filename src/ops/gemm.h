@@ -2,6 +2,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 namespace modlm::ops {
 
@@ -25,6 +26,12 @@ class CountFlops {
  private:
   bool prev_;
 };
+
+// Which OpenBLAS kernels run the products ("OpenBLAS Cooperlake kernels"), and, when the
+// environment picks them (OPENBLAS_CORETYPE, read by OpenBLAS at load), that setting: a core
+// narrower than the CPU's (Haswell's 8-wide FMAs on an AVX-512 machine) halves every GEMM, and a
+// benchmark's figures mean little without it (docs/performance.md).
+std::string blas_kernels();
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T.
 // A is [M,K] (or [K,M] if trans_a), B is [K,N] (or [N,K] if trans_b).
