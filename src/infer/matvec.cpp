@@ -423,8 +423,9 @@ constexpr bool one_row_tiles(int nb) {
 // tile loads 10 vectors per 16 multiply-adds against 11 per 24, yet ran faster: at 8 inputs the
 // 16 M layers' matrices cycled from memory (stand-alone harness, best of 4, alternated twice)
 // 23.9-25.3 -> 27.6-28.6 GB/s; `bench generate` M f32 batch 8, 4 runs against 6 interleaved,
-// 170-198 (median 186) -> 189-254 (median 225) tok/s; at 6 and 7 inputs fastest steps 27.7-31.4 -> 26.8-27.0 and 32.9-33.9 ->
-// 28.2-32.5 ms, at 5 no difference (kept at 3). 16/8-bit weights: no clear difference.
+// 170-198 (median 186) -> 189-254 (median 225) tok/s; at 6 and 7 inputs fastest steps
+// 27.7-31.4 -> 26.8-27.0 and 32.9-33.9 -> 28.2-32.5 ms, at 5 no difference (kept at 3).
+// 16/8-bit weights: no clear difference.
 template <typename WT>
 constexpr bool two_row_float_tiles(int nb) {
 #if defined(__AVX512F__)
