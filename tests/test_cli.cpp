@@ -333,9 +333,19 @@ TEST(Cli, BenchServeRoundsAlternateAndReportTheMedianRatio) {
   std::sort(ratios.begin(), ratios.end());
   EXPECT_DOUBLE_EQ(lv["speedup"].get<double>(), ratios[1]);
   EXPECT_DOUBLE_EQ(lv["mod"]["tokens_per_second"].get<double>() / lv["dense"]["tokens_per_second"].get<double>(), ratios[1]);
-  // One round: no per-round list.
-  r = run_modlm(shape + "--json");
+  // One round: no per-round list. (The default is 3 rounds.)
+  r = run_modlm(shape + "--rounds 1 --json");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_FALSE(json::parse(r.out)["levels"][0].contains("rounds"));
+  r = run_modlm(shape + "--json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(json::parse(r.out)["levels"][0]["rounds"].size(), 3u);
+  // No twin, no ratio to steady: one round unless --rounds says otherwise.
+  r = run_modlm(shape + "--no-dense --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(json::parse(r.out)["levels"][0].contains("rounds"));
+  r = run_modlm(shape + "--no-dense --rounds 2 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(json::parse(r.out)["levels"][0]["rounds"].size(), 2u);
   EXPECT_EQ(run_modlm(shape + "--rounds 0").code, 2);
 }
