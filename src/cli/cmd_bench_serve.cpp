@@ -131,7 +131,7 @@ Command add_bench_serve(CLI::App& app) {
   CLI::Option* rounds_opt = sub->add_option("--rounds", o->rounds,
                   "times each level runs both models, alternating which goes first; the ratio is the median of the rounds' "
                   "ratios (the machine's speed drifts between runs: one MoD run against one dense run swung 1.19-1.67x at 16 "
-                  "clients on a 2-core machine; more rounds, a steadier ratio)")
+                  "clients on a 2-core machine; more rounds, a steadier ratio). Without a dense twin: 1 unless given")
       ->capture_default_str();
   sub->add_flag("--no-dense", o->no_dense, "do not run the dense twin");
   sub->add_flag("--json", o->json_out, "print JSON");
