@@ -155,10 +155,25 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
     // prompts at once, last rows), widened GEMMs beyond Decoder::kStepPrefillRows (all rows).
     {
       const std::vector<int32_t> p1 = io::ByteTokenizer().encode("two"), p2 = io::ByteTokenizer().encode("prompts at once");
-      Decoder s2(w, 2, 96), f2(deq, 2, 96);
+      Decoder s2(w, 3, 320), f2(deq, 3, 320);
       s2.prefill({p1, p2});
       f2.prefill({p1, p2});
       for (int i = 0; i < 2; ++i) EXPECT_LT(max_rel(s2.logits(i), f2.logits(i), 256), 2e-5) << i;
+      // Up to kStepPrefillRows rows in all: three prompts of 90 (each prompt's last row gets
+      // logits), and one of 100 with every row's logits.
+      std::vector<std::vector<int32_t>> three(3, std::vector<int32_t>(90));
+      for (int i = 0; i < 3; ++i)
+        for (int t = 0; t < 90; ++t) three[i][t] = (int32_t)((t * 11 + 29 * i) % 256);
+      s2.prefill(three);
+      f2.prefill(three);
+      ASSERT_EQ(s2.logit_rows(), 3);
+      for (int i = 0; i < 3; ++i) EXPECT_LT(max_rel(s2.logits(i), f2.logits(i), 256), 2e-5) << i;
+      std::vector<int32_t> mid(100);
+      for (int t = 0; t < 100; ++t) mid[t] = (int32_t)((t * 3 + 1) % 256);
+      s2.prefill({mid}, /*all_logits=*/true);
+      f2.prefill({mid}, /*all_logits=*/true);
+      ASSERT_EQ(s2.logit_rows(), 100);
+      EXPECT_LT(max_rel(s2.logits(0), f2.logits(0), 100 * 256), 2e-5);
       std::vector<int32_t> longp(Decoder::kStepPrefillRows + 9);
       for (size_t t = 0; t < longp.size(); ++t) longp[t] = (int32_t)(t * 7 % 256);
       s2.prefill({longp}, /*all_logits=*/true);
@@ -166,18 +181,19 @@ TEST(Quantize, FoldersDecodeAsStoredAndMatchTheirDequantizedModel) {
       ASSERT_EQ(s2.logit_rows(), (int)longp.size());
       EXPECT_LT(max_rel(s2.logits(0), f2.logits(0), longp.size() * 256), 2e-5);
       // A long prompt's routed layers take the step kernels when they process at most
-      // kStepPrefillRows rows, widened GEMMs beyond: prompts of 73 and 400 tokens (capacity 0.5)
-      // reach both (checked on the processed counts), each matching the float model.
+      // kStepPrefillRows rows, widened GEMMs beyond: prompts of kStepPrefillRows + 9 and 700
+      // tokens (capacity 0.5) reach both (checked on the processed counts), each matching the
+      // float model.
       auto processed_in = [](const Decoder& d, int j) {
         int c = 0;
         for (int t = 0; t < d.token_rows(); ++t) c += d.route(t, j).processed;
         return c;
       };
       int fewest = 1 << 30, most = 0;
-      for (int len : {(int)longp.size(), 400}) {
+      for (int len : {(int)longp.size(), 700}) {
         std::vector<int32_t> p(len);
         for (int t = 0; t < len; ++t) p[t] = (int32_t)((t * 13 + 5) % 256);
-        Decoder s3(w, 1, 401), f3(deq, 1, 401);
+        Decoder s3(w, 1, 701), f3(deq, 1, 701);
         s3.prefill({p}, /*all_logits=*/true);
         f3.prefill({p}, /*all_logits=*/true);
         EXPECT_LT(max_rel(s3.logits(0), f3.logits(0), (size_t)len * 256), 2e-5) << len;

@@ -186,13 +186,10 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     // a few rows cannot amortise (M q8, 4 tokens: 235 -> ~15 ms; docs/quantize.md).
     ensure_rows(n);
     if ((size_t)n * V > logits_.size()) logits_.resize((size_t)n * V);
-    forward_rows(ptok_.data(), n, /*last_only=*/false);
-    if (!all_logits) {
-      for (int i = 0; i < P; ++i)
-        if (pseqs_[i + 1] - 1 != i)
-          std::memmove(logits_.data() + (size_t)i * V, logits_.data() + (size_t)(pseqs_[i + 1] - 1) * V, sizeof(float) * V);
-      logit_rows_ = P;
-    }
+    head_rows_.clear();
+    if (!all_logits)
+      for (int i = 0; i < P; ++i) head_rows_.push_back(pseqs_[i + 1] - 1);  // each prompt's last row
+    forward_rows(ptok_.data(), n, head_rows_);
     for (int i = 0; i < P; ++i) length_[slots[i]] = (int)prompts[i].size();
     return;
   }
@@ -349,7 +346,7 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
                       " tokens");
     row_pos_[i] = length_[s];
   }
-  forward_rows(tokens.data(), B, /*last_only=*/false);
+  forward_rows(tokens.data(), B);
   for (int i = 0; i < B; ++i) ++length_[slots[i]];
 }
 
@@ -365,11 +362,12 @@ void Decoder::extend(int slot, const std::vector<int32_t>& tokens) {
   row_slot_.assign(n, slot);
   row_pos_.resize(n);
   for (int i = 0; i < n; ++i) row_pos_[i] = length_[slot] + i;
-  forward_rows(tokens.data(), n, /*last_only=*/true);
+  head_rows_.assign(1, n - 1);
+  forward_rows(tokens.data(), n, head_rows_);
   length_[slot] += n;
 }
 
-void Decoder::forward_rows(const int32_t* tokens, int B, bool last_only) {
+void Decoder::forward_rows(const int32_t* tokens, int B, const std::vector<int>& head_rows) {
   const int D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
   token_rows_ = B;
   routes_.assign((size_t)B * routed_.size(), RouteRecord{});
@@ -387,8 +385,14 @@ void Decoder::forward_rows(const int32_t* tokens, int B, bool last_only) {
     }
     std::swap(x, y);
   }
-  const int first = last_only ? B - 1 : 0, rows = B - first;
-  rmsnorm_forward<float>(x + (size_t)first * D, D, w_.norm, rows, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
+  const int rows = head_rows.empty() ? B : (int)head_rows.size();
+  if (head_rows.empty()) {
+    rmsnorm_forward<float>(x, D, w_.norm, B, D, float(cfg_.norm_eps), sxn_.data(), D, sinv_.data());
+  } else {
+    for (int i = 0; i < rows; ++i)
+      rmsnorm_forward<float>(x + (size_t)head_rows[i] * D, D, w_.norm, 1, D, float(cfg_.norm_eps), sxn_.data() + (size_t)i * D, D,
+                             sinv_.data() + i);
+  }
   matvec(iw_->head(), sxn_.data(), D, rows, logits_.data(), V);
   weight_bytes_ += iw_->head().bytes() + 4.0 * D;
   logit_rows_ = rows;

@@ -61,8 +61,14 @@ void round_weights_to(Model<float>& model, MatFormat fmt);
 class Decoder {
  public:
   // Prompt rows (all prompts of one prefill) up to which a store without float matrices (a
-  // bf16/f16/q8 folder) prefills through the step kernels rather than widened GEMMs.
-  static constexpr int kStepPrefillRows = 64;
+  // bf16/f16/q8 folder) prefills through the step kernels rather than widened GEMMs. Widening
+  // costs the whole model's float copy per call (M: ~0.4 s), which GEMMs on a few hundred rows
+  // do not win back: `modlm generate <M folder> --prompt-file P --max-new 1`, prompt tok/s,
+  // GEMMs / step kernels, OpenBLAS pinned to Haswell kernels (this machine's environment) and
+  // not: q8 266 rows 218 / 362 and 313 / 347, 369 rows 284 / 350 and 388 / 342, 504 rows
+  // 272-280 / 263-267; bf16 266 rows 294 / 398 and 404 / 381, 369 rows 331 / 363 and 489 / 367
+  // (docs/quantize.md). 288 takes `serve`'s default 256-token chunks through the step kernels.
+  static constexpr int kStepPrefillRows = 288;
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
@@ -118,8 +124,9 @@ class Decoder {
  private:
   void check_ids(const int32_t* ids, size_t n) const;
   // The layers, final norm and head for the B rows set up in row_slot_/row_pos_ (step/extend);
-  // logits for every row, or (last_only) for the last row alone.
-  void forward_rows(const int32_t* tokens, int B, bool last_only);
+  // logits for every row (head_rows empty), or for head_rows alone, in that order: the head is
+  // the largest matrix, and a prompt's rows but its last need no logits.
+  void forward_rows(const int32_t* tokens, int B, const std::vector<int>& head_rows = {});
   void ensure_rows(int n);  // grows the step buffers to n rows
   void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
   void routed_prefill(int l, const float* x, float* y, int n);
@@ -154,6 +161,7 @@ class Decoder {
   AlignedVector<float> logits_;
   std::vector<RouteRecord> routes_;
   std::vector<int> row_slot_;      // slot of each token row of the current call
+  std::vector<int> head_rows_;     // rows of the current call whose logits are wanted (forward_rows)
   std::vector<int32_t> row_pos_;   // position of each token row
 
   // Prefill buffers (grow to the largest prompt batch, then reused).
