@@ -185,7 +185,8 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     // (each row causal over its slot's cache), instead of widening every layer for GEMMs that
     // a few rows cannot amortise (M q8, 4 tokens: 235 -> ~15 ms; docs/quantize.md).
     ensure_rows(n);
-    if ((size_t)n * V > logits_.size()) logits_.resize((size_t)n * V);
+    const size_t logit_floats = (size_t)(all_logits ? n : P) * V;  // the rows forward_rows gives logits
+    if (logit_floats > logits_.size()) logits_.resize(logit_floats);
     head_rows_.clear();
     if (!all_logits)
       for (int i = 0; i < P; ++i) head_rows_.push_back(pseqs_[i + 1] - 1);  // each prompt's last row
