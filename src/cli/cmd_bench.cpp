@@ -131,7 +131,7 @@ Command add_bench(CLI::App& app) {
             if (o->seq_len > cfg.max_seq_len) throw usage_error("--seq-len exceeds max_seq_len");
             const int B = o->batch, T = o->seq_len, n = B * T;
             json out{{"batch", B}, {"seq_len", T}, {"blas", ops::blas_kernels()}, {"config", cfg.to_json()}};
-            if (!o->json_out) std::printf("matrix products: %s\n", ops::blas_kernels().c_str());
+            if (!o->json_out) std::printf("matrix products: %s\n", out["blas"].get<std::string>().c_str());
             auto report = [&](const std::string& name_s, const ModelConfig& c) {
               const char* name = name_s.c_str();
               StepTiming st = time_steps(c, B, T, o->steps, o->warmup);

@@ -257,7 +257,7 @@ Command add_bench_generate(CLI::App& app) {
             const char* spin = std::getenv("GOMP_SPINCOUNT");
             const char* wait = std::getenv("OMP_WAIT_POLICY");
             json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"blas", ops::blas_kernels()}, {"config", cfg.to_json()}};
-            if (!o->json_out) std::printf("SGEMM probe and prefill: %s\n", ops::blas_kernels().c_str());
+            if (!o->json_out) std::printf("SGEMM probe and prefill: %s\n", out["blas"].get<std::string>().c_str());
             double stream = 0;
             if (!o->no_stream) {
               stream = stream_read_gbps((size_t)1 << 30);

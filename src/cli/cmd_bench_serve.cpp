@@ -200,7 +200,7 @@ Command add_bench_serve(CLI::App& app) {
               std::printf("bench serve: D=%d L=%d H=%d F=%d V=%d, %d routed layers (capacity %.3f, processed fraction forced to %.3f), "
                           "%d threads, prompt %d + %d new tokens, %d requests per client; prefill GEMMs: %s\n",
                           cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.n_routed(), cfg.routing.capacity,
-                          o->processed_fraction, omp_get_max_threads(), o->prompt_len, o->n_new, o->requests, ops::blas_kernels().c_str());
+                          o->processed_fraction, omp_get_max_threads(), o->prompt_len, o->n_new, o->requests, out["blas"].get<std::string>().c_str());
             // One model at one level: N clients, each streaming --requests completions; prints its line.
             auto run_level = [&](Served& s, int N) -> json {
               const serve::SchedulerStats before = s.server->scheduler().stats();
