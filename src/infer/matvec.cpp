@@ -718,43 +718,53 @@ inline void outer_rows_tile(const WT* W, int in, const float* Xt, int ldxt, floa
     for (int r = 0; r < rows; ++r) tile_outer<1, NV>(W, in, Xt, ldxt, Y, ldy, j0 + r, nb, acc, SC);
 }
 
-// Xt [in][ldxt] = X^T, ldxt = B rounded up to 16 (zero-padded). Blocked so that both the reads
-// and the writes stay within a few hundred cache lines.
-const float* transpose_inputs(const float* X, int ldx, int B, int in, int& ldxt) {
-  ldxt = (B + 15) / 16 * 16;  // a multiple of both vector widths
+// The inputs a tile multiplies, transposed: group g holds inputs [G g, G g + G) as
+// Xt_g [in][ldxt_g] (G = the inputs of one tile, 64 with AVX-512; ldxt_g = the group's inputs
+// rounded up to a vector, zero-padded), the groups one after another. A tile then streams its
+// group as one contiguous block. (One [in][B] transpose, as before 2026-12-08, put 256 inputs a
+// row 1 KB apart: every k of a tile fell into the same quarter of L1's sets, and prompts of
+// 256, 512 and 1024 rows through the step kernels ran 20-25 % slower than 240 or 272.)
+constexpr int kOuterGroup = kOuterVW * kOuterMaxNV;
+
+int group_width(int B, int b0) { return std::min(kOuterGroup, (B - b0 + kOuterVW - 1) / kOuterVW * kOuterVW); }
+
+const float* transpose_inputs(const float* X, int ldx, int B, int in) {
+  const int groups = (B + kOuterGroup - 1) / kOuterGroup;
   thread_local AlignedVector<float> xt;
-  if (xt.size() < (size_t)in * ldxt) xt.resize((size_t)in * ldxt);
-  float* T = xt.data();
-  constexpr int kB = 16, kK = 64;
-  for (int k0 = 0; k0 < in; k0 += kK) {
-    const int k1 = std::min(in, k0 + kK);
-    for (int b0 = 0; b0 < ldxt; b0 += kB)
-      for (int b = b0; b < b0 + kB; ++b) {
-        if (b < B) {
-          const float* src = X + (size_t)b * ldx;
-          for (int k = k0; k < k1; ++k) T[(size_t)k * ldxt + b] = src[k];
-        } else {
-          for (int k = k0; k < k1; ++k) T[(size_t)k * ldxt + b] = 0.0f;
+  if (xt.size() < (size_t)in * kOuterGroup * groups) xt.resize((size_t)in * kOuterGroup * groups);
+  constexpr int kB = 16, kK = 64;  // blocked so that reads and writes stay within a few hundred lines
+  for (int g = 0; g < groups; ++g) {
+    const int b0 = g * kOuterGroup, ld = group_width(B, b0);
+    float* T = xt.data() + (size_t)g * in * kOuterGroup;
+    for (int k0 = 0; k0 < in; k0 += kK) {
+      const int k1 = std::min(in, k0 + kK);
+      for (int c0 = 0; c0 < ld; c0 += kB)
+        for (int c = c0; c < std::min(ld, c0 + kB); ++c) {
+          if (b0 + c < B) {
+            const float* src = X + (size_t)(b0 + c) * ldx;
+            for (int k = k0; k < k1; ++k) T[(size_t)k * ld + c] = src[k];
+          } else {
+            for (int k = k0; k < k1; ++k) T[(size_t)k * ld + c] = 0.0f;
+          }
         }
-      }
+    }
   }
-  return T;
+  return xt.data();
 }
 
 template <typename WT>
 void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, float* Y, int ldy, bool accumulate,
                   const float* SC) {
-  int ldxt = 0;
-  const float* Xt = transpose_inputs(X, ldx, B, in, ldxt);
+  const float* Xt = transpose_inputs(X, ldx, B, in);
   constexpr int kBlock = 24;  // divisible by every outer_rows()
   const int blocks = (out + kBlock - 1) / kBlock;
   const bool parallel = (size_t)out * in >= 32768;  // as in matvec_impl
 #pragma omp parallel for schedule(static) if (parallel)
   for (int blk = 0; blk < blocks; ++blk) {
     const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
-    for (int b0 = 0; b0 < B; b0 += kOuterVW * kOuterMaxNV) {
-      const int nb = std::min(kOuterVW * kOuterMaxNV, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW;
-      const float* xt = Xt + b0;
+    for (int b0 = 0; b0 < B; b0 += kOuterGroup) {
+      const int nb = std::min(kOuterGroup, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW, ldxt = group_width(B, b0);
+      const float* xt = Xt + (size_t)(b0 / kOuterGroup) * in * kOuterGroup;
       float* y = Y + (size_t)b0 * ldy;
       const int R = outer_rows(nv);
       for (int j = j_begin; j < j_end; j += R) {
@@ -858,6 +868,22 @@ void MatvecClock::enable(bool on) { g_clock_on = on; }
 void MatvecClock::reset() { g_clock_ns = 0, g_clock_flops = 0; }
 double MatvecClock::seconds() { return (double)g_clock_ns.load() * 1e-9; }
 int64_t MatvecClock::flops() { return g_clock_flops.load(); }
+
+bool outer_kernel_built() {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool outer_kernel_is_avx512() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
 
 int set_outer_min_batch(int b) {
   const int old = g_outer_min_batch;
