@@ -165,14 +165,15 @@ const std::vector<MoeVariant> kMoe = {
 // kernel while in scope (0: the measured per-format thresholds; 1: every batch; 1 << 30: none).
 
 // Both kernels (row tiles, and the outer-product kernel of large batches: threshold 1 sends
-// every size there), around their tile edges: 16-input vectors, 256-column panels, 64-input tiles.
+// every size there), around their tile edges: 16-input vectors, 256-column panels, 64-input tiles
+// (150: three groups of transposed inputs, the last of 22).
 TEST(GenerateKernels, MatvecMatchesReference) {
   Rng r(3);
   for (int outer_from : {0, 1, 1 << 30})
   for (int in : {1, 16, 37, 64, 300}) {
     const OuterKernelFrom guard(outer_from);
     for (int out : {1, 5, 29, 100}) {
-      for (int B : {1, 3, 6, 7, 8, 11, 16, 17, 33, 64, 70}) {
+      for (int B : {1, 3, 6, 7, 8, 11, 16, 17, 33, 64, 70, 150}) {
         std::vector<float> W((size_t)out * in), X((size_t)B * (in + 2)), Y((size_t)B * (out + 1), 0.5f);
         for (auto& v : W) v = float(r.normal());
         for (auto& v : X) v = float(r.normal());
@@ -364,16 +365,21 @@ TEST(Generate, PrefillPlusDecodeLogitsEqualFullForward) {
     std::vector<int32_t> toks(N);
     for (auto& t : toks) t = (int32_t)r.below(V);
     std::vector<float> full = forward_logits(*m, toks, RouteMode::Causal);
-    for (int k : {1, 9, 64, N}) {
-      Decoder dec(*m, 1, N);
-      dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
-      ASSERT_EQ(dec.logit_rows(), k);
-      for (int t = 0; t < k; ++t) ASSERT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * V, V), 1e-4) << v.method << " prefill row " << t;
-      for (int t = k; t < N; ++t) {
-        dec.step({0}, {toks[t]});
-        ASSERT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * V, V), 1e-4) << v.method << " k " << k << " step " << t;
+    // Both prefill paths of float weights: GEMMs (0), the step kernels (1000), and GEMMs for
+    // the dense layers with the step kernels for a routed layer's few rows (8).
+    for (int step_rows : {0, 8, 1000})
+      for (int k : {1, 9, 64, N}) {
+        FloatStepPrefillRows scope(step_rows);
+        Decoder dec(*m, 1, N);
+        dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
+        ASSERT_EQ(dec.logit_rows(), k);
+        for (int t = 0; t < k; ++t)
+          ASSERT_LT(rel_diff(dec.logits(t), full.data() + (size_t)t * V, V), 1e-4) << v.method << " step rows " << step_rows << " prefill row " << t;
+        for (int t = k; t < N; ++t) {
+          dec.step({0}, {toks[t]});
+          ASSERT_LT(rel_diff(dec.logits(0), full.data() + (size_t)t * V, V), 1e-4) << v.method << " k " << k << " step " << t;
+        }
       }
-    }
   }
 }
 
@@ -437,7 +443,9 @@ TEST(GenerateMoe, TokenByTokenDecodeEqualsCausalForwardWithoutCapacity) {
     if (c.moe.n_noop > 0) {
       EXPECT_GT(noop, 0) << mv.name << ": some tokens should pick a no-op expert";
     }
+    for (int step_rows : {0, 1000})  // the prefill's float GEMMs, and the step kernels
     for (int k : {1, 13}) {
+      FloatStepPrefillRows scope(step_rows);
       Decoder dec(*m, 1, T);
       dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
       ASSERT_EQ(dec.logit_rows(), k);

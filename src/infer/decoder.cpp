@@ -37,6 +37,7 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
     throw bad_input("decoder: sequence length " + std::to_string(max_len) + " outside [1, max_seq_len = " +
                     std::to_string(cfg_.max_seq_len) + "]");
   w_ = iw_->small();
+  step_prefill_rows_ = iw_->has_float_matrices() ? float_step_prefill_rows() : kStepPrefillRows;
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
@@ -53,6 +54,22 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
   spos_.reserve(B);
   ssel_pos_.reserve(B);
   routes_.reserve(B * routed_.size());
+}
+
+namespace {
+int g_float_step_prefill_override = -1;
+}
+
+int Decoder::float_step_prefill_rows() {
+  if (g_float_step_prefill_override >= 0) return g_float_step_prefill_override;
+  static const int rows = !outer_kernel_built() ? 0 : outer_kernel_is_avx512() && !ops::blas_kernels_are_avx512() ? 512 : 64;
+  return rows;
+}
+
+int Decoder::set_float_step_prefill_rows(int rows) {
+  const int old = g_float_step_prefill_override;
+  g_float_step_prefill_override = rows;
+  return old;
 }
 
 LayerWeights<float> Decoder::prefill_layer(int l) {

@@ -69,6 +69,17 @@ class Decoder {
   // 272-280 / 263-267; bf16 266 rows 294 / 398 and 404 / 381, 369 rows 331 / 363 and 489 / 367
   // (docs/quantize.md). 288 takes `serve`'s default 256-token chunks through the step kernels.
   static constexpr int kStepPrefillRows = 288;
+  // The same for a store that holds float matrices (an f32 folder, or a model converted in
+  // memory), where the alternative is OpenBLAS's SGEMM on those matrices, no widening: up to 64
+  // rows, the step kernels won everywhere measured (a GEMM call has costs a few dozen rows do
+  // not amortise: M f32, 32-token prompt 270-300 -> 530-590 tok/s, with AVX-512 or Haswell GEMM
+  // kernels); up to 512 where our kernels have AVX-512 and OpenBLAS's do not (this machine's
+  // environment pins OpenBLAS to Haswell, docs/performance.md: 128 rows 1.4-1.5x, 512 1.17x, 1024
+  // 1.02x); 0 without the AVX2/AVX-512 kernels.
+  static int float_step_prefill_rows();
+  // Overrides float_step_prefill_rows() for decoders built afterwards (tests, to reach both
+  // prefill paths at any size); -1 restores the measured choice. Returns the previous override.
+  static int set_float_step_prefill_rows(int rows);
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
@@ -139,14 +150,16 @@ class Decoder {
   double moe_bytes(const MoeActs<float>& A) const;
   void embed_rows(const int32_t* tokens, int n, float* x) const;
   // Whether `rows` prefill rows (a prompt batch, or those a routed layer processes) take the step
-  // kernels: a store without float matrices, and at most kStepPrefillRows of them.
-  bool prefill_by_steps(int rows) const { return !iw_->has_float_matrices() && rows <= kStepPrefillRows; }
+  // kernels: at most kStepPrefillRows of them from a store without float matrices, at most
+  // float_step_prefill_rows() from one with.
+  bool prefill_by_steps(int rows) const { return rows <= step_prefill_rows_; }
   LayerWeights<float> prefill_layer(int l);  // layer l's float weights (dequantized when stored otherwise)
 
   std::shared_ptr<const InferenceWeights> iw_;
   ModelConfig cfg_;
   LayerDims dims_;
   ModelWeights<float> w_;            // small tensors (and float matrices) of iw_
+  int step_prefill_rows_ = 0;        // prefill_by_steps' bound for this store
   AlignedVector<float> dequant_;     // one layer's matrices in float for the prefill (quantized stores)
   ops::RopeTable<float> rope_;
   int max_batch_ = 0, max_len_ = 0;
@@ -180,6 +193,18 @@ class Decoder {
   // each (row, rank) choice's expert output [m * K, D], one expert's gathered rows and products.
   std::vector<float> sgate_, sexp_out_, sexp_x_, sexp_h13_, sexp_g_, sexp_y_;
   std::vector<int> schoice_, sexp_slots_;
+};
+
+// Decoder::set_float_step_prefill_rows for a scope (tests).
+class FloatStepPrefillRows {
+ public:
+  explicit FloatStepPrefillRows(int rows) : saved_(Decoder::set_float_step_prefill_rows(rows)) {}
+  ~FloatStepPrefillRows() { Decoder::set_float_step_prefill_rows(saved_); }
+  FloatStepPrefillRows(const FloatStepPrefillRows&) = delete;
+  FloatStepPrefillRows& operator=(const FloatStepPrefillRows&) = delete;
+
+ private:
+  int saved_;
 };
 
 }  // namespace modlm::infer

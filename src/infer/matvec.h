@@ -43,6 +43,10 @@ void matvec_q8(const int8_t* W, const float* scales, int out, int in, const floa
 // thread-safe: set it before decoding starts.
 int set_outer_min_batch(int b);
 
+// Whether this build has the outer-product kernel (AVX2 or AVX-512), and with AVX-512 vectors.
+bool outer_kernel_built();
+bool outer_kernel_is_avx512();
+
 // set_outer_min_batch(b) for a scope, the previous value restored when it ends (tests and
 // benchmarks that run both kernels).
 class OuterKernelFrom {

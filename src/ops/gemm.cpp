@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <cctype>
 #include <cstdlib>
 
 namespace modlm::ops {
@@ -19,6 +20,12 @@ std::string blas_kernels() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename() + " kernels";
   if (const char* env = std::getenv("OPENBLAS_CORETYPE"); env && *env) s += std::string(" (OPENBLAS_CORETYPE=") + env + " in the environment)";
   return s;
+}
+
+bool blas_kernels_are_avx512() {
+  std::string core = openblas_get_corename();
+  for (char& c : core) c = (char)std::tolower((unsigned char)c);
+  return core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
 }
 
 static inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }

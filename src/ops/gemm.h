@@ -32,6 +32,8 @@ class CountFlops {
 // narrower than the CPU's (Haswell's 8-wide FMAs on an AVX-512 machine) halves every GEMM, and a
 // benchmark's figures mean little without it (docs/performance.md).
 std::string blas_kernels();
+// Whether those kernels use AVX-512 (OpenBLAS's SkylakeX, Cooperlake, SapphireRapids cores).
+bool blas_kernels_are_avx512();
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T.
 // A is [M,K] (or [K,M] if trans_a), B is [K,N] (or [N,K] if trans_b).
