@@ -369,7 +369,7 @@ TEST(Generate, PrefillPlusDecodeLogitsEqualFullForward) {
     // the dense layers with the step kernels for a routed layer's few rows (8).
     for (int step_rows : {0, 8, 1000})
       for (int k : {1, 9, 64, N}) {
-        FloatStepPrefillRows scope(step_rows);
+        StepPrefillRows scope(step_rows);
         Decoder dec(*m, 1, N);
         dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
         ASSERT_EQ(dec.logit_rows(), k);
@@ -445,7 +445,7 @@ TEST(GenerateMoe, TokenByTokenDecodeEqualsCausalForwardWithoutCapacity) {
     }
     for (int step_rows : {0, 1000})  // the prefill's float GEMMs, and the step kernels
     for (int k : {1, 13}) {
-      FloatStepPrefillRows scope(step_rows);
+      StepPrefillRows scope(step_rows);
       Decoder dec(*m, 1, T);
       dec.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + k)}, /*all_logits=*/true);
       ASSERT_EQ(dec.logit_rows(), k);

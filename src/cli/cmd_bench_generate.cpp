@@ -256,8 +256,13 @@ Command add_bench_generate(CLI::App& app) {
             const bool many = formats.size() > 1;
             const char* spin = std::getenv("GOMP_SPINCOUNT");
             const char* wait = std::getenv("OMP_WAIT_POLICY");
-            json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"blas", ops::blas_kernels()}, {"config", cfg.to_json()}};
-            if (!o->json_out) std::printf("SGEMM probe and prefill: %s\n", out["blas"].get<std::string>().c_str());
+            json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"blas", ops::blas_kernels()},
+                     {"prefill_step_rows", infer::Decoder::step_prefill_rows(/*float_matrices=*/true)}, {"config", cfg.to_json()}};
+            // The models here are converted in memory and keep their float matrices: their prefill
+            // takes the step kernels up to the float bound, GEMMs beyond.
+            if (!o->json_out)
+              std::printf("SGEMM probe and prefill: %s; prefills of up to %d rows run the step kernels, longer ones GEMMs\n",
+                          out["blas"].get<std::string>().c_str(), out["prefill_step_rows"].get<int>());
             double stream = 0;
             if (!o->no_stream) {
               stream = stream_read_gbps((size_t)1 << 30);

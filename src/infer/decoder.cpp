@@ -23,6 +23,10 @@ namespace modlm::infer {
 using namespace ops;
 
 namespace {
+int g_step_prefill_override = -1;  // Decoder::set_step_prefill_rows
+}
+
+namespace {
 // The same expression as Model::routed_forward, so the gate is bit for bit the model's.
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 }  // namespace
@@ -37,7 +41,7 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
     throw bad_input("decoder: sequence length " + std::to_string(max_len) + " outside [1, max_seq_len = " +
                     std::to_string(cfg_.max_seq_len) + "]");
   w_ = iw_->small();
-  step_prefill_rows_ = iw_->has_float_matrices() ? float_step_prefill_rows() : kStepPrefillRows;
+  step_prefill_rows_ = step_prefill_rows(iw_->has_float_matrices());
   rope_.build(max_len, cfg_.head_dim(), cfg_.rope_theta);
   routed_index_.assign(cfg_.n_layers, -1);
   for (int l = 0; l < cfg_.n_layers; ++l)
@@ -56,19 +60,17 @@ Decoder::Decoder(std::shared_ptr<const InferenceWeights> weights, int max_batch,
   routes_.reserve(B * routed_.size());
 }
 
-namespace {
-int g_float_step_prefill_override = -1;
+int Decoder::step_prefill_rows(bool float_matrices) {
+  if (g_step_prefill_override >= 0) return g_step_prefill_override;
+  static const bool narrow_blas = outer_kernel_is_avx512() && !ops::blas_kernels_are_avx512();
+  if (!outer_kernel_built()) return float_matrices ? 0 : 288;
+  if (narrow_blas) return float_matrices ? 512 : 1024;
+  return float_matrices ? 64 : 288;
 }
 
-int Decoder::float_step_prefill_rows() {
-  if (g_float_step_prefill_override >= 0) return g_float_step_prefill_override;
-  static const int rows = !outer_kernel_built() ? 0 : outer_kernel_is_avx512() && !ops::blas_kernels_are_avx512() ? 512 : 64;
-  return rows;
-}
-
-int Decoder::set_float_step_prefill_rows(int rows) {
-  const int old = g_float_step_prefill_override;
-  g_float_step_prefill_override = rows;
+int Decoder::set_step_prefill_rows(int rows) {
+  const int old = g_step_prefill_override;
+  g_step_prefill_override = rows;
   return old;
 }
 

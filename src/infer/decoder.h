@@ -60,26 +60,24 @@ void round_weights_to(Model<float>& model, MatFormat fmt);
 
 class Decoder {
  public:
-  // Prompt rows (all prompts of one prefill) up to which a store without float matrices (a
-  // bf16/f16/q8 folder) prefills through the step kernels rather than widened GEMMs. Widening
-  // costs the whole model's float copy per call (M: ~0.4 s), which GEMMs on a few hundred rows
-  // do not win back: `modlm generate <M folder> --prompt-file P --max-new 1`, prompt tok/s,
-  // GEMMs / step kernels, OpenBLAS pinned to Haswell kernels (this machine's environment) and
-  // not: q8 266 rows 218 / 362 and 313 / 347, 369 rows 284 / 350 and 388 / 342, 504 rows
-  // 272-280 / 263-267; bf16 266 rows 294 / 398 and 404 / 381, 369 rows 331 / 363 and 489 / 367
-  // (docs/quantize.md). 288 takes `serve`'s default 256-token chunks through the step kernels.
-  static constexpr int kStepPrefillRows = 288;
-  // The same for a store that holds float matrices (an f32 folder, or a model converted in
-  // memory), where the alternative is OpenBLAS's SGEMM on those matrices, no widening: up to 64
-  // rows, the step kernels won everywhere measured (a GEMM call has costs a few dozen rows do
-  // not amortise: M f32, 32-token prompt 270-300 -> 530-590 tok/s, with AVX-512 or Haswell GEMM
-  // kernels); up to 512 where our kernels have AVX-512 and OpenBLAS's do not (this machine's
-  // environment pins OpenBLAS to Haswell, docs/performance.md: 128 rows 1.4-1.5x, 512 1.17x, 1024
-  // 1.02x); 0 without the AVX2/AVX-512 kernels.
-  static int float_step_prefill_rows();
-  // Overrides float_step_prefill_rows() for decoders built afterwards (tests, to reach both
-  // prefill paths at any size); -1 restores the measured choice. Returns the previous override.
-  static int set_float_step_prefill_rows(int rows);
+  // Prompt rows (all prompts of one prefill call, or those a routed layer processes) up to
+  // which the prefill runs the decode step's kernels instead of GEMMs, by store and by the GEMM
+  // kernels OpenBLAS runs; measured on M (D1024 L16 F2816), prefill tok/s step kernels / GEMMs,
+  // AMD Zen 5, 2 threads, 2026-12-08 (docs/performance.md, "Prefill through the step kernels"):
+  // - a store without float matrices (a bf16/f16/q8 folder), where GEMMs first widen every layer
+  //   (M: ~0.4 s a call): 288 (q8 1.20-1.26x at 256 rows, 1.03 at 384, 0.84-0.88 at 512; bf16
+  //   0.96-0.98 at 256, 1.28-1.32 at 128), which takes `serve`'s default 256-token chunks;
+  // - a store with float matrices (f32, or converted in memory), where GEMMs run on them as they
+  //   are: 64 (f32 1.76-2.06x at 32 rows, 1.05 at 64, 0.89-0.95 at 128);
+  // - where our kernels have AVX-512 and OpenBLAS's do not (this machine's environment pins
+  //   OpenBLAS to its Haswell kernels, docs/performance.md): 1024 and 512 (q8 1.24-1.37x at 512,
+  //   1.09 at 1024; bf16 1.27 at 512, 1.08-1.09 at 1024; f32 1.17 at 512, 1.02 at 1024);
+  // - without the AVX2/AVX-512 kernels: 288 and 0.
+  static int step_prefill_rows(bool float_matrices);
+  // Overrides step_prefill_rows() for decoders built afterwards: tests reach both prefill paths
+  // at any size, benchmarks time them; -1 restores the measured choices. Returns the previous
+  // override.
+  static int set_step_prefill_rows(int rows);
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.
@@ -150,8 +148,7 @@ class Decoder {
   double moe_bytes(const MoeActs<float>& A) const;
   void embed_rows(const int32_t* tokens, int n, float* x) const;
   // Whether `rows` prefill rows (a prompt batch, or those a routed layer processes) take the step
-  // kernels: at most kStepPrefillRows of them from a store without float matrices, at most
-  // float_step_prefill_rows() from one with.
+  // kernels: at most step_prefill_rows() of them.
   bool prefill_by_steps(int rows) const { return rows <= step_prefill_rows_; }
   LayerWeights<float> prefill_layer(int l);  // layer l's float weights (dequantized when stored otherwise)
 
@@ -195,13 +192,13 @@ class Decoder {
   std::vector<int> schoice_, sexp_slots_;
 };
 
-// Decoder::set_float_step_prefill_rows for a scope (tests).
-class FloatStepPrefillRows {
+// Decoder::set_step_prefill_rows for a scope.
+class StepPrefillRows {
  public:
-  explicit FloatStepPrefillRows(int rows) : saved_(Decoder::set_float_step_prefill_rows(rows)) {}
-  ~FloatStepPrefillRows() { Decoder::set_float_step_prefill_rows(saved_); }
-  FloatStepPrefillRows(const FloatStepPrefillRows&) = delete;
-  FloatStepPrefillRows& operator=(const FloatStepPrefillRows&) = delete;
+  explicit StepPrefillRows(int rows) : saved_(Decoder::set_step_prefill_rows(rows)) {}
+  ~StepPrefillRows() { Decoder::set_step_prefill_rows(saved_); }
+  StepPrefillRows(const StepPrefillRows&) = delete;
+  StepPrefillRows& operator=(const StepPrefillRows&) = delete;
 
  private:
   int saved_;
