@@ -571,8 +571,11 @@ TEST(KvCache, RoutedLayerHoldsExactlyTheProcessedTokensAtTheirPositions) {
 // The batch decodes with the outer-product kernel forced (as large batches run it) and with the
 // row tiles, and each sequence alone (batch 1: the row tiles) must agree with it.
 TEST(Generate, BatchDecodingEqualsOneByOne) {
+  // Both prefill paths for the packed prompts: GEMMs (0) and the step kernels (1000).
+  for (int step_rows : {0, 1000})
   for (int outer_from : {1 << 30, 1})
   for (const Variant& v : {Variant{}, kRouted[0], kRouted[1], kDenseGqa, kRouted[3]}) {
+    const StepPrefillRows prefill_path(step_rows);
     auto m = make_model(v, 6);
     const int V = 256, steps = 15;
     const std::vector<std::vector<int32_t>> prompts = {bytes_of("a"), bytes_of("Sequences of different lengths"),

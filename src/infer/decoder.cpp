@@ -10,6 +10,7 @@
 
 #include "infer/attend.h"
 #include "infer/matvec.h"
+#include "ops/attention.h"
 #include "ops/bf16.h"
 #include "model/routing.h"
 #include "ops/fast_math.h"
@@ -24,9 +25,7 @@ using namespace ops;
 
 namespace {
 int g_step_prefill_override = -1;  // Decoder::set_step_prefill_rows
-}
 
-namespace {
 // The same expression as Model::routed_forward, so the gate is bit for bit the model's.
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 }  // namespace
@@ -184,6 +183,13 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     check_ids(p.data(), p.size());
   }
   for (int s : slots) release(s);
+  // From here on the step kernels (the whole batch's, or a routed layer's few rows) see only
+  // fresh prompts: block_step attends over them with the forward pass's tiles.
+  struct FreshPrefill {
+    bool& flag;
+    explicit FreshPrefill(bool& f) : flag(f) { flag = true; }
+    ~FreshPrefill() { flag = false; }
+  } fresh(fresh_prefill_);
 
   // Packed rows: prompt after prompt, positions from 0.
   ptok_.clear();
@@ -469,35 +475,19 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
   }
 }
 
-// The dense layer of SPEC §1 for m single-token rows (x [m, D] -> y [m, D]); each row's key and
-// value are appended to layer l's cache of its slot before attending over that cache.
-void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
-  const LayerWeights<float>& W = w_.layers[l];
-  const LayerMatrices& M = iw_->layer(l);
-  const int D = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, Dh = cfg_.head_dim();
-  const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim(), G = H / cfg_.kv_heads();
-  const float eps = float(cfg_.norm_eps);
-  float* xn = sxn_.data();
-  float* qkv = sqkv_.data();
-  float* att = satt_.data();
-  float* a = sa_.data();
-  // Attention half.
-  rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
-  matvec(M.wqkv, xn, D, m, qkv, Q);
-  rope_forward<float>(qkv, Q, m, H, Dh, pos, rope_);
-  rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
-  // Each row attends over its slot's cache up to and including itself: rows of one slot (an
-  // extend chunk) come in position order, so a row sees the chunk's earlier rows, not later ones.
+// att [m, D] = each row's attention over its slot's cache of layer l (which holds the row).
+void Decoder::attend_rows(int l, int m, const int* slots, const float* qkv, float* att) {
+  const int D = cfg_.d_model, H = cfg_.n_heads, Dh = cfg_.head_dim(), Q = cfg_.qkv_dim(), G = H / cfg_.kv_heads();
   int64_t pairs = 0;
-  for (int i = 0; i < m; ++i) {
-    cache_.append(l, slots[i], pos[i], qkv + (size_t)i * Q + D, qkv + (size_t)i * Q + D + Dkv);
-    pairs += scount_[i] = cache_.count(l, slots[i]);
-  }
+  for (int i = 0; i < m; ++i) pairs += scount_[i];
   const float scale = float(1.0 / std::sqrt((double)Dh));
   FlopCounter::add(pairs * 4 * Dh * H);
   const int cap = max_len_;
   if ((size_t)omp_get_max_threads() * cap > sscore_.size()) sscore_.resize((size_t)omp_get_max_threads() * cap);
-#pragma omp parallel for collapse(2) schedule(static) if (pairs * H * Dh >= 8192)
+  // (row, head) pairs dealt round-robin: the rows of a prompt through the step kernels attend
+  // over 1, 2, ..., m positions, and contiguous halves gave the second thread three times the
+  // first's work.
+#pragma omp parallel for collapse(2) schedule(static, 1) if (pairs * H * Dh >= 8192)
   for (int i = 0; i < m; ++i)
     for (int h = 0; h < H; ++h) {
       float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
@@ -510,6 +500,46 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
       else
         attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
     }
+}
+
+// The dense layer of SPEC §1 for m single-token rows (x [m, D] -> y [m, D]); each row's key and
+// value are appended to layer l's cache of its slot before attending over that cache.
+void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
+  const LayerWeights<float>& W = w_.layers[l];
+  const LayerMatrices& M = iw_->layer(l);
+  const int D = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, Dh = cfg_.head_dim();
+  const int Q = cfg_.qkv_dim(), Dkv = cfg_.kv_dim();
+  const float eps = float(cfg_.norm_eps);
+  float* xn = sxn_.data();
+  float* qkv = sqkv_.data();
+  float* att = satt_.data();
+  float* a = sa_.data();
+  // Attention half.
+  rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
+  matvec(M.wqkv, xn, D, m, qkv, Q);
+  rope_forward<float>(qkv, Q, m, H, Dh, pos, rope_);
+  rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
+  // Each row attends over its slot's cache up to and including itself: rows of one slot (an
+  // extend chunk) come in position order, so a row sees the chunk's earlier rows, not later ones.
+  for (int i = 0; i < m; ++i) {
+    cache_.append(l, slots[i], pos[i], qkv + (size_t)i * Q + D, qkv + (size_t)i * Q + D + Dkv);
+    scount_[i] = cache_.count(l, slots[i]);
+  }
+  if (fresh_prefill_) {
+    // Whole prompts (or the rows a routed layer processes of them), each slot's cache empty
+    // before: every row's keys are its run's earlier rows, so the forward pass's causal attention
+    // over the packed rows (tiles of GEMMs) computes what a row-by-row pass over the cache would,
+    // reading each key block once per tile of queries instead of once per query (prompts of
+    // 512-1024 rows: docs/performance.md).
+    soff_.assign(1, 0);
+    for (int i = 1; i < m; ++i)
+      if (slots[i] != slots[i - 1]) soff_.push_back(i);
+    soff_.push_back(m);
+    if (slse_.size() < (size_t)m * H) slse_.resize((size_t)m * H);
+    attention_forward<float>(qkv, Q, soff_, AttnShape{H, Dh, cfg_.kv_heads()}, att, D, slse_.data());
+  } else {
+    attend_rows(l, m, slots, qkv, att);
+  }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
   matvec(M.wo, att, D, m, a, D, /*accumulate=*/true);
   // MLP half.

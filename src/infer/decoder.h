@@ -138,6 +138,7 @@ class Decoder {
   void forward_rows(const int32_t* tokens, int B, const std::vector<int>& head_rows = {});
   void ensure_rows(int n);  // grows the step buffers to n rows
   void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
+  void attend_rows(int l, int m, const int* slots, const float* qkv, float* att);
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
   // y += the MoE (no capacity, SPEC §3) of the m MLP-normed rows xn, with matrix-vector products.
@@ -184,6 +185,9 @@ class Decoder {
   AlignedVector<float> sx_, sy_, sxn_, sinv_, sqkv_, satt_, sa_, sh13_, sg_, sscore_;
   AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
   std::vector<int> ssel_, sslot_, scount_;
+  std::vector<int> soff_;          // runs of one slot's rows (a fresh prefill's attention)
+  AlignedVector<float> slse_;      // its log-sum-exps (unused)
+  bool fresh_prefill_ = false;     // block_step runs inside prefill(): every slot's cache began empty
   int row_capacity_ = 0;  // rows the step buffers hold
   std::vector<int32_t> spos_, ssel_pos_;
   // The MoE of the layer being stepped (moe_step): gate probabilities [m, G], choices [m, K],
