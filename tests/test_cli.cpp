@@ -313,24 +313,24 @@ TEST(Cli, BenchTrainNamesTheBlasKernelsAndAnEnvironmentThatPicksThem) {
 }
 
 TEST(Cli, BenchGeneratePrefillsThroughTheStepKernelsFurtherWhenBlasIsPinnedNarrow) {
-  // Decoder::step_prefill_rows: float matrices prefill up to 64 rows through the step kernels;
-  // up to 512 where modlm's kernels are AVX-512 and OpenBLAS runs narrower ones (Haswell).
+  // Decoder::step_prefill_rows: float matrices prefill up to 128 rows through the step kernels;
+  // up to 2048 where modlm's kernels are AVX-512 and OpenBLAS runs narrower ones (Haswell).
   const std::string args = std::string(MODLM_BINARY) +
                            " bench generate --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --prompt-len 4 --new 2 "
                            "--no-stream --json 2>&1";
   auto pinned = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell " + args);
   ASSERT_EQ(pinned.code, 0) << pinned.out;
 #if defined(__AVX512F__)
-  EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 512);
+  EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 2048);
 #else
-  EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 64);
+  EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 128);
 #endif
   auto chosen = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE= " + args);
   ASSERT_EQ(chosen.code, 0) << chosen.out;
   const json c = json::parse(chosen.out);
   const std::string core = c["blas"].get<std::string>();
   if (core.find("Cooperlake") != std::string::npos || core.find("SkylakeX") != std::string::npos) {
-    EXPECT_EQ(c["prefill_step_rows"].get<int>(), 64) << core;
+    EXPECT_EQ(c["prefill_step_rows"].get<int>(), 128) << core;
   }
 }
 

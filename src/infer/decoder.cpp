@@ -63,8 +63,8 @@ int Decoder::step_prefill_rows(bool float_matrices) {
   if (g_step_prefill_override >= 0) return g_step_prefill_override;
   static const bool narrow_blas = outer_kernel_is_avx512() && !ops::blas_kernels_are_avx512();
   if (!outer_kernel_built()) return float_matrices ? 0 : 288;
-  if (narrow_blas) return float_matrices ? 512 : 1024;
-  return float_matrices ? 64 : 288;
+  if (narrow_blas) return 2048;
+  return float_matrices ? 128 : 288;
 }
 
 int Decoder::set_step_prefill_rows(int rows) {

@@ -63,15 +63,17 @@ class Decoder {
   // Prompt rows (all prompts of one prefill call, or those a routed layer processes) up to
   // which the prefill runs the decode step's kernels instead of GEMMs, by store and by the GEMM
   // kernels OpenBLAS runs; measured on M (D1024 L16 F2816), prefill tok/s step kernels / GEMMs,
-  // AMD Zen 5, 2 threads, 2026-12-08 (docs/performance.md, "Prefill through the step kernels"):
+  // AMD Zen 5, 2 threads, 2026-12-08, after the step path's tiled attention (docs/performance.md,
+  // "Prefill through the step kernels"):
   // - a store without float matrices (a bf16/f16/q8 folder), where GEMMs first widen every layer
-  //   (M: ~0.4 s a call): 288 (q8 1.20-1.26x at 256 rows, 1.03 at 384, 0.84-0.88 at 512; bf16
-  //   0.96-0.98 at 256, 1.28-1.32 at 128), which takes `serve`'s default 256-token chunks;
+  //   (M: ~0.4 s a call): 288 (q8 1.18x at 288 rows, 1.10 at 384, 1.01-1.03 at 512; bf16
+  //   0.97-1.04 at 256, 0.90-0.93 at 384), which takes `serve`'s default 256-token chunks;
   // - a store with float matrices (f32, or converted in memory), where GEMMs run on them as they
-  //   are: 64 (f32 1.76-2.06x at 32 rows, 1.05 at 64, 0.89-0.95 at 128);
+  //   are: 128 (f32 1.28-1.32x at 64 rows, 1.00-1.15 at 128, 0.94-0.96 at 192);
   // - where our kernels have AVX-512 and OpenBLAS's do not (this machine's environment pins
-  //   OpenBLAS to its Haswell kernels, docs/performance.md): 1024 and 512 (q8 1.24-1.37x at 512,
-  //   1.09 at 1024; bf16 1.27 at 512, 1.08-1.09 at 1024; f32 1.17 at 512, 1.02 at 1024);
+  //   OpenBLAS to its Haswell kernels, docs/performance.md): 2048 for both (f32 1.26-1.35x at
+  //   512-1024 rows, 1.16-1.18 at 2000; q8 and bf16 1.08-1.37 at 512-1024 before the tiled
+  //   attention);
   // - without the AVX2/AVX-512 kernels: 288 and 0.
   static int step_prefill_rows(bool float_matrices);
   // Overrides step_prefill_rows() for decoders built afterwards: tests reach both prefill paths
