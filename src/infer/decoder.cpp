@@ -183,13 +183,6 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
     check_ids(p.data(), p.size());
   }
   for (int s : slots) release(s);
-  // From here on the step kernels (the whole batch's, or a routed layer's few rows) see only
-  // fresh prompts: block_step attends over them with the forward pass's tiles.
-  struct FreshPrefill {
-    bool& flag;
-    explicit FreshPrefill(bool& f) : flag(f) { flag = true; }
-    ~FreshPrefill() { flag = false; }
-  } fresh(fresh_prefill_);
 
   // Packed rows: prompt after prompt, positions from 0.
   ptok_.clear();
@@ -206,9 +199,10 @@ void Decoder::prefill(const std::vector<int>& slots, const std::vector<std::vect
   }
   const int n = (int)ptok_.size();
   if (prefill_by_steps(n)) {
-    // Stored 16/8-bit matrices and a short prompt batch: the step's kernels on the packed rows
-    // (each row causal over its slot's cache), instead of widening every layer for GEMMs that
-    // a few rows cannot amortise (M q8, 4 tokens: 235 -> ~15 ms; docs/quantize.md).
+    // A prompt batch of at most step_prefill_rows(): the step's kernels on the packed rows
+    // (each row causal over its slot's cache), instead of GEMM calls that so few rows do not
+    // amortise, nor the widening of every layer a 16/8-bit store needs for them (M q8, 4 tokens:
+    // 235 -> ~15 ms; docs/quantize.md, docs/performance.md).
     ensure_rows(n);
     const size_t logit_floats = (size_t)(all_logits ? n : P) * V;  // the rows forward_rows gives logits
     if (logit_floats > logits_.size()) logits_.resize(logit_floats);
@@ -321,10 +315,10 @@ void Decoder::routed_prefill(int l, const float* x, float* y, int n) {
   pxg_.resize({m, D});
   pyg_.resize({m, D});
   for (int i = 0; i < m; ++i) std::memcpy(pxg_.data() + (size_t)i * D, x + (size_t)psel_[i] * D, sizeof(float) * D);
-  // Few selected rows of a stored 16/8-bit layer: the step's kernels (as a short prompt batch
-  // takes, prefill()), which append the rows' keys and values themselves, instead of widening
-  // the whole layer for GEMMs on the capacity's share of the rows. (A routed layer of a
-  // 256-token chunk at c = 0.125 processes ~32 rows.)
+  // Few selected rows (at most step_prefill_rows()): the step's kernels (as a short prompt batch
+  // takes, prefill()), which append the rows' keys and values themselves, instead of GEMMs (and,
+  // for a 16/8-bit store, widening the whole layer) on the capacity's share of the rows. (A
+  // routed layer of a 256-token chunk at c = 0.125 processes ~32 rows.)
   const bool step_kernels = prefill_by_steps(m);
   if (step_kernels) {
     ensure_rows(m);
@@ -521,20 +515,22 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
   // Each row attends over its slot's cache up to and including itself: rows of one slot (an
   // extend chunk) come in position order, so a row sees the chunk's earlier rows, not later ones.
+  // Runs of one slot's rows (soff_), and whether each slot's cache holds its run alone (a
+  // prefill: fresh prompts, or the rows a routed layer processes of them).
+  soff_.assign(1, 0);
+  bool runs_alone = true;
   for (int i = 0; i < m; ++i) {
     cache_.append(l, slots[i], pos[i], qkv + (size_t)i * Q + D, qkv + (size_t)i * Q + D + Dkv);
     scount_[i] = cache_.count(l, slots[i]);
+    if (i > 0 && slots[i] != slots[i - 1]) soff_.push_back(i);
+    runs_alone = runs_alone && scount_[i] == i - soff_.back() + 1;
   }
-  if (fresh_prefill_) {
-    // Whole prompts (or the rows a routed layer processes of them), each slot's cache empty
-    // before: every row's keys are its run's earlier rows, so the forward pass's causal attention
-    // over the packed rows (tiles of GEMMs) computes what a row-by-row pass over the cache would,
+  soff_.push_back(m);
+  if (runs_alone) {
+    // Every row's keys are its run's earlier rows, so the forward pass's causal attention over
+    // the packed rows (tiles of GEMMs) computes what a row-by-row pass over the cache would,
     // reading each key block once per tile of queries instead of once per query (prompts of
     // 512-1024 rows: docs/performance.md).
-    soff_.assign(1, 0);
-    for (int i = 1; i < m; ++i)
-      if (slots[i] != slots[i - 1]) soff_.push_back(i);
-    soff_.push_back(m);
     if (slse_.size() < (size_t)m * H) slse_.resize((size_t)m * H);
     attention_forward<float>(qkv, Q, soff_, AttnShape{H, Dh, cfg_.kv_heads()}, att, D, slse_.data());
   } else {

@@ -187,9 +187,8 @@ class Decoder {
   AlignedVector<float> sx_, sy_, sxn_, sinv_, sqkv_, satt_, sa_, sh13_, sg_, sscore_;
   AlignedVector<float> sxg_, syg_, sr_, sz_, sdec_;
   std::vector<int> ssel_, sslot_, scount_;
-  std::vector<int> soff_;          // runs of one slot's rows (a fresh prefill's attention)
-  AlignedVector<float> slse_;      // its log-sum-exps (unused)
-  bool fresh_prefill_ = false;     // block_step runs inside prefill(): every slot's cache began empty
+  std::vector<int> soff_;          // runs of one slot's rows (block_step)
+  AlignedVector<float> slse_;      // attention_forward's log-sum-exps there (unused)
   int row_capacity_ = 0;  // rows the step buffers hold
   std::vector<int32_t> spos_, ssel_pos_;
   // The MoE of the layer being stepped (moe_step): gate probabilities [m, G], choices [m, K],
