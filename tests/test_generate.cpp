@@ -643,53 +643,57 @@ TEST(Generate, ExtendInChunksEqualsStepByStep) {
   // A prompt fed in chunks (the server's chunked prefill), while another slot steps between the
   // chunks, gives the step-by-step logits (to float rounding: the kernels block several rows
   // differently), routing decisions and caches: each row attends over its slot's cache up to
-  // itself.
+  // itself. Chunks of 1, 3, 7, ..., 127 and the rest: those of 8 rows or more attend by tiles of
+  // GEMMs over the cache (attend_run, two tiles at 127), with a float and a bf16 cache; with the
+  // step-kernel bound at 4, chunks past it run their products as GEMMs on the float weights.
   std::vector<Variant> variants = {Variant{}};
   variants.insert(variants.end(), kRouted.begin(), kRouted.end());
   variants.push_back(kMoe[0].v);
   variants.push_back(kMoe[1].v);
-  for (const Variant& v : variants) {
-    auto m = make_model(v, 4);
-    const int V = 256, N = 70;
-    Rng r(11);
-    std::vector<int32_t> toks(N);
-    for (auto& t : toks) t = (int32_t)r.below(V);
-    Decoder one(*m, 1, N + 1);
-    one.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + 2)});
-    std::vector<std::vector<RouteRecord>> want_routes;
-    for (int t = 2; t < N; ++t) {
-      one.step({0}, {toks[t]});
-      std::vector<RouteRecord> rr;
-      for (int j = 0; j < (int)one.routed_layers().size(); ++j) rr.push_back(one.route(0, j));
-      want_routes.push_back(rr);
-    }
-    std::vector<float> want(one.logits(0), one.logits(0) + V);
-
-    Decoder dec(*m, 2, N + 1);
-    dec.prefill({0, 1}, {std::vector<int32_t>(toks.begin(), toks.begin() + 2), bytes_of("other")});
-    int t = 2, chunk = 1;
-    while (t < N) {
-      const int n = std::min(chunk, N - t);
-      dec.extend(0, std::vector<int32_t>(toks.begin() + t, toks.begin() + t + n));
-      ASSERT_EQ(dec.logit_rows(), 1);
-      ASSERT_EQ(dec.token_rows(), n);
-      for (int i = 0; i < n; ++i)
-        for (int j = 0; j < (int)dec.routed_layers().size(); ++j) {
-          EXPECT_EQ(dec.route(i, j).processed, want_routes[t - 2 + i][j].processed) << v.method << " token " << t + i;
-          EXPECT_NEAR(dec.route(i, j).decision_logit, want_routes[t - 2 + i][j].decision_logit, 1e-4);
+  for (const KvFormat kv : {KvFormat::F32, KvFormat::BF16})
+    for (const int step_rows : {-1, 4})
+      for (const Variant& v : variants) {
+        const StepPrefillRows bound(step_rows);
+        auto m = make_model(v, 4, /*max_seq_len=*/256);
+        const int V = 256, N = 230;
+        Rng r(11);
+        std::vector<int32_t> toks(N);
+        for (auto& t : toks) t = (int32_t)r.below(V);
+        Decoder one(*m, 1, N + 1, DecodeWeights::F32, kv);
+        one.prefill({std::vector<int32_t>(toks.begin(), toks.begin() + 2)});
+        std::vector<std::vector<RouteRecord>> want_routes;
+        for (int t = 2; t < N; ++t) {
+          one.step({0}, {toks[t]});
+          std::vector<RouteRecord> rr;
+          for (int j = 0; j < (int)one.routed_layers().size(); ++j) rr.push_back(one.route(0, j));
+          want_routes.push_back(rr);
         }
-      t += n;
-      chunk = chunk * 2 + 1;
-      dec.step({1}, {(int32_t)'x'});  // the other sequence goes on between the chunks
-    }
-    EXPECT_EQ(dec.length(0), N);
-    dec.step({1}, {(int32_t)'y'});
-    // One more step from both decoders: the chunked slot's cache holds what the steps cached.
-    one.step({0}, {5});
-    dec.step({0}, {5});
-    EXPECT_LT(rel_diff(dec.logits(0), one.logits(0), V), 1e-5) << v.method;
-    for (int l = 0; l < 4; ++l) EXPECT_EQ(dec.cache().count(l, 0), one.cache().count(l, 0)) << v.method << " layer " << l;
-  }
+
+        Decoder dec(*m, 2, N + 1, DecodeWeights::F32, kv);
+        dec.prefill({0, 1}, {std::vector<int32_t>(toks.begin(), toks.begin() + 2), bytes_of("other")});
+        int t = 2, chunk = 1;
+        while (t < N) {
+          const int n = std::min(chunk, N - t);
+          dec.extend(0, std::vector<int32_t>(toks.begin() + t, toks.begin() + t + n));
+          ASSERT_EQ(dec.logit_rows(), 1);
+          ASSERT_EQ(dec.token_rows(), n);
+          for (int i = 0; i < n; ++i)
+            for (int j = 0; j < (int)dec.routed_layers().size(); ++j) {
+              EXPECT_EQ(dec.route(i, j).processed, want_routes[t - 2 + i][j].processed) << v.method << " token " << t + i;
+              EXPECT_NEAR(dec.route(i, j).decision_logit, want_routes[t - 2 + i][j].decision_logit, 1e-4);
+            }
+          t += n;
+          chunk = chunk * 2 + 1;
+          dec.step({1}, {(int32_t)'x'});  // the other sequence goes on between the chunks
+        }
+        EXPECT_EQ(dec.length(0), N);
+        dec.step({1}, {(int32_t)'y'});
+        // One more step from both decoders: the chunked slot's cache holds what the steps cached.
+        one.step({0}, {5});
+        dec.step({0}, {5});
+        EXPECT_LT(rel_diff(dec.logits(0), one.logits(0), V), 1e-5) << v.method << " kv bf16 " << (kv == KvFormat::BF16) << " bound " << step_rows;
+        for (int l = 0; l < 4; ++l) EXPECT_EQ(dec.cache().count(l, 0), one.cache().count(l, 0)) << v.method << " layer " << l;
+      }
   auto m = make_model(Variant{}, 1);
   Decoder dec(*m, 2, 16);
   EXPECT_THROW(dec.extend(0, {1, 2}), Error);  // nothing started in the slot

@@ -401,7 +401,7 @@ void Decoder::forward_rows(const int32_t* tokens, int B, const std::vector<int>&
       routed_step(l, B, x, y);
     } else {
       block_step(l, B, x, row_slot_.data(), row_pos_.data(), y);
-      weight_bytes_ += block_bytes(l, true);
+      weight_bytes_ += block_bytes(l, !gemm_rows(B));
     }
     std::swap(x, y);
   }
@@ -459,7 +459,7 @@ void Decoder::routed_step(int l, int B, const float* x, float* y) {
   const int m = (int)ssel_.size();
   if (m == 0) return;  // nobody processes this block: its weights are not read at all
   block_step(l, m, sxg_.data(), sslot_.data(), ssel_pos_.data(), syg_.data());
-  weight_bytes_ += block_bytes(l, true);
+  weight_bytes_ += block_bytes(l, !gemm_rows(m));
   for (int i = 0; i < m; ++i) {
     const float g = routes_[(size_t)ssel_[i] * R + j].gate;
     float* yr = y + (size_t)ssel_[i] * D;
@@ -496,6 +496,60 @@ void Decoder::attend_rows(int l, int m, const int* slots, const float* qkv, floa
     }
 }
 
+// Rows per query tile of attend_run, and the shortest run of one slot's rows block_step gives
+// it (shorter runs, decode steps above all, attend row by row: a tile of a few queries saves
+// little of the cache reads and pays the GEMM calls).
+constexpr int kRunTile = 64;
+constexpr int kTiledRunRows = 8;
+
+void Decoder::attend_run(int l, int slot, int r0, int n, const float* qkv, float* att) {
+  const int D = cfg_.d_model, H = cfg_.n_heads, Dh = cfg_.head_dim(), Q = cfg_.qkv_dim(), G = H / cfg_.kv_heads();
+  const int total = cache_.count(l, slot), c0 = total - n;  // cache indices of the run: c0 .. total - 1
+  const float scale = float(1.0 / std::sqrt((double)Dh));
+  FlopCounter::add(((int64_t)n * c0 + (int64_t)n * (n + 1) / 2) * 4 * Dh * H);
+  const int tiles = (n + kRunTile - 1) / kRunTile;
+  const bool bf16 = cache_.bf16();
+#pragma omp parallel
+  {
+    // Scores of one tile, and (bf16 cache) the keys and values it reads, widened to float.
+    AlignedVector<float> S((size_t)kRunTile * total), KV(bf16 ? (size_t)2 * total * Dh : 0);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int h = 0; h < H; ++h)
+      for (int t = 0; t < tiles; ++t) {
+        const int i0 = t * kRunTile, rows = std::min(kRunTile, n - i0), keys = c0 + i0 + rows;
+        const int g = h / G;
+        const float *K, *V;
+        if (bf16) {
+          const uint16_t* kb = cache_.keys_bf16(l, slot, g);
+          const uint16_t* vb = cache_.values_bf16(l, slot, g);
+          float* kf = KV.data();
+          float* vf = kf + (size_t)total * Dh;
+          for (size_t e = 0; e < (size_t)keys * Dh; ++e) kf[e] = bf16_to_float(kb[e]), vf[e] = bf16_to_float(vb[e]);
+          K = kf, V = vf;
+        } else {
+          K = cache_.keys(l, slot, g), V = cache_.values(l, slot, g);
+        }
+        const float* q = qkv + (size_t)(r0 + i0) * Q + h * Dh;
+        gemm_uncounted<float>(false, true, rows, keys, Dh, scale, q, Q, K, Dh, 0.0f, S.data(), keys);
+        for (int r = 0; r < rows; ++r) {
+          float* s = S.data() + (size_t)r * keys;
+          const int valid = c0 + i0 + r + 1;  // the row's own key and those before it
+          float mx = s[0];
+#pragma omp simd reduction(max : mx)
+          for (int j = 1; j < valid; ++j) mx = s[j] > mx ? s[j] : mx;
+          float sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int j = 0; j < valid; ++j) sum += (s[j] = vexp<float>(s[j] - mx));
+          const float inv = 1.0f / sum;
+#pragma omp simd
+          for (int j = 0; j < valid; ++j) s[j] *= inv;
+          std::fill(s + valid, s + keys, 0.0f);
+        }
+        gemm_uncounted<float>(false, false, rows, Dh, keys, 1.0f, S.data(), keys, V, Dh, 0.0f, att + (size_t)(r0 + i0) * D + h * Dh, D);
+      }
+  }
+}
+
 // The dense layer of SPEC §1 for m single-token rows (x [m, D] -> y [m, D]); each row's key and
 // value are appended to layer l's cache of its slot before attending over that cache.
 void Decoder::block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y) {
@@ -510,7 +564,7 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
   float* a = sa_.data();
   // Attention half.
   rmsnorm_forward<float>(x, D, W.attn_norm, m, D, eps, xn, D, sinv_.data());
-  matvec(M.wqkv, xn, D, m, qkv, Q);
+  product(M.wqkv, xn, D, m, qkv, Q);
   rope_forward<float>(qkv, Q, m, H, Dh, pos, rope_);
   rope_forward<float>(qkv + D, Q, m, cfg_.kv_heads(), Dh, pos, rope_);
   // Each row attends over its slot's cache up to and including itself: rows of one slot (an
@@ -526,6 +580,8 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
     runs_alone = runs_alone && scount_[i] == i - soff_.back() + 1;
   }
   soff_.push_back(m);
+  int shortest_run = m;
+  for (size_t r = 0; r + 1 < soff_.size(); ++r) shortest_run = std::min(shortest_run, soff_[r + 1] - soff_[r]);
   if (runs_alone) {
     // Every row's keys are its run's earlier rows, so the forward pass's causal attention over
     // the packed rows (tiles of GEMMs) computes what a row-by-row pass over the cache would,
@@ -533,11 +589,15 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
     // 512-1024 rows: docs/performance.md).
     if (slse_.size() < (size_t)m * H) slse_.resize((size_t)m * H);
     attention_forward<float>(qkv, Q, soff_, AttnShape{H, Dh, cfg_.kv_heads()}, att, D, slse_.data());
+  } else if (shortest_run >= kTiledRunRows) {
+    // Runs that continue a cached sequence (an extend chunk; the rows a routed layer processes
+    // of one): tiles of GEMMs over the cache, each key block read once per tile of queries.
+    for (size_t r = 0; r + 1 < soff_.size(); ++r) attend_run(l, slots[soff_[r]], soff_[r], soff_[r + 1] - soff_[r], qkv, att);
   } else {
     attend_rows(l, m, slots, qkv, att);
   }
   std::memcpy(a, x, sizeof(float) * (size_t)m * D);
-  matvec(M.wo, att, D, m, a, D, /*accumulate=*/true);
+  product(M.wo, att, D, m, a, D, /*accumulate=*/true);
   // MLP half.
   rmsnorm_forward<float>(a, D, W.mlp_norm, m, D, eps, xn, D, sinv_.data());
   if (W.moe_gate) {
@@ -545,10 +605,20 @@ void Decoder::block_step(int l, int m, const float* x, const int* slots, const i
     moe_step(l, W, xn, m, y);
     return;
   }
-  matvec(M.w13, xn, D, m, sh13_.data(), 2 * F);
+  product(M.w13, xn, D, m, sh13_.data(), 2 * F);
   swiglu_forward<float>(sh13_.data(), m, F, sg_.data());
   std::memcpy(y, a, sizeof(float) * (size_t)m * D);
-  matvec(M.w2, sg_.data(), F, m, y, D, /*accumulate=*/true);
+  product(M.w2, sg_.data(), F, m, y, D, /*accumulate=*/true);
+}
+
+// Past step_prefill_rows() rows the matrix-vector kernels lose to GEMMs where OpenBLAS runs
+// kernels as wide as ours (f32 M, unpinned: 256-row chunks 0.61-0.67x, docs/performance.md), and
+// an extend chunk (serve's later chunks of a long prompt) had no other path.
+void Decoder::product(const Matrix& W, const float* X, int ldx, int m, float* Y, int ldy, bool accumulate) {
+  if (gemm_rows(m) && W.f32)
+    linear_forward<float>(X, ldx, W.f32, m, W.cols, W.rows, Y, ldy, accumulate);
+  else
+    matvec(W, X, ldx, m, Y, ldy, accumulate);
 }
 
 void Decoder::moe_step(int l, const LayerWeights<float>& W, const float* xn, int m, float* y) {

@@ -110,9 +110,11 @@ class Decoder {
   // Continues the started sequence in `slot` with tokens (1..max_len - length(slot) of them) in
   // one call: a prefill chunk that attends over what the slot already caches, so a long prompt
   // can be fed piece by piece between other sequences' steps (the server's chunked prefill).
-  // The rows go through the step's code (matrix-vector kernels reading each weight once for all
-  // rows; each row causal over the cache and the chunk's earlier rows), so the result is the
-  // step-by-step result; it may differ from one whole prefill by float rounding. Logits: row 0 =
+  // The rows go through the step's code (each row causal over the cache and the chunk's earlier
+  // rows): matrix-vector kernels reading each weight once for all rows, or, for a chunk of more
+  // than step_prefill_rows() rows and a store with float matrices, GEMMs on those (as the
+  // prefill would run them). The result is the step-by-step result to float rounding; it may
+  // differ from one whole prefill by float rounding too. Logits: row 0 =
   // the next-token logits after the last token; routes: one row per token.
   void extend(int slot, const std::vector<int32_t>& tokens);
 
@@ -140,7 +142,16 @@ class Decoder {
   void forward_rows(const int32_t* tokens, int B, const std::vector<int>& head_rows = {});
   void ensure_rows(int n);  // grows the step buffers to n rows
   void block_step(int l, int m, const float* x, const int* slots, const int32_t* pos, float* y);
+  // Whether block_step runs its m rows' products as GEMMs on the store's float matrices (an
+  // extend chunk, or a step of a batch, past step_prefill_rows(); stores with float matrices).
+  bool gemm_rows(int m) const { return m > step_prefill_rows_ && iw_->has_float_matrices(); }
+  // Y (+)= X W^T for block_step's m rows: GEMM on W's float weights where gemm_rows(m), else the
+  // matrix-vector kernel of W's format.
+  void product(const Matrix& W, const float* X, int ldx, int m, float* Y, int ldy, bool accumulate = false);
   void attend_rows(int l, int m, const int* slots, const float* qkv, float* att);
+  // att rows [r0, r0 + n) = attention of those rows of one slot, the last n its layer-l cache holds
+  // (row r0 + i at cache index count - n + i, keys 0 .. that index visible), by tiles of GEMMs.
+  void attend_run(int l, int slot, int r0, int n, const float* qkv, float* att);
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
   // y += the MoE (no capacity, SPEC §3) of the m MLP-normed rows xn, with matrix-vector products.
