@@ -42,6 +42,21 @@ constexpr int l2_ahead() {
   return sizeof(WT) < sizeof(float) ? 6144 : 0;
 }
 
+// q8 scales are a second stream beside the weights ([out, in/32] floats: 128 B per 1024-wide
+// row), read by scalar loads that each block's multiply-add waits for. Nothing prefetched them,
+// and the hardware prefetcher missed enough of them to stall the rows: at batch 1 the kernel read
+// 41-45 GB/s against a 60-70 GB/s stream, 55-70 with the scales taken out of memory altogether.
+// A tile therefore prefetches the scales of the rows kScaleRowsAhead rows on (all their lines,
+// into L1): 1 row ahead 52-62 GB/s, 2 rows 51-66, 4 rows 47-69 (stand-alone harness over M-sized
+// q8 matrices, 2 threads, runs alternated; docs/performance.md).
+constexpr int kScaleRowsAhead = 2;
+inline void prefetch_scales(const float* SC, int nblk, int row0, int rows) {
+  if (!SC) return;
+  const char* p = reinterpret_cast<const char*>(SC + (size_t)row0 * nblk);
+  const size_t bytes = (size_t)rows * nblk * sizeof(float);
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);  // never faults, even past the end
+}
+
 #if defined(__AVX512F__)
 // The first min(n, 16) lanes (n >= 0): a 16-slice's mask where fewer than 16 values are left.
 inline __mmask16 first_lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
@@ -125,6 +140,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   const WT* w = W + (size_t)j0 * in;
   const int nblk = q8_blocks(in);
   const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
+  prefetch_scales(SC, nblk, j0 + std::max(R, kScaleRowsAhead), R);
   int k = 0;
   const float* xp = Xp;
   constexpr int kPerLine = 64 / (int)sizeof(WT);  // weights per cache line (one prefetch each)
@@ -227,6 +243,7 @@ inline void row_inputs(const WT* W, int in, const float* Xp, float* Y, int ldy, 
   if constexpr (std::is_same_v<WT, int8_t>) {
     // Two 32-weight blocks per step, one per chain; a block's scale multiplies its sum once.
     const float* sc = SC + (size_t)j * q8_blocks(in);
+    prefetch_scales(SC, q8_blocks(in), j + kScaleRowsAhead, 1);
     for (; k + 64 <= in; k += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(w + k) + l2_ahead<WT>(), _MM_HINT_T1);
       for (int h = 0; h < 2; ++h) {
@@ -324,6 +341,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   const WT* w = W + (size_t)j0 * in;
   const int nblk = q8_blocks(in);
   const float* sc = SC ? SC + (size_t)j0 * nblk : nullptr;
+  prefetch_scales(SC, nblk, j0 + std::max(R, kScaleRowsAhead), R);
   float scale[R];
   int k = 0;
   const float* xp = Xp;
