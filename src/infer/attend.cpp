@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
 #include "ops/fast_math.h"
 
@@ -94,6 +95,78 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
   const __m512 inv = _mm512_set1_ps(1.0f / sum);
   for (int c = 0; c < DC; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(ov[c], inv));
 }
+
+// attend_one_vec for a bf16 cache and head sizes of DC x 16, DC even: each 64-byte load of 32
+// bf16 values is widened by two instructions, the even dimensions by a shift and the odd ones by
+// a mask (each the top half of a float), against two zero-extensions and two shifts per 32 in
+// load16; q and the output are kept in the same even/odd order (reordered once per call).
+template <int DC>
+void attend_one_bf16_pairs(const float* q, const uint16_t* K, const uint16_t* Vv, int n, float scale, float* s, float* o) {
+  static_assert(DC % 2 == 0);
+  constexpr int Dh = DC * 16, P = DC / 2;  // P loads of 32 values a row
+  const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+  __m512 qe[P], qo[P];
+  for (int c = 0; c < P; ++c) {
+    const __m512 a = _mm512_loadu_ps(q + 32 * c), b = _mm512_loadu_ps(q + 32 * c + 16);
+    qe[c] = _mm512_permutex2var_ps(a, even_idx, b);
+    qo[c] = _mm512_permutex2var_ps(a, odd_idx, b);
+  }
+  auto even = [](__m512i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); };
+  auto odd = [&](__m512i v) { return _mm512_castsi512_ps(_mm512_and_si512(v, high)); };
+  __m512 mxv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  constexpr size_t kRow = sizeof(uint16_t) * Dh;
+  const size_t bytes = kRow * n;
+  for (int t0 = 0; t0 < n; t0 += 16) {
+    const int nb = std::min(16, n - t0);
+    if constexpr (kCacheAhead<uint16_t> > 0) prefetch_ahead(K, bytes, Vv, bytes, t0 * kRow + kCacheAhead<uint16_t>, 16 * kRow);
+    __m512 part[16];
+    for (int j = 0; j < 16; ++j) {
+      if (j >= nb) {
+        part[j] = _mm512_setzero_ps();
+        continue;
+      }
+      const uint16_t* k = K + (size_t)(t0 + j) * Dh;
+      const __m512i v0 = _mm512_loadu_si512(k);
+      __m512 acc = _mm512_fmadd_ps(qo[0], odd(v0), _mm512_mul_ps(qe[0], even(v0)));
+      for (int c = 1; c < P; ++c) {
+        const __m512i v = _mm512_loadu_si512(k + 32 * c);
+        acc = _mm512_fmadd_ps(qo[c], odd(v), _mm512_fmadd_ps(qe[c], even(v), acc));
+      }
+      part[j] = acc;
+    }
+    const __mmask16 m = nb == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1);
+    const __m512 sc = _mm512_mul_ps(sum_lanes16(part), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(s + t0, m, sc);
+    mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, mxv);
+  float mx = lanes[0];
+  for (int i = 1; i < 16; ++i) mx = std::max(mx, lanes[i]);
+  const float sum = exp_shifted(s, n, mx);
+  __m512 oe[P], oo[P];
+  for (int c = 0; c < P; ++c) oe[c] = oo[c] = _mm512_setzero_ps();
+  for (int t = 0; t < n; ++t) {
+    if constexpr (kCacheAhead<uint16_t> > 0) prefetch_ahead(Vv, bytes, nullptr, 0, t * kRow + kCacheAhead<uint16_t>, kRow);
+    const __m512 p = _mm512_set1_ps(s[t]);
+    const uint16_t* v = Vv + (size_t)t * Dh;
+    for (int c = 0; c < P; ++c) {
+      const __m512i w = _mm512_loadu_si512(v + 32 * c);
+      oe[c] = _mm512_fmadd_ps(p, even(w), oe[c]);
+      oo[c] = _mm512_fmadd_ps(p, odd(w), oo[c]);
+    }
+  }
+  // Back to dimension order: lanes 0-15 of (oe, oo) interleaved are dims 0-15 and 16-31.
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 inv = _mm512_set1_ps(1.0f / sum);
+  for (int c = 0; c < P; ++c) {
+    _mm512_storeu_ps(o + 32 * c, _mm512_mul_ps(_mm512_permutex2var_ps(oe[c], lo_idx, oo[c]), inv));
+    _mm512_storeu_ps(o + 32 * c + 16, _mm512_mul_ps(_mm512_permutex2var_ps(oe[c], hi_idx, oo[c]), inv));
+  }
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 // The same for AVX2 (8 floats a vector, 16 registers): the scores of 8 positions reduced
 // together, q read from L1 (too few registers to hold it), the output accumulated 64 dims at a
@@ -173,6 +246,17 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
 // Any head size: the vector kernel for multiples of 16 up to 128, plain loops otherwise.
 template <typename KV>
 void attend_any(const float* q, const KV* K, const KV* Vv, int n, int Dh, float scale, float* s, float* o) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<KV, uint16_t>) {
+    switch (Dh) {
+      case 32: return attend_one_bf16_pairs<2>(q, K, Vv, n, scale, s, o);
+      case 64: return attend_one_bf16_pairs<4>(q, K, Vv, n, scale, s, o);
+      case 96: return attend_one_bf16_pairs<6>(q, K, Vv, n, scale, s, o);
+      case 128: return attend_one_bf16_pairs<8>(q, K, Vv, n, scale, s, o);
+      default: break;
+    }
+  }
+#endif
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
   switch (Dh) {  // the common head sizes (32, 64, 128) and their neighbours, in vectors of kLanes
     case 16: return attend_one_vec<16 / kLanes>(q, K, Vv, n, scale, s, o);
