@@ -35,6 +35,13 @@ inline CmdResult run_modlm(const std::string& args) {
   return run_modlm_raw(std::string("OMP_WAIT_POLICY=passive ") + MODLM_BINARY + " " + args + " 2>&1");
 }
 
+// The real `modlm` binary with `args` under the environment changes `env` (what env(1) takes:
+// "NAME=value", "-u NAME"), stdout then stderr: for the settings the binary reads at start-up
+// (OpenMP's wait policy, OpenBLAS's core type) that run_modlm's fixed environment would hide.
+inline CmdResult run_modlm_env(const std::string& env, const std::string& args) {
+  return run_modlm_raw("env " + env + " " + MODLM_BINARY + " " + args + " 2>&1");
+}
+
 // A fresh, empty temporary folder for one test.
 inline std::string temp_dir(const std::string& name) {
   auto d = std::filesystem::temp_directory_path() / ("modlm_test_" + name + "_" + std::to_string(::getpid()));

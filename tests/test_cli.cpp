@@ -298,14 +298,13 @@ TEST(Cli, BenchTrainTimesEveryFamilyAgainstDenseInOneRun) {
 TEST(Cli, BenchTrainNamesTheBlasKernelsAndAnEnvironmentThatPicksThem) {
   // OPENBLAS_CORETYPE (read by OpenBLAS at load) can pin kernels narrower than the CPU's, which
   // halves every GEMM; a benchmark says which ran and whether the environment chose them.
-  const std::string args = std::string(MODLM_BINARY) +
-                           " bench train --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --seq-len 16 --steps 1 --no-peak --json 2>&1";
-  auto pinned = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell " + args);
+  const std::string args = "bench train --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --seq-len 16 --steps 1 --no-peak --json";
+  auto pinned = run_modlm_env("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell", args);
   ASSERT_EQ(pinned.code, 0) << pinned.out;
   const std::string p = json::parse(pinned.out)["blas"].get<std::string>();
   EXPECT_EQ(p.rfind("OpenBLAS ", 0), 0u) << p;
   EXPECT_NE(p.find(" kernels (OPENBLAS_CORETYPE=Haswell in the environment)"), std::string::npos) << p;
-  auto chosen = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE= " + args);
+  auto chosen = run_modlm_env("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=", args);
   ASSERT_EQ(chosen.code, 0) << chosen.out;
   const std::string b = json::parse(chosen.out)["blas"].get<std::string>();
   EXPECT_EQ(b.rfind("OpenBLAS ", 0), 0u) << b;
@@ -315,17 +314,16 @@ TEST(Cli, BenchTrainNamesTheBlasKernelsAndAnEnvironmentThatPicksThem) {
 TEST(Cli, BenchGeneratePrefillsThroughTheStepKernelsFurtherWhenBlasIsPinnedNarrow) {
   // Decoder::step_prefill_rows: float matrices prefill up to 128 rows through the step kernels;
   // up to 2048 where modlm's kernels are AVX-512 and OpenBLAS runs narrower ones (Haswell).
-  const std::string args = std::string(MODLM_BINARY) +
-                           " bench generate --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --prompt-len 4 --new 2 "
-                           "--no-stream --json 2>&1";
-  auto pinned = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell " + args);
+  const std::string args =
+      "bench generate --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --prompt-len 4 --new 2 --no-stream --json";
+  auto pinned = run_modlm_env("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Haswell", args);
   ASSERT_EQ(pinned.code, 0) << pinned.out;
 #if defined(__AVX512F__)
   EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 2048);
 #else
   EXPECT_EQ(json::parse(pinned.out)["prefill_step_rows"].get<int>(), 128);
 #endif
-  auto chosen = run_modlm_raw("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE= " + args);
+  auto chosen = run_modlm_env("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=", args);
   ASSERT_EQ(chosen.code, 0) << chosen.out;
   const json c = json::parse(chosen.out);
   const std::string core = c["blas"].get<std::string>();

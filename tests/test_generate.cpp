@@ -1402,15 +1402,15 @@ TEST_F(GenerateCli, Bf16KvCacheHalvesTheReportedCacheBytes) {
 TEST(BenchGenerate, OpenMpSpinIsBoundedUnlessTheUserChose) {
   // Without OMP_WAIT_POLICY or GOMP_SPINCOUNT, modlm re-executes itself with GOMP_SPINCOUNT=3000
   // (spinning threads collapse under load: docs/performance.md); a user's choice is kept.
-  const std::string args = std::string(MODLM_BINARY) +
-                           " bench generate --d-model 32 --n-layers 2 --n-heads 2 --d-ff 48 --vocab 300 --max-seq-len 64 --no-stream "
-                           "--batch 1 --prompt-len 8 --new 2 --no-dense --json";
-  auto r = run_modlm_raw("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + args);
+  const std::string args =
+      "bench generate --d-model 32 --n-layers 2 --n-heads 2 --d-ff 48 --vocab 300 --max-seq-len 64 --no-stream "
+      "--batch 1 --prompt-len 8 --new 2 --no-dense --json";
+  auto r = run_modlm_env("-u OMP_WAIT_POLICY -u GOMP_SPINCOUNT", args);
   ASSERT_EQ(r.code, 0) << r.out;
   json j = parse_json_out(r.out);
   EXPECT_EQ(j["gomp_spincount"], "3000");
   EXPECT_EQ(j["omp_wait_policy"], "");
-  r = run_modlm_raw("env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=active " + args);
+  r = run_modlm_env("-u GOMP_SPINCOUNT OMP_WAIT_POLICY=active", args);
   j = parse_json_out(r.out);
   EXPECT_EQ(j["gomp_spincount"], "");
   EXPECT_EQ(j["omp_wait_policy"], "active");

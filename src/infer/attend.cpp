@@ -50,13 +50,11 @@ constexpr int kLanes = 16;  // floats a vector
 using ops::load16;
 using ops::sum_lanes16;
 
-// attend_one for head sizes of DC x 16: q and the output in registers; the scores of 16
-// positions reduced together (sum_lanes16); each cached row read once per pass.
-template <int DC, typename KV>
-void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scale, float* s, float* o) {
-  constexpr int Dh = DC * 16;
-  __m512 qv[DC];
-  for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+// s[t] = scale * (the 16-lane vector row_dot(K row t) summed), for t < n, by blocks of 16 rows
+// reduced together (sum_lanes16); returns the largest score. K's rows are read once, in order,
+// with the bf16 cache's prefetch running on into the values (read next).
+template <int Dh, typename KV, typename RowDot>
+inline float score_rows(const KV* K, const KV* Vv, int n, float scale, float* s, RowDot row_dot) {
   __m512 mxv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   constexpr size_t kRow = sizeof(KV) * Dh;
   const size_t bytes = kRow * n;
@@ -64,26 +62,30 @@ void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scal
     const int nb = std::min(16, n - t0);
     if constexpr (kCacheAhead<KV> > 0) prefetch_ahead(K, bytes, Vv, bytes, t0 * kRow + kCacheAhead<KV>, 16 * kRow);
     __m512 part[16];
-    for (int j = 0; j < 16; ++j) {
-      if (j >= nb) {
-        part[j] = _mm512_setzero_ps();
-        continue;
-      }
-      const KV* k = K + (size_t)(t0 + j) * Dh;
-      __m512 acc = _mm512_mul_ps(qv[0], load16(k));
-      for (int c = 1; c < DC; ++c) acc = _mm512_fmadd_ps(qv[c], load16(k + 16 * c), acc);
-      part[j] = acc;
-    }
+    for (int j = 0; j < 16; ++j) part[j] = j < nb ? row_dot(K + (size_t)(t0 + j) * Dh) : _mm512_setzero_ps();
     const __mmask16 m = nb == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1);
     const __m512 sc = _mm512_mul_ps(sum_lanes16(part), _mm512_set1_ps(scale));
     _mm512_mask_storeu_ps(s + t0, m, sc);
     mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, mxv);
-  float mx = lanes[0];
-  for (int i = 1; i < 16; ++i) mx = std::max(mx, lanes[i]);
+  return _mm512_reduce_max_ps(mxv);
+}
+
+// attend_one for head sizes of DC x 16: q and the output in registers; the scores of 16
+// positions reduced together (sum_lanes16); each cached row read once per pass.
+template <int DC, typename KV>
+void attend_one_vec(const float* q, const KV* K, const KV* Vv, int n, float scale, float* s, float* o) {
+  constexpr int Dh = DC * 16;
+  __m512 qv[DC];
+  for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  const float mx = score_rows<Dh>(K, Vv, n, scale, s, [&](const KV* k) {
+    __m512 acc = _mm512_mul_ps(qv[0], load16(k));
+    for (int c = 1; c < DC; ++c) acc = _mm512_fmadd_ps(qv[c], load16(k + 16 * c), acc);
+    return acc;
+  });
   const float sum = exp_shifted(s, n, mx);
+  constexpr size_t kRow = sizeof(KV) * Dh;
+  const size_t bytes = kRow * n;
   __m512 ov[DC];
   for (int c = 0; c < DC; ++c) ov[c] = _mm512_setzero_ps();
   for (int t = 0; t < n; ++t) {
@@ -115,37 +117,18 @@ void attend_one_bf16_pairs(const float* q, const uint16_t* K, const uint16_t* Vv
   }
   auto even = [](__m512i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); };
   auto odd = [&](__m512i v) { return _mm512_castsi512_ps(_mm512_and_si512(v, high)); };
-  __m512 mxv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const float mx = score_rows<Dh>(K, Vv, n, scale, s, [&](const uint16_t* k) {
+    const __m512i v0 = _mm512_loadu_si512(k);
+    __m512 acc = _mm512_fmadd_ps(qo[0], odd(v0), _mm512_mul_ps(qe[0], even(v0)));
+    for (int c = 1; c < P; ++c) {
+      const __m512i v = _mm512_loadu_si512(k + 32 * c);
+      acc = _mm512_fmadd_ps(qo[c], odd(v), _mm512_fmadd_ps(qe[c], even(v), acc));
+    }
+    return acc;
+  });
+  const float sum = exp_shifted(s, n, mx);
   constexpr size_t kRow = sizeof(uint16_t) * Dh;
   const size_t bytes = kRow * n;
-  for (int t0 = 0; t0 < n; t0 += 16) {
-    const int nb = std::min(16, n - t0);
-    if constexpr (kCacheAhead<uint16_t> > 0) prefetch_ahead(K, bytes, Vv, bytes, t0 * kRow + kCacheAhead<uint16_t>, 16 * kRow);
-    __m512 part[16];
-    for (int j = 0; j < 16; ++j) {
-      if (j >= nb) {
-        part[j] = _mm512_setzero_ps();
-        continue;
-      }
-      const uint16_t* k = K + (size_t)(t0 + j) * Dh;
-      const __m512i v0 = _mm512_loadu_si512(k);
-      __m512 acc = _mm512_fmadd_ps(qo[0], odd(v0), _mm512_mul_ps(qe[0], even(v0)));
-      for (int c = 1; c < P; ++c) {
-        const __m512i v = _mm512_loadu_si512(k + 32 * c);
-        acc = _mm512_fmadd_ps(qo[c], odd(v), _mm512_fmadd_ps(qe[c], even(v), acc));
-      }
-      part[j] = acc;
-    }
-    const __mmask16 m = nb == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1);
-    const __m512 sc = _mm512_mul_ps(sum_lanes16(part), _mm512_set1_ps(scale));
-    _mm512_mask_storeu_ps(s + t0, m, sc);
-    mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);
-  }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, mxv);
-  float mx = lanes[0];
-  for (int i = 1; i < 16; ++i) mx = std::max(mx, lanes[i]);
-  const float sum = exp_shifted(s, n, mx);
   __m512 oe[P], oo[P];
   for (int c = 0; c < P; ++c) oe[c] = oo[c] = _mm512_setzero_ps();
   for (int t = 0; t < n; ++t) {
