@@ -504,7 +504,9 @@ constexpr int kTiledRunRows = 8;
 
 void Decoder::attend_run(int l, int slot, int r0, int n, const float* qkv, float* att) {
   const int D = cfg_.d_model, H = cfg_.n_heads, Dh = cfg_.head_dim(), Q = cfg_.qkv_dim(), G = H / cfg_.kv_heads();
-  const int total = cache_.count(l, slot), c0 = total - n;  // cache indices of the run: c0 .. total - 1
+  // The run's rows sit at cache indices c0 .. c0 + n - 1 (appended in order by block_step, which
+  // noted each row's count right after its append); keys up to a row's own index are visible.
+  const int c0 = scount_[r0] - 1, total = c0 + n;
   const float scale = float(1.0 / std::sqrt((double)Dh));
   FlopCounter::add(((int64_t)n * c0 + (int64_t)n * (n + 1) / 2) * 4 * Dh * H);
   const int tiles = (n + kRunTile - 1) / kRunTile;

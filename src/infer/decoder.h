@@ -149,8 +149,9 @@ class Decoder {
   // matrix-vector kernel of W's format.
   void product(const Matrix& W, const float* X, int ldx, int m, float* Y, int ldy, bool accumulate = false);
   void attend_rows(int l, int m, const int* slots, const float* qkv, float* att);
-  // att rows [r0, r0 + n) = attention of those rows of one slot, the last n its layer-l cache holds
-  // (row r0 + i at cache index count - n + i, keys 0 .. that index visible), by tiles of GEMMs.
+  // att rows [r0, r0 + n) = attention of those rows of one slot, appended to its layer-l cache by
+  // this block_step (row r0 + i at cache index scount_[r0] - 1 + i; keys 0 .. that index
+  // visible), by tiles of GEMMs.
   void attend_run(int l, int slot, int r0, int n, const float* qkv, float* att);
   void routed_prefill(int l, const float* x, float* y, int n);
   void routed_step(int l, int B, const float* x, float* y);
