@@ -533,20 +533,8 @@ void Decoder::attend_run(int l, int slot, int r0, int n, const float* qkv, float
         }
         const float* q = qkv + (size_t)(r0 + i0) * Q + h * Dh;
         gemm_uncounted<float>(false, true, rows, keys, Dh, scale, q, Q, K, Dh, 0.0f, S.data(), keys);
-        for (int r = 0; r < rows; ++r) {
-          float* s = S.data() + (size_t)r * keys;
-          const int valid = c0 + i0 + r + 1;  // the row's own key and those before it
-          float mx = s[0];
-#pragma omp simd reduction(max : mx)
-          for (int j = 1; j < valid; ++j) mx = s[j] > mx ? s[j] : mx;
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int j = 0; j < valid; ++j) sum += (s[j] = vexp<float>(s[j] - mx));
-          const float inv = 1.0f / sum;
-#pragma omp simd
-          for (int j = 0; j < valid; ++j) s[j] *= inv;
-          std::fill(s + valid, s + keys, 0.0f);
-        }
+        for (int r = 0; r < rows; ++r)  // the row's own key and those before it are visible
+          causal_softmax_row<float>(S.data() + (size_t)r * keys, c0 + i0 + r + 1, keys);
         gemm_uncounted<float>(false, false, rows, Dh, keys, 1.0f, S.data(), keys, V, Dh, 0.0f, att + (size_t)(r0 + i0) * D + h * Dh, D);
       }
   }

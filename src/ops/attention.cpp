@@ -32,6 +32,24 @@ int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s) {
 }
 
 template <typename T>
+T causal_softmax_row(T* row, int valid, int keys) {
+  T mx = row[0];
+#pragma omp simd reduction(max : mx)
+  for (int j = 1; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < valid; ++j) {
+    row[j] = vexp<T>(row[j] - mx);
+    sum += row[j];
+  }
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int j = 0; j < valid; ++j) row[j] *= inv;
+  for (int j = valid; j < keys; ++j) row[j] = T(0);
+  return mx + std::log(sum);
+}
+
+template <typename T>
 void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
                        int ldo, T* lse) {
   const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh, Dkv = s.kv_heads() * Dh, G = s.group();
@@ -52,24 +70,8 @@ void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets
           const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
           gemm_uncounted<T>(false, true, m, keys, Dh, scale, Q + (size_t)i0 * ld, ld, K, ld, T(0), S.data(),
                             keys);
-          for (int r = 0; r < m; ++r) {
-            T* row = S.data() + (size_t)r * keys;
-            const int valid = i0 + r + 1;  // keys 0..i are visible to query i
-            T mx = row[0];
-#pragma omp simd reduction(max : mx)
-            for (int j = 1; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
-            T sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < valid; ++j) {
-              row[j] = vexp<T>(row[j] - mx);
-              sum += row[j];
-            }
-            const T inv = T(1) / sum;
-#pragma omp simd
-            for (int j = 0; j < valid; ++j) row[j] *= inv;
-            for (int j = valid; j < keys; ++j) row[j] = T(0);
-            lse[(size_t)(base + i0 + r) * H + h] = mx + std::log(sum);
-          }
+          for (int r = 0; r < m; ++r)  // keys 0..i are visible to query i
+            lse[(size_t)(base + i0 + r) * H + h] = causal_softmax_row<T>(S.data() + (size_t)r * keys, i0 + r + 1, keys);
           gemm_uncounted<T>(false, false, m, Dh, keys, T(1), S.data(), keys, V, ld, T(0),
                             out + (size_t)(base + i0) * ldo + h * Dh, ldo);
         }
@@ -139,6 +141,8 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
   }
 }
 
+template float causal_softmax_row<float>(float*, int, int);
+template double causal_softmax_row<double>(double*, int, int);
 template void attention_forward<float>(const float*, int, const std::vector<int>&, AttnShape, float*, int,
                                        float*);
 template void attention_forward<double>(const double*, int, const std::vector<int>&, AttnShape, double*, int,
