@@ -1321,6 +1321,32 @@ TEST(BenchGenerateCli, Bf16StreamsHalfTheMatrixBytes) {
   EXPECT_EQ(run_modlm(shape + "--weights half").code, 2);
 }
 
+TEST(BenchGenerateCli, LongContextTimesBothContextsInOneRun) {
+  const std::string shape =
+      "bench generate --d-model 32 --n-layers 2 --n-heads 2 --d-ff 48 --vocab 300 --max-seq-len 96 --no-stream --batch 1 "
+      "--prompt-len 8 --new 4 --json ";
+  for (const char* kv : {"f32", "bf16"}) {
+    auto r = run_modlm(shape + "--long-context 80 --kv " + kv);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const json lc = json::parse(r.out)["dense"]["long_context"];
+    EXPECT_EQ(lc["short_context_tokens"], 12);
+    EXPECT_EQ(lc["long_context_tokens"], 84);
+    // Both decoders' caches hold their whole sequences: 2 layers x tokens x K and V x 32 values.
+    const double value_bytes = std::string(kv) == "bf16" ? 2.0 : 4.0;
+    EXPECT_DOUBLE_EQ(lc["short_kv_cache_bytes"].get<double>(), 2.0 * 12 * 2 * 32 * value_bytes) << kv;
+    EXPECT_DOUBLE_EQ(lc["long_kv_cache_bytes"].get<double>(), 2.0 * 84 * 2 * 32 * value_bytes) << kv;
+    const double loss = lc["loss"].get<double>(), s = lc["short_tokens_per_second"].get<double>(),
+                 l = lc["long_tokens_per_second"].get<double>();
+    EXPECT_GT(s, 0);
+    EXPECT_GT(l, 0);
+    EXPECT_NEAR(loss, 1.0 - l / s, 1e-9);
+  }
+  // Without the option there is no long-context entry; bad values are usage errors.
+  EXPECT_FALSE(json::parse(run_modlm(shape).out)["dense"].contains("long_context"));
+  for (const char* bad : {"--long-context 8", "--long-context 4", "--long-context 93", "--long-context x"})
+    EXPECT_EQ(run_modlm(shape + bad).code, 2) << bad;
+}
+
 TEST(KvCache, Bf16CacheHoldsRoundedKeysAtHalfTheBytes) {
   KvCache f, h;
   f.allocate(2, 1, 8, 2, 4);

@@ -152,6 +152,37 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
 }
 
 
+// Batch-1 decode at two context lengths with their steps alternated (short, long, short, ...), so
+// both meet the same memory phase (this machine's bandwidth moves within minutes: two separate
+// runs measured the same binary's 4096-token step at 21 and 37 ms). Each decoder feeds its own
+// greedy continuation of a random prompt.
+struct ContextTiming {
+  double short_median_s = 0, long_median_s = 0, short_min_s = 0, long_min_s = 0;
+  double short_kv_bytes = 0, long_kv_bytes = 0;  // K and V cached at the end
+};
+
+ContextTiming time_contexts(std::shared_ptr<const infer::InferenceWeights> w, int short_len, int long_len, int n_new,
+                            infer::KvFormat kv) {
+  const int V = w->config().vocab_size;
+  infer::Decoder dec[2] = {infer::Decoder(w, 1, short_len + n_new, kv), infer::Decoder(w, 1, long_len + n_new, kv)};
+  dec[0].prefill(infer::random_prompts(1, short_len, V, kPromptSeed));
+  dec[1].prefill(infer::random_prompts(1, long_len, V, kPromptSeed));
+  std::vector<double> steps[2];
+  for (int s = 0; s < n_new; ++s)
+    for (int i = 0; i < 2; ++i) {
+      const int32_t tok = infer::argmax(dec[i].logits(0), V);
+      auto t0 = clk::now();
+      dec[i].step({0}, {tok});
+      steps[i].push_back(seconds_since(t0));
+    }
+  for (auto& v : steps) std::sort(v.begin(), v.end());
+  ContextTiming t;
+  t.short_median_s = steps[0][steps[0].size() / 2], t.long_median_s = steps[1][steps[1].size() / 2];
+  t.short_min_s = steps[0].front(), t.long_min_s = steps[1].front();
+  t.short_kv_bytes = (double)dec[0].cache().bytes_used(), t.long_kv_bytes = (double)dec[1].cache().bytes_used();
+  return t;
+}
+
 // MoD against its dense twin, side by side: measured decode speed, weight bytes and KV-cache
 // bytes next to the analytic per-token FLOP ratio (SPEC §5 count of the decoded tokens: FLOPs of
 // a sequence of prompt + new tokens minus those of the prompt, routed layers at capacity) and the
@@ -200,7 +231,7 @@ void add_comparison(const ModelConfig& cfg, const std::string& kind, const std::
 
 Command add_bench_generate(CLI::App& app) {
   struct Opts {
-    int prompt_len = 32, n_new = 64;
+    int prompt_len = 32, n_new = 64, long_context = 0;
     double processed_fraction = -1;
     std::string weights = "f32", kv = "f32";
     std::string batches = "1,8";
@@ -220,6 +251,9 @@ Command add_bench_generate(CLI::App& app) {
                   "matrix format(s) the steps stream: f32, bf16, f16 or q8, or a comma list timed side by side (f32,q8)")
       ->capture_default_str();
   sub->add_option("--kv", o->kv, "f32, or bf16: the KV cache in bfloat16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  sub->add_option("--long-context", o->long_context,
+                  "also time batch-1 steps after this many prompt tokens against --prompt-len, steps alternated (the "
+                  "long-context loss in one run; needs --max-seq-len >= it + --new)");
   sub->add_flag("--no-dense", o->no_dense, "do not time the dense twin of a routed model");
   sub->add_flag("--no-stream", o->no_stream, "do not measure the streaming read bandwidth");
   sub->add_flag("--json", o->json_out, "print JSON");
@@ -232,13 +266,21 @@ Command add_bench_generate(CLI::App& app) {
       "sums run between the timed steps (after every 4th), over as many bytes as a dense step reads (so both\n"
       "meet the same caches). SGEMM = best of 5 [512, D] x [D, 4D] products, probed before each timing.\n"
       "Products = the step's matrix products timed call by call: their GFLOP/s, its share of SGEMM and their\n"
-      "share of the step.\n"
-      "Example: modlm bench generate --d-model 1024 --n-layers 16 --n-heads 16 --d-ff 2816 --vocab 32000 --batch 1,8");
+      "share of the step. --long-context N: batch-1 steps after N prompt tokens and after --prompt-len, alternated\n"
+      "step by step; \"slower\" = 1 - (short median step / long median step).\n"
+      "Example: modlm bench generate --d-model 1024 --n-layers 16 --n-heads 16 --d-ff 2816 --vocab 32000 --batch 1,8\n"
+      "Long context: ... --max-seq-len 4160 --prompt-len 512 --long-context 4096 --new 16 --kv bf16");
   return {sub, [o, fraction_opt]() -> int {
             json base{{"vocab_size", 8192}, {"d_model", 512}, {"n_layers", 8}, {"n_heads", 8}, {"d_ff", 1408}};
             ModelConfig cfg = o->flags.apply(base, "flags");
             if (o->prompt_len < 1 || o->n_new < 1) throw usage_error("--prompt-len and --new must be >= 1");
             if (o->prompt_len + o->n_new > cfg.max_seq_len) throw usage_error("--prompt-len + --new exceeds max_seq_len");
+            if (o->long_context != 0) {
+              if (o->long_context <= o->prompt_len) throw usage_error("--long-context must exceed --prompt-len");
+              if (o->long_context + o->n_new > cfg.max_seq_len)
+                throw usage_error("--long-context + --new exceeds max_seq_len (" + std::to_string(cfg.max_seq_len) +
+                                  "): raise --max-seq-len");
+            }
             const std::vector<int> batches = parse_int_list(o->batches, "--batch");
             const bool forced = fraction_opt->count() > 0;
             if (forced) {
@@ -254,6 +296,7 @@ Command add_bench_generate(CLI::App& app) {
               if (formats.empty()) throw usage_error("--weights needs at least one format");
             }
             const bool many = formats.size() > 1;
+            const infer::KvFormat kv_format = o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32;
             const char* spin = std::getenv("GOMP_SPINCOUNT");
             const char* wait = std::getenv("OMP_WAIT_POLICY");
             json out{{"omp_wait_policy", wait ? wait : ""}, {"gomp_spincount", spin ? spin : ""}, {"weights", o->weights}, {"kv", o->kv}, {"prompt_len", o->prompt_len}, {"new", o->n_new}, {"threads", omp_get_max_threads()}, {"blas", ops::blas_kernels()},
@@ -322,8 +365,7 @@ Command add_bench_generate(CLI::App& app) {
                 // fastest step against the fastest sum.
                 if (stream_probe) stream_probe->forget();
                 const double sgemm_now = sgemm_gflops(c.d_model);
-                DecodeTiming t = time_decode(iw, B, o->prompt_len, o->n_new, o->kv == "bf16" ? infer::KvFormat::BF16 : infer::KvFormat::F32,
-                                             stream_probe.get());
+                DecodeTiming t = time_decode(iw, B, o->prompt_len, o->n_new, kv_format, stream_probe.get());
                 const double stream_now = stream_probe ? stream_probe->best_gbps() : 0.0;
                 const double gbps = t.weight_bytes_per_step / t.step_median_s / 1e9;
                 json j{{"batch", B},
@@ -376,6 +418,28 @@ Command add_bench_generate(CLI::App& app) {
                 }
               }
               out[name] = {{"weight_bytes", weight_bytes}, {"format", infer::format_name(fmt)}, {"runs", runs}};
+              if (o->long_context > 0) {
+                const ContextTiming ct = time_contexts(iw, o->prompt_len, o->long_context, o->n_new, kv_format);
+                const double loss = 1.0 - ct.short_median_s / ct.long_median_s, loss_best = 1.0 - ct.short_min_s / ct.long_min_s;
+                out[name]["long_context"] = {{"short_context_tokens", o->prompt_len + o->n_new},
+                                             {"long_context_tokens", o->long_context + o->n_new},
+                                             {"short_tokens_per_second", 1.0 / ct.short_median_s},
+                                             {"long_tokens_per_second", 1.0 / ct.long_median_s},
+                                             {"short_step_ms_min", ct.short_min_s * 1e3},
+                                             {"long_step_ms_min", ct.long_min_s * 1e3},
+                                             {"loss", loss},
+                                             {"loss_best_steps", loss_best},
+                                             {"short_kv_cache_bytes", ct.short_kv_bytes},
+                                             {"long_kv_cache_bytes", ct.long_kv_bytes}};
+                if (!o->json_out) {
+                  std::printf("  long context, batch 1, steps alternated: %d tokens %.1f tok/s vs %d tokens %.1f tok/s -> %.0f%% slower "
+                              "(best steps %.2f vs %.2f ms: %.0f%%) | KV %.1f vs %.1f MB\n",
+                              o->long_context + o->n_new, 1.0 / ct.long_median_s, o->prompt_len + o->n_new, 1.0 / ct.short_median_s,
+                              100 * loss, ct.long_min_s * 1e3, ct.short_min_s * 1e3, 100 * loss_best, ct.long_kv_bytes / 1e6,
+                              ct.short_kv_bytes / 1e6);
+                  std::fflush(stdout);
+                }
+              }
               if (!cal_info.is_null()) out[name]["calibration"] = cal_info;
               }
             }
