@@ -132,6 +132,28 @@ std::vector<int32_t> greedy_decode(Decoder& dec, const std::vector<int32_t>& pro
   return out;
 }
 
+// Greedy decoding of `prompt` for n tokens against Model::forward(Causal) on the final sequence:
+// every step's logits within 1e-4 of the forward's, every greedy token the forward's argmax where
+// its top two logits are apart. The final sequence and the forward's routing go to seq and res
+// (callers check the caches against res.routed); a fatal failure returns early.
+void expect_greedy_decode_equals_causal_forward(Model<float>& m, Decoder& dec, const std::vector<int32_t>& prompt, int n,
+                                                const std::string& label, std::vector<int32_t>& seq, ForwardResult& res) {
+  const int V = m.config().vocab_size;
+  std::vector<std::vector<float>> rows;
+  const std::vector<int32_t> gen = greedy_decode(dec, prompt, n, &rows);
+  seq = prompt;
+  seq.insert(seq.end(), gen.begin(), gen.end());
+  const std::vector<float> full = forward_logits(m, seq, RouteMode::Causal, &res);
+  const size_t np = prompt.size();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* want = full.data() + (np - 1 + i) * V;
+    ASSERT_LT(rel_diff(rows[i].data(), want, V), 1e-4) << label << " row " << i;
+    if (i < gen.size() && top_gap(want, V) > 1e-5) {
+      ASSERT_EQ(gen[i], argmax(want, V)) << label << " token " << i;
+    }
+  }
+}
+
 const std::vector<Variant> kRouted = {
     {"every_other", "expert_choice", "sigmoid", "predictor", 64},
     {"every_other", "token_choice", "linear", "aux_loss", 48},
@@ -388,23 +410,12 @@ TEST(Generate, CausalRoutedDecodeEqualsCausalForward) {
   // their original positions) gives the logits and greedy tokens of Model::forward(Causal).
   for (const Variant& v : kRouted) {
     auto m = make_model(v, 3);
-    const int V = 256, R = m->config().n_routed();
+    const int R = m->config().n_routed();
     Decoder dec(*m, 1, 80);
-    std::vector<std::vector<float>> rows;
-    const std::vector<int32_t> prompt = bytes_of("Mixture of depths 🌍 ");
-    std::vector<int32_t> gen = greedy_decode(dec, prompt, 30, &rows);
-    std::vector<int32_t> seq = prompt;
-    seq.insert(seq.end(), gen.begin(), gen.end());
+    std::vector<int32_t> seq;
     ForwardResult res;
-    std::vector<float> full = forward_logits(*m, seq, RouteMode::Causal, &res);
-    const size_t np = prompt.size();
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const float* want = full.data() + (np - 1 + i) * V;
-      ASSERT_LT(rel_diff(rows[i].data(), want, V), 1e-4) << v.method << " row " << i;
-      if (i < gen.size() && top_gap(want, V) > 1e-5) {
-        ASSERT_EQ(gen[i], argmax(want, V)) << v.method << " token " << i;
-      }
-    }
+    expect_greedy_decode_equals_causal_forward(*m, dec, bytes_of("Mixture of depths 🌍 "), 30, v.method, seq, res);
+    if (HasFatalFailure()) return;
     // Both decisions occur, far from the threshold; each routed layer's cache holds exactly
     // the tokens with p > 0.5, as many as the full forward processed.
     ASSERT_EQ((int)res.routed.size(), R);
@@ -465,23 +476,11 @@ TEST(GenerateMoe, GreedyDecodeEqualsCausalForward) {
   for (const MoeVariant& mv : kMoe) {
     auto m = make_model(mv.v, 8);
     const ModelConfig& c = m->config();
-    const int V = 256;
     Decoder dec(*m, 1, 80);
-    std::vector<std::vector<float>> rows;
-    const std::vector<int32_t> prompt = bytes_of("Mixture of experts 🌍 ");
-    std::vector<int32_t> gen = greedy_decode(dec, prompt, 30, &rows);
-    std::vector<int32_t> seq = prompt;
-    seq.insert(seq.end(), gen.begin(), gen.end());
+    std::vector<int32_t> seq;
     ForwardResult res;
-    std::vector<float> full = forward_logits(*m, seq, RouteMode::Causal, &res);
-    const size_t np = prompt.size();
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const float* want = full.data() + (np - 1 + i) * V;
-      ASSERT_LT(rel_diff(rows[i].data(), want, V), 1e-4) << mv.name << " row " << i;
-      if (i < gen.size() && top_gap(want, V) > 1e-5) {
-        ASSERT_EQ(gen[i], argmax(want, V)) << mv.name << " token " << i;
-      }
-    }
+    expect_greedy_decode_equals_causal_forward(*m, dec, bytes_of("Mixture of experts 🌍 "), 30, mv.name, seq, res);
+    if (HasFatalFailure()) return;
     ASSERT_EQ((int)res.routed.size(), c.n_routed());
     for (int j = 0; j < c.n_routed(); ++j) {
       const int l = dec.routed_layers()[j];

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.h"
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/fs.h"
@@ -24,21 +25,7 @@ using modlm::io::TensorRef;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-class TempDirTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("modlm_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
-};
+using modlm::testing::TempDirTest;
 
 class SafetensorsTest : public TempDirTest {};
 class AtomicWriteTest : public TempDirTest {};

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli_helpers.h"
+#include "temp_dir.h"
 #include "io/text_file.h"
 #include "io/token_file.h"
 #include "io/tokenizer.h"
@@ -24,27 +25,11 @@ using namespace modlm::io;
 
 namespace {
 
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("modlm_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(dir_, ec);
-  }
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+using modlm::testing::TempDirTest;
 
-class TextFileTest : public TempDir {};
-class TokenizerTest : public TempDir {};
-class TokenFileTest : public TempDir {};
+class TextFileTest : public TempDirTest {};
+class TokenizerTest : public TempDirTest {};
+class TokenFileTest : public TempDirTest {};
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
