@@ -3,6 +3,8 @@
 // or the causal decision), each MoE assigns tokens one by one in (rank, position) order under
 // the capacity, and attention is causal by ORIGINAL position. Slow and obvious on purpose.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -217,6 +219,20 @@ inline std::vector<int32_t> randomize_for_reference(Model<double>& m, Rng& r, in
   std::vector<int32_t> tok((size_t)B * T);
   for (auto& t : tok) t = (int32_t)r.below(m.config().vocab_size);
   return tok;
+}
+
+// m's logits after its forward of the B sequences of T tokens in tok (m.logits()) against the
+// reference's, sequence by sequence, to 1e-10; the first miss is a fatal failure named by label.
+inline void expect_logits_match_reference(const Model<double>& m, const ReferenceModel& ref, const std::vector<int32_t>& tok,
+                                          int B, int T, bool causal, const std::string& label) {
+  const int V = m.config().vocab_size;
+  for (int b = 0; b < B; ++b) {
+    const std::vector<int> seq(tok.begin() + b * T, tok.begin() + (b + 1) * T);
+    const std::vector<Vec> want = ref.forward(seq, causal);
+    for (int t = 0; t < T; ++t)
+      for (int v = 0; v < V; ++v)
+        ASSERT_NEAR(m.logits()[((size_t)b * T + t) * V + v], want[t][v], 1e-10) << label << " b " << b << " t " << t;
+  }
 }
 
 }  // namespace modlm::testing

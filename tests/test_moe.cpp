@@ -178,14 +178,9 @@ TEST_P(MoeVsNaive, LogitsStatsAndBalanceMatchNaiveTokenLoop) {
     ForwardOptions o;
     o.mode = mode;
     auto res = m.forward(tok.data(), nullptr, B, T, o);
-    for (int b = 0; b < B; ++b) {
-      std::vector<int> seq(tok.begin() + b * T, tok.begin() + (b + 1) * T);
-      auto want = ref.forward(seq, mode == RouteMode::Causal);
-      for (int t = 0; t < T; ++t)
-        for (int v = 0; v < c.vocab_size; ++v)
-          ASSERT_NEAR(m.logits()[((size_t)b * T + t) * c.vocab_size + v], want[t][v], 1e-10)
-              << pc.name << " mode " << (int)mode << " b " << b << " t " << t;
-    }
+    modlm::testing::expect_logits_match_reference(m, ref, tok, B, T, mode == RouteMode::Causal,
+                                                  pc.name + " mode " + std::to_string((int)mode));
+    if (HasFatalFailure()) return;
     ASSERT_EQ((int)res.moe.size(), c.n_moe());
     double aux = 0;
     int64_t all_dropped = 0;
