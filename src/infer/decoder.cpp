@@ -531,11 +531,9 @@ void Decoder::attend_run(int l, int slot, int r0, int n, const float* qkv, float
         } else {
           K = cache_.keys(l, slot, g), V = cache_.values(l, slot, g);
         }
-        const float* q = qkv + (size_t)(r0 + i0) * Q + h * Dh;
-        gemm_uncounted<float>(false, true, rows, keys, Dh, scale, q, Q, K, Dh, 0.0f, S.data(), keys);
-        for (int r = 0; r < rows; ++r)  // the row's own key and those before it are visible
-          causal_softmax_row<float>(S.data() + (size_t)r * keys, c0 + i0 + r + 1, keys);
-        gemm_uncounted<float>(false, false, rows, Dh, keys, 1.0f, S.data(), keys, V, Dh, 0.0f, att + (size_t)(r0 + i0) * D + h * Dh, D);
+        // The row's own key and those before it are visible.
+        causal_attention_tile<float>(qkv + (size_t)(r0 + i0) * Q + h * Dh, Q, K, V, Dh, rows, c0 + i0, Dh, scale, S.data(),
+                                     att + (size_t)(r0 + i0) * D + h * Dh, D);
       }
   }
 }

@@ -50,6 +50,18 @@ T causal_softmax_row(T* row, int valid, int keys) {
 }
 
 template <typename T>
+void causal_attention_tile(const T* Q, int ldq, const T* K, const T* V, int ldkv, int m, int key_offset, int Dh, T scale,
+                           T* S, T* out, int ldo, T* lse, int lse_stride) {
+  const int keys = key_offset + m;
+  gemm_uncounted<T>(false, true, m, keys, Dh, scale, Q, ldq, K, ldkv, T(0), S, keys);
+  for (int r = 0; r < m; ++r) {
+    const T l = causal_softmax_row<T>(S + (size_t)r * keys, key_offset + r + 1, keys);
+    if (lse) lse[(size_t)r * lse_stride] = l;
+  }
+  gemm_uncounted<T>(false, false, m, Dh, keys, T(1), S, keys, V, ldkv, T(0), out, ldo);
+}
+
+template <typename T>
 void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets, AttnShape s, T* out,
                        int ldo, T* lse) {
   const int B = (int)seq_offsets.size() - 1, H = s.H, Dh = s.Dh, D = H * Dh, Dkv = s.kv_heads() * Dh, G = s.group();
@@ -66,15 +78,9 @@ void attention_forward(const T* qkv, int ld, const std::vector<int>& seq_offsets
         const T* Q = qkv + (size_t)base * ld + h * Dh;
         const T* K = qkv + (size_t)base * ld + D + (h / G) * Dh;
         const T* V = K + Dkv;
-        for (int i0 = 0; i0 < len; i0 += kQueryBlock) {
-          const int m = std::min(kQueryBlock, len - i0), keys = i0 + m;
-          gemm_uncounted<T>(false, true, m, keys, Dh, scale, Q + (size_t)i0 * ld, ld, K, ld, T(0), S.data(),
-                            keys);
-          for (int r = 0; r < m; ++r)  // keys 0..i are visible to query i
-            lse[(size_t)(base + i0 + r) * H + h] = causal_softmax_row<T>(S.data() + (size_t)r * keys, i0 + r + 1, keys);
-          gemm_uncounted<T>(false, false, m, Dh, keys, T(1), S.data(), keys, V, ld, T(0),
-                            out + (size_t)(base + i0) * ldo + h * Dh, ldo);
-        }
+        for (int i0 = 0; i0 < len; i0 += kQueryBlock)  // keys 0..i are visible to query i
+          causal_attention_tile<T>(Q + (size_t)i0 * ld, ld, K, V, ld, std::min(kQueryBlock, len - i0), i0, Dh, scale, S.data(),
+                                   out + (size_t)(base + i0) * ldo + h * Dh, ldo, lse + (size_t)(base + i0) * H + h, H);
       }
   }
 }
@@ -142,6 +148,10 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
 }
 
 template float causal_softmax_row<float>(float*, int, int);
+template void causal_attention_tile<float>(const float*, int, const float*, const float*, int, int, int, int, float, float*,
+                                           float*, int, float*, int);
+template void causal_attention_tile<double>(const double*, int, const double*, const double*, int, int, int, int, double,
+                                            double*, double*, int, double*, int);
 template double causal_softmax_row<double>(double*, int, int);
 template void attention_forward<float>(const float*, int, const std::vector<int>&, AttnShape, float*, int,
                                        float*);

@@ -38,6 +38,16 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
 template <typename T>
 T causal_softmax_row(T* row, int valid, int keys);
 
+// One tile of one head's causal attention, the step both the forward pass and the decoder's
+// tiles over its cache (infer/decoder.cpp) take: queries Q [m, Dh] (row stride ldq) against keys
+// K and values V [key_offset + m, Dh] (row stride ldkv), query r seeing keys 0 .. key_offset + r.
+// S: scratch for m * (key_offset + m) scores; out [m, Dh] (row stride ldo); each row's
+// log-sum-exp to lse[r * lse_stride] where lse is given. Its FLOPs are not counted (callers count
+// theirs).
+template <typename T>
+void causal_attention_tile(const T* Q, int ldq, const T* K, const T* V, int ldkv, int m, int key_offset, int Dh, T scale,
+                           T* S, T* out, int ldo, T* lse = nullptr, int lse_stride = 0);
+
 // FLOPs of attention for sequences of the given lengths (SPEC §5: 4 * Dh * H per causal pair).
 int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s);
 
