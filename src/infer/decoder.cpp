@@ -13,7 +13,6 @@
 #include "ops/attention.h"
 #include "ops/bf16.h"
 #include "model/routing.h"
-#include "ops/fast_math.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"

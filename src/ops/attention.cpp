@@ -31,6 +31,10 @@ int64_t attention_flops(const std::vector<int>& seq_offsets, AttnShape s) {
   return pairs * 4 * s.Dh * s.H;
 }
 
+namespace {
+
+// One query's row of `keys` scores, of which the first `valid` are visible (causal): softmax over
+// those, zeros after them; returns their log-sum-exp.
 template <typename T>
 T causal_softmax_row(T* row, int valid, int keys) {
   T mx = row[0];
@@ -48,6 +52,8 @@ T causal_softmax_row(T* row, int valid, int keys) {
   for (int j = valid; j < keys; ++j) row[j] = T(0);
   return mx + std::log(sum);
 }
+
+}  // namespace
 
 template <typename T>
 void causal_attention_tile(const T* Q, int ldq, const T* K, const T* V, int ldkv, int m, int key_offset, int Dh, T scale,
@@ -147,12 +153,10 @@ void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* ls
   }
 }
 
-template float causal_softmax_row<float>(float*, int, int);
 template void causal_attention_tile<float>(const float*, int, const float*, const float*, int, int, int, int, float, float*,
                                            float*, int, float*, int);
 template void causal_attention_tile<double>(const double*, int, const double*, const double*, int, int, int, int, double,
                                             double*, double*, int, double*, int);
-template double causal_softmax_row<double>(double*, int, int);
 template void attention_forward<float>(const float*, int, const std::vector<int>&, AttnShape, float*, int,
                                        float*);
 template void attention_forward<double>(const double*, int, const std::vector<int>&, AttnShape, double*, int,

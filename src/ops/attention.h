@@ -32,12 +32,6 @@ template <typename T>
 void attention_backward(const T* qkv, int ld, const T* out, int ldo, const T* lse, const T* dout,
                         int lddo, const std::vector<int>& seq_offsets, AttnShape s, T* dqkv);
 
-// One query's row of `keys` scores, of which the first `valid` are visible (causal): softmax over
-// those with the forward pass's exp, zeros after them; returns their log-sum-exp. Shared by the
-// forward pass and the decoder's tiles over its cache (infer/decoder.cpp), so both weigh alike.
-template <typename T>
-T causal_softmax_row(T* row, int valid, int keys);
-
 // One tile of one head's causal attention, the step both the forward pass and the decoder's
 // tiles over its cache (infer/decoder.cpp) take: queries Q [m, Dh] (row stride ldq) against keys
 // K and values V [key_offset + m, Dh] (row stride ldkv), query r seeing keys 0 .. key_offset + r.
