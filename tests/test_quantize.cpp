@@ -77,12 +77,14 @@ TEST(Quantize, Q8BlocksRoundToNearestWithinHalfAScale) {
 TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
   // Both kernels: row tiles (small batches by default) and the outer-product kernel (from
   // set_outer_min_batch inputs; 1 sends every batch there).
+  // 29 rows stay below the size that wakes the thread team; 97 x 300 and up are split between
+  // the threads (unevenly: 97 is odd), as a decode step's matrices are.
   Rng r(2);
   for (int outer_from : {0, 1, 1 << 30})
+  for (int out : {29, 97})
   for (int in : {1, 15, 16, 17, 31, 32, 33, 100, 300, 1024})
     for (int B : {1, 2, 3, 8, 9, 16, 33, 64, 65}) {
       const OuterKernelFrom kernel(outer_from);
-      const int out = 29;
       std::vector<float> W((size_t)out * in), X((size_t)B * in);
       for (auto& x : W) x = (float)r.normal();
       for (auto& x : X) x = (float)r.normal();
@@ -93,7 +95,7 @@ TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
       std::vector<float> want((size_t)B * out), got((size_t)B * out);
       want = reference_product(Wh, out, in, X, B);
       matvec(H.data(), out, in, X.data(), in, B, got.data(), out);
-      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "f16 in " << in << " B " << B;
+      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "f16 out " << out << " in " << in << " B " << B;
       // q8
       const int nb = (in + 31) / 32;
       std::vector<int8_t> q(W.size());
@@ -103,7 +105,7 @@ TEST(Quantize, HalfAndQ8KernelsEqualTheFloatProductOverTheStoredValues) {
         for (int k = 0; k < in; ++k) Wq[(size_t)j * in + k] = q[(size_t)j * in + k] * sc[(size_t)j * nb + k / 32];
       want = reference_product(Wq, out, in, X, B);
       matvec_q8(q.data(), sc.data(), out, in, X.data(), in, B, got.data(), out);
-      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "q8 in " << in << " B " << B;
+      ASSERT_LT(max_rel(got.data(), want.data(), got.size()), 1e-5) << "q8 out " << out << " in " << in << " B " << B;
       // accumulate adds
       std::vector<float> acc = want;
       matvec_q8(q.data(), sc.data(), out, in, X.data(), in, B, acc.data(), out, true);

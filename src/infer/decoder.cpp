@@ -17,6 +17,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"
 #include "util/error.h"
+#include "util/parallel.h"
 
 namespace modlm::infer {
 
@@ -81,11 +82,10 @@ LayerWeights<float> Decoder::prefill_layer(int l) {
 void Decoder::embed_rows(const int32_t* tokens, int n, float* x) const {
   const Matrix& E = iw_->embeddings();
   const size_t D = cfg_.d_model;
-#pragma omp parallel for schedule(static) if (n > 64)
-  for (int i = 0; i < n; ++i) {
+  parallel_for_if(n > 64, n, [&](int i) {
     if (E.f32) std::memcpy(x + (size_t)i * D, E.f32 + (size_t)tokens[i] * D, sizeof(float) * D);
     else E.dequantize_rows(tokens[i], 1, x + (size_t)i * D);
-  }
+  });
 }
 
 // The tensors a folder of that format stores in it (is_decode_matrix, as `modlm quantize` picks
@@ -480,19 +480,25 @@ void Decoder::attend_rows(int l, int m, const int* slots, const float* qkv, floa
   // (row, head) pairs dealt round-robin: the rows of a prompt through the step kernels attend
   // over 1, 2, ..., m positions, and contiguous halves gave the second thread three times the
   // first's work.
-#pragma omp parallel for collapse(2) schedule(static, 1) if (pairs * H * Dh >= 8192)
+  auto attend_pair = [&](int i, int h) {
+    float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
+    const int n = scount_[i];
+    const float* q = qkv + (size_t)i * Q + h * Dh;
+    float* o = att + (size_t)i * D + h * Dh;
+    const int g = h / G;  // the key/value head this query head reads (GQA)
+    if (cache_.bf16())
+      attend_one(q, cache_.keys_bf16(l, slots[i], g), cache_.values_bf16(l, slots[i], g), n, Dh, scale, s, o);
+    else
+      attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
+  };
+  if (pairs * H * Dh < 8192) {  // not worth the team (and no `if` clause: util/parallel.h says why)
+    for (int i = 0; i < m; ++i)
+      for (int h = 0; h < H; ++h) attend_pair(i, h);
+    return;
+  }
+#pragma omp parallel for collapse(2) schedule(static, 1)
   for (int i = 0; i < m; ++i)
-    for (int h = 0; h < H; ++h) {
-      float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
-      const int n = scount_[i];
-      const float* q = qkv + (size_t)i * Q + h * Dh;
-      float* o = att + (size_t)i * D + h * Dh;
-      const int g = h / G;  // the key/value head this query head reads (GQA)
-      if (cache_.bf16())
-        attend_one(q, cache_.keys_bf16(l, slots[i], g), cache_.values_bf16(l, slots[i], g), n, Dh, scale, s, o);
-      else
-        attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
-    }
+    for (int h = 0; h < H; ++h) attend_pair(i, h);
 }
 
 // Rows per query tile of attend_run, and the shortest run of one slot's rows block_step gives

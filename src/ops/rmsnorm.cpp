@@ -5,12 +5,13 @@
 #include <cmath>
 #include <vector>
 
+#include "util/parallel.h"
+
 namespace modlm::ops {
 
 template <typename T>
 void rmsnorm_forward(const T* x, int ldx, const T* w, int n, int D, T eps, T* y, int ldy, T* inv_rms) {
-#pragma omp parallel for schedule(static) if (n > 16)
-  for (int i = 0; i < n; ++i) {
+  parallel_for_if(n > 16, n, [&](int i) {
     const T* xi = x + (size_t)i * ldx;
     T* yi = y + (size_t)i * ldy;
     // Sum of squares in double for float inputs: D up to a few thousand, cheap and stable.
@@ -19,7 +20,7 @@ void rmsnorm_forward(const T* x, int ldx, const T* w, int n, int D, T eps, T* y,
     T inv = T(1.0 / std::sqrt(ss / D + (double)eps));
     inv_rms[i] = inv;
     for (int j = 0; j < D; ++j) yi[j] = xi[j] * inv * w[j];
-  }
+  });
 }
 
 template <typename T>

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "util/parallel.h"
+
 namespace modlm::ops {
 
 template <typename T>
@@ -22,8 +24,7 @@ template <typename T>
 static void rope_apply(T* x, int ld, int n, int H, int Dh, const int32_t* pos, const RopeTable<T>& table,
                        T sign) {
   const int half = Dh / 2;
-#pragma omp parallel for schedule(static) if (n > 16)
-  for (int r = 0; r < n; ++r) {
+  parallel_for_if(n > 16, n, [&](int r) {
     const T* c = table.cos.data() + (size_t)pos[r] * half;
     const T* s = table.sin.data() + (size_t)pos[r] * half;
     for (int h = 0; h < H; ++h) {
@@ -35,7 +36,7 @@ static void rope_apply(T* x, int ld, int n, int H, int Dh, const int32_t* pos, c
         x2[i] = b * c[i] + a * si;
       }
     }
-  }
+  });
 }
 
 template <typename T>

@@ -5,18 +5,19 @@
 #include "ops/fast_math.h"
 #include <cstddef>
 
+#include "util/parallel.h"
+
 namespace modlm::ops {
 
 template <typename T>
 void swiglu_forward(const T* h13, int n, int F, T* g) {
-#pragma omp parallel for schedule(static) if (n > 16)
-  for (int i = 0; i < n; ++i) {
+  parallel_for_if(n > 16, n, [&](int i) {
     const T* a = h13 + (size_t)i * 2 * F;
     const T* b = a + F;
     T* gi = g + (size_t)i * F;
 #pragma omp simd
     for (int j = 0; j < F; ++j) gi[j] = a[j] / (T(1) + vexp<T>(-a[j])) * b[j];
-  }
+  });
 }
 
 template <typename T>
