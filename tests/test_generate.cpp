@@ -1,8 +1,11 @@
 // Generation: the KV-cache decoder against full forward passes (dense and MoD causal routing),
 // batching, the routed layers' caches, sampling, streaming text, and `modlm generate` end to end.
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <atomic>
 #include <bit>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <fstream>
@@ -15,12 +18,14 @@
 #include "infer/calibrate.h"
 #include "infer/decoder.h"
 #include "infer/matvec.h"
+#include "infer/rate_split.h"
 #include "infer/sampler.h"
 #include "infer/text_stream.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "model/flops.h"
 #include "ops/bf16.h"
+#include "ops/q8.h"
 #include "model/model.h"
 #include "util/error.h"
 
@@ -240,6 +245,112 @@ TEST(GenerateKernels, Bf16MatvecMatchesReference) {
       }
     }
   }
+}
+
+// The products large enough to wake the thread team split their rows by the threads' measured
+// rates (infer/rate_split.h), a split that moves from product to product. Each unit of the split
+// is computed the same way whichever thread takes it, so two threads give the one-thread result
+// bit for bit, call after call while the split moves, for every format and kernel.
+TEST(GenerateKernels, ProductsDoNotDependOnHowTheRowsAreSplit) {
+  Rng r(5);
+  const int saved_threads = omp_get_max_threads();
+  for (int outer_from : {0, 1, 1 << 30})
+    for (int out : {97, 301})
+      for (int in : {339, 1024})
+        for (int B : {1, 2, 3, 8, 9, 20, 64}) {
+          const OuterKernelFrom guard(outer_from);
+          std::vector<float> W((size_t)out * in), X((size_t)B * in);
+          for (auto& v : W) v = float(r.normal());
+          for (auto& v : X) v = float(r.normal());
+          std::vector<uint16_t> Wb(W.size());
+          std::vector<Half> Wh(W.size());
+          for (size_t i = 0; i < W.size(); ++i) Wb[i] = float_to_bf16(W[i]), Wh[i].bits = float_to_f16(W[i]);
+          std::vector<int8_t> Wq(W.size());
+          std::vector<float> sc((size_t)out * ((in + 31) / 32));
+          quantize_q8(W.data(), out, in, Wq.data(), sc.data());
+          for (int format = 0; format < 4; ++format) {
+            auto product = [&](std::vector<float>& Y) {
+              if (format == 0) matvec(W.data(), out, in, X.data(), in, B, Y.data(), out);
+              if (format == 1) matvec(Wb.data(), out, in, X.data(), in, B, Y.data(), out);
+              if (format == 2) matvec(Wh.data(), out, in, X.data(), in, B, Y.data(), out);
+              if (format == 3) matvec_q8(Wq.data(), sc.data(), out, in, X.data(), in, B, Y.data(), out);
+            };
+            std::vector<float> one((size_t)B * out), two((size_t)B * out);
+            omp_set_num_threads(1);
+            product(one);
+            omp_set_num_threads(2);
+            for (int call = 0; call < 3; ++call) {
+              std::fill(two.begin(), two.end(), 0.0f);
+              product(two);
+              ASSERT_EQ(0, std::memcmp(one.data(), two.data(), sizeof(float) * one.size()))
+                  << "format " << format << " out " << out << " in " << in << " B " << B << " outer from " << outer_from;
+            }
+            if (format == 0 && B == 1) {  // and it is the product (the other formats: their own tests)
+              for (int j = 0; j < out; ++j) {
+                double s = 0;
+                for (int k = 0; k < in; ++k) s += (double)W[(size_t)j * in + k] * X[k];
+                ASSERT_NEAR(two[j], s, 1e-4 * (1 + std::abs(s)));
+              }
+            }
+          }
+        }
+  omp_set_num_threads(saved_threads);
+}
+
+// A RateSplit gives each thread a share of the units in proportion to its measured rate, within
+// [1/2, 3/2] of an even share, and its run() hands every unit to exactly one thread.
+TEST(RateSplitTest, SharesFollowTheThreadsRatesWithinBounds) {
+  RateSplit split;
+  int b[4];
+  split.bounds(100, 2, b);  // no history: even
+  EXPECT_EQ(b[0], 0);
+  EXPECT_EQ(b[1], 50);
+  EXPECT_EQ(b[2], 100);
+  // Thread 1 takes twice as long for the same units: shares go to 2/3 and 1/3.
+  for (int i = 0; i < 200; ++i) {
+    split.bounds(1000, 2, b);
+    const double seconds[2] = {(b[1] - b[0]) * 1e-6, (b[2] - b[1]) * 2e-6};
+    split.record(2, b, seconds);
+  }
+  EXPECT_NEAR(split.share(0), 2.0 / 3, 0.01);
+  EXPECT_NEAR(split.share(1), 1.0 / 3, 0.01);
+  split.bounds(300, 2, b);
+  EXPECT_NEAR(b[1], 200, 2);
+  EXPECT_EQ(b[2], 300);
+  // Ten times slower: the share stops at 3/4 (3/2 of an even share).
+  for (int i = 0; i < 200; ++i) {
+    split.bounds(1000, 2, b);
+    const double seconds[2] = {(b[1] - b[0]) * 1e-6, (b[2] - b[1]) * 1e-5};
+    split.record(2, b, seconds);
+  }
+  EXPECT_NEAR(split.share(0), 0.75, 1e-6);
+  // A product where a thread had nothing to do, or no time measured, teaches nothing.
+  const int empty[3] = {0, 0, 10};
+  const double none[2] = {0.0, 1e-3};
+  split.record(2, empty, none);
+  EXPECT_NEAR(split.share(0), 0.75, 1e-6);
+  // Another team size starts even again; bounds always cover [0, units] in order.
+  split.bounds(7, 3, b);
+  EXPECT_EQ(b[0], 0);
+  EXPECT_EQ(b[1], 2);
+  EXPECT_EQ(b[2], 5);
+  EXPECT_EQ(b[3], 7);
+  for (int units : {0, 1, 2, 3, 5, 1000}) {
+    split.bounds(units, 2, b);
+    EXPECT_EQ(b[0], 0);
+    EXPECT_LE(b[0], b[1]);
+    EXPECT_LE(b[1], b[2]);
+    EXPECT_EQ(b[2], units);
+  }
+  // run(): each unit exactly once, on the team or on the caller.
+  for (bool parallel : {false, true})
+    for (int units : {0, 1, 2, 3, 17, 1000}) {
+      std::vector<std::atomic<int>> seen(units);
+      split.run(parallel, units, [&](int u0, int u1) {
+        for (int u = u0; u < u1; ++u) seen[u].fetch_add(1);
+      });
+      for (int u = 0; u < units; ++u) ASSERT_EQ(seen[u].load(), 1) << units << " " << u;
+    }
 }
 
 // Decode attention against a double-precision softmax over the same (widened) cache rows: the

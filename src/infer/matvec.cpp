@@ -3,12 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <omp.h>
 #include <type_traits>
 
 #include "ops/gemm.h"
 #include "tensor/tensor.h"
-#include "util/parallel.h"
+#include "infer/rate_split.h"
 
 #include "ops/bf16.h"
 
@@ -22,6 +21,16 @@ namespace modlm::infer {
 namespace {
 
 constexpr int kMaxNB = 8;  // inputs per register tile
+
+// Each kernel's own record of how fast the threads run it (infer/rate_split.h): the one-row q8
+// loop, the row tiles and the outer-product kernel each lean on memory and arithmetic
+// differently, so the threads' speed ratio differs between them.
+enum SplitPath { kSplitOneRow, kSplitRowTiles, kSplitOuter, kSplitPaths };
+template <typename WT>
+RateSplit& rate_split(SplitPath path) {
+  static RateSplit splits[kSplitPaths];
+  return splits[path];
+}
 
 // AMD Zen (GCC tunes Zen 4 and 5 as znver3 or later): some kernel choices below were measured to
 // differ there from Intel's (kBf16Wide, one_row_tiles).
@@ -820,7 +829,8 @@ void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, 
   constexpr int kBlock = 24;  // divisible by every outer_rows()
   const int blocks = (out + kBlock - 1) / kBlock;
   const bool parallel = (size_t)out * in >= 32768;  // as in matvec_impl
-  parallel_for_if(parallel, blocks, [&](int blk) {
+  rate_split<WT>(kSplitOuter).run(parallel, blocks, [&](int blk0, int blk1) {
+   for (int blk = blk0; blk < blk1; ++blk) {
     const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
     for (int b0 = 0; b0 < B; b0 += kOuterGroup) {
       const int nb = std::min(kOuterGroup, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW, ldxt = group_width(B, b0);
@@ -842,6 +852,7 @@ void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, 
         }
       }
     }
+   }
   });
 }
 
@@ -896,24 +907,21 @@ void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<WT, int8_t> && kQ8Rows) {
     if (B == 1) {
-      if (!parallel) return rows_q8(W, in, Xp, Y, 0, out, accumulate, SC);
-#pragma omp parallel
-      {
-        const int T = omp_get_num_threads(), t = omp_get_thread_num();
-        rows_q8(W, in, Xp, Y, (int)((int64_t)out * t / T), (int)((int64_t)out * (t + 1) / T), accumulate, SC);
-      }
+      rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) { rows_q8(W, in, Xp, Y, j0, j1, accumulate, SC); });
       return;
     }
   }
 #endif
-  parallel_for_if(parallel, blocks, [&](int blk) {
-    const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
-    for (int b0 = 0; b0 < B; b0 += kMaxNB) {
-      const int nb = std::min(kMaxNB, B - b0);
-      const float* xp = Xp + (size_t)b0 * kpad;
-      float* y = Y + (size_t)b0 * ldy;
-      const int R = tile_rows<WT>(nb);
-      for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate, SC);
+  rate_split<WT>(kSplitRowTiles).run(parallel, blocks, [&](int blk0, int blk1) {
+    for (int blk = blk0; blk < blk1; ++blk) {
+      const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
+      for (int b0 = 0; b0 < B; b0 += kMaxNB) {
+        const int nb = std::min(kMaxNB, B - b0);
+        const float* xp = Xp + (size_t)b0 * kpad;
+        float* y = Y + (size_t)b0 * ldy;
+        const int R = tile_rows<WT>(nb);
+        for (int j = j_begin; j < j_end; j += R) rows_tile_nb(nb, W, in, xp, y, ldy, j, std::min(R, j_end - j), accumulate, SC);
+      }
     }
   });
 }
