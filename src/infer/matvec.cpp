@@ -294,7 +294,7 @@ inline void row_inputs(const WT* W, int in, const float* Xp, float* Y, int ldy, 
 // compute-bound near the per-core memory rate. In the decoder (M, batch 1, kernels alternated
 // step by step in one process, two runs) the step took 0.95x the time. The same loop for
 // float and bf16 rows (no dequantizing) gained nothing there and lost with the prefetch
-// (docs/performance.md, "What a batch-1 step can reach").
+// (docs/performance.md, "Batch 1 inside a real step").
 constexpr int kQ8RowPrefetch = 8192;
 
 void rows_q8(const int8_t* W, int in, const float* x, float* Y, int j0, int j1, bool acc, const float* SC) {
@@ -830,29 +830,29 @@ void matvec_outer(const WT* W, int out, int in, const float* X, int ldx, int B, 
   const int blocks = (out + kBlock - 1) / kBlock;
   const bool parallel = (size_t)out * in >= 32768;  // as in matvec_impl
   rate_split<WT>(kSplitOuter).run(parallel, blocks, [&](int blk0, int blk1) {
-   for (int blk = blk0; blk < blk1; ++blk) {
-    const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
-    for (int b0 = 0; b0 < B; b0 += kOuterGroup) {
-      const int nb = std::min(kOuterGroup, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW, ldxt = group_width(B, b0);
-      const float* xt = Xt + (size_t)(b0 / kOuterGroup) * in * kOuterGroup;
-      float* y = Y + (size_t)b0 * ldy;
-      const int R = outer_rows(nv);
-      for (int j = j_begin; j < j_end; j += R) {
-        const int rows = std::min(R, j_end - j);
-        if constexpr (kOuterMaxNV == 4) {
-          switch (nv) {
-            case 1: outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-            case 2: outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-            case 3: outer_rows_tile<3>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
-            default: outer_rows_tile<4>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+    for (int blk = blk0; blk < blk1; ++blk) {
+      const int j_begin = blk * kBlock, j_end = std::min(out, j_begin + kBlock);
+      for (int b0 = 0; b0 < B; b0 += kOuterGroup) {
+        const int nb = std::min(kOuterGroup, B - b0), nv = (nb + kOuterVW - 1) / kOuterVW, ldxt = group_width(B, b0);
+        const float* xt = Xt + (size_t)(b0 / kOuterGroup) * in * kOuterGroup;
+        float* y = Y + (size_t)b0 * ldy;
+        const int R = outer_rows(nv);
+        for (int j = j_begin; j < j_end; j += R) {
+          const int rows = std::min(R, j_end - j);
+          if constexpr (kOuterMaxNV == 4) {
+            switch (nv) {
+              case 1: outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+              case 2: outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+              case 3: outer_rows_tile<3>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+              default: outer_rows_tile<4>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC); break;
+            }
+          } else {
+            if (nv == 1) outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
+            else outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
           }
-        } else {
-          if (nv == 1) outer_rows_tile<1>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
-          else outer_rows_tile<2>(W, in, xt, ldxt, y, ldy, j, rows, nb, accumulate, SC);
         }
       }
     }
-   }
   });
 }
 
