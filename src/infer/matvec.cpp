@@ -293,7 +293,7 @@ inline void row_inputs(const WT* W, int in, const float* Xp, float* Y, int ldy, 
 // a [256, 1024] matrix) it ran 37 GB/s where row_inputs<1> ran 28: the q8 kernel was
 // compute-bound near the per-core memory rate. In the decoder (M, batch 1, kernels alternated
 // step by step in one process, two runs) the step took 0.95x the time. The same loop for
-// float and bf16 rows (no dequantizing) gained nothing there and lost with the prefetch
+// float rows gained nothing there (1.0x; 1.05-1.15x slower with a prefetch), bf16 below
 // (docs/performance.md, "Batch 1 inside a real step").
 constexpr int kQ8RowPrefetch = 8192;
 
@@ -325,7 +325,28 @@ void rows_q8(const int8_t* W, int in, const float* x, float* Y, int j0, int j1, 
     Y[j] = acc ? Y[j] + v : v;
   }
 }
-constexpr bool kQ8Rows = kZen;
+constexpr bool kOneRowLoops = kZen;
+// The same loop for bf16 rows (widened 16 at a time, as the Zen row kernels do), four chains of
+// 16 weights, an L2 prefetch 4 KiB on. Decoder harness as above, after the rate split: 0.87-0.95x
+// the step time of row_inputs<1> through the block loop in four runs (no prefetch 0.95-0.96x, 8
+// KiB 0.96x). (Before the split and the teams-of-one fix it measured 1.0x: the imbalance hid it.)
+constexpr int kBf16RowPrefetch = 4096;
+
+void rows_bf16(const uint16_t* W, int in, const float* x, float* Y, int j0, int j1, bool acc) {
+  for (int j = j0; j < j1; ++j) {
+    const uint16_t* w = W + (size_t)j * in;
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int k = 0;
+    for (; k + 64 <= in; k += 64) {  // 128 bytes a step: two lines prefetched
+      __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kBf16RowPrefetch, 0, 2);
+      __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kBf16RowPrefetch + 64, 0, 2);
+      for (int h = 0; h < 4; ++h) s[h] = _mm512_fmadd_ps(load_w(w + k + 16 * h), _mm512_load_ps(x + k + 16 * h), s[h]);
+    }
+    for (; k < in; k += 16) s[0] = _mm512_fmadd_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_load_ps(x + k), s[0]);
+    const float v = hsum(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+    Y[j] = acc ? Y[j] + v : v;
+  }
+}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // ---- AVX2 + FMA (Zen 1-3, Intel before Skylake-X and its client parts): 8 floats a vector --------
 //
@@ -430,7 +451,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
   store_sums<R, NB>(s, Y, ldy, j0, acc);
 }
 constexpr bool kBf16Wide = false;
-constexpr bool kQ8Rows = false;
+constexpr bool kOneRowLoops = false;
 #else
 inline float weight_at(const float* w, int i) { return w[i]; }
 inline float weight_at(const uint16_t* w, int i) { return bf16_to_float(w[i]); }
@@ -456,7 +477,7 @@ inline void tile(const WT* W, int in, const float* Xp, float* Y, int ldy, int j0
     }
 }
 constexpr bool kBf16Wide = false;
-constexpr bool kQ8Rows = false;
+constexpr bool kOneRowLoops = false;
 #endif
 
 // Rows per tile for nb inputs: R*nb + R + 1 <= 32 vector registers, and few enough weight rows
@@ -905,9 +926,17 @@ void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B
   // Small products (a router, a tiny test model) are not worth waking the thread team for.
   const bool parallel = (size_t)out * in >= 32768;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<WT, int8_t> && kQ8Rows) {
+  if constexpr (std::is_same_v<WT, int8_t> && kOneRowLoops) {
     if (B == 1) {
       rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) { rows_q8(W, in, Xp, Y, j0, j1, accumulate, SC); });
+      return;
+    }
+  }
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<WT, uint16_t> && kOneRowLoops) {
+    if (B == 1) {
+      rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) { rows_bf16(W, in, Xp, Y, j0, j1, accumulate); });
       return;
     }
   }
