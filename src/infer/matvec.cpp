@@ -926,17 +926,13 @@ void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B
   // Small products (a router, a tiny test model) are not worth waking the thread team for.
   const bool parallel = (size_t)out * in >= 32768;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<WT, int8_t> && kOneRowLoops) {
+  // One input of q8 or bf16 weights on Zen: the row loops, rows split one by one.
+  if constexpr (kOneRowLoops && (std::is_same_v<WT, int8_t> || std::is_same_v<WT, uint16_t>)) {
     if (B == 1) {
-      rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) { rows_q8(W, in, Xp, Y, j0, j1, accumulate, SC); });
-      return;
-    }
-  }
-#endif
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<WT, uint16_t> && kOneRowLoops) {
-    if (B == 1) {
-      rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) { rows_bf16(W, in, Xp, Y, j0, j1, accumulate); });
+      rate_split<WT>(kSplitOneRow).run(parallel, out, [&](int j0, int j1) {
+        if constexpr (std::is_same_v<WT, int8_t>) rows_q8(W, in, Xp, Y, j0, j1, accumulate, SC);
+        else rows_bf16(W, in, Xp, Y, j0, j1, accumulate);
+      });
       return;
     }
   }

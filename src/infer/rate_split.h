@@ -4,9 +4,9 @@
 // On this VM the two cores do not run equally fast: with q8 weights (whose kernel is compute-bound
 // near the per-core memory rate) the second thread ran ~25 % slower for seconds at a time (M batch
 // 1, the worker busy 80-82 % of a step against the main thread's 94-95 %), so the first waited at
-// the end of every product (docs/performance.md, "Batch 1 inside a real step"). A RateSplit remembers each thread's recent rate (units per second, a
-// moving average over the products it ran) and gives each thread a share of the next product's
-// units in proportion to it.
+// the end of every product (docs/performance.md, "Batch 1 inside a real step"). A RateSplit
+// remembers each thread's recent rate (units per second, a moving average over the products it
+// ran) and gives each thread a share of the next product's units in proportion to it.
 //
 // Each unit is computed the same way whichever thread takes it (callers split at unit
 // boundaries that do not change a row's kernel tile), so results do not depend on the timing.

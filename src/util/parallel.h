@@ -3,7 +3,7 @@
 // `#pragma omp parallel for if (cond)` still enters the runtime when cond is false: libgomp
 // builds a team of one for the serial run, about 1.5-1.8 us a call here (AMD EPYC, GCC 12) against
 // a few ns for the plain loop. A batch-1 decode step made ~80 such calls (two norms, two RoPEs and
-// a SwiGLU per layer): ~130 us of a 5-6 ms step (docs/performance.md, "Serial regions").
+// a SwiGLU per layer): ~130 us of a 5-6 ms step (docs/performance.md, "Batch 1 inside a real step").
 #pragma once
 
 namespace modlm {
