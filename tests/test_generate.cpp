@@ -28,6 +28,7 @@
 #include "ops/q8.h"
 #include "model/model.h"
 #include "util/error.h"
+#include "util/parallel.h"
 
 using namespace modlm;
 using namespace modlm::infer;
@@ -723,6 +724,52 @@ TEST(Generate, BatchDecodingEqualsOneByOne) {
     EXPECT_LT(rel_diff(d2.logits(1), logits[0][2].data(), V), 1e-5);
     EXPECT_EQ(d2.length(1), 3);
   }
+}
+
+// Decoder::step holds one team for the whole step (util/parallel.h), handing it every product
+// and attention large enough to split: the same logits, bit for bit, as when each piece starts its
+// own OpenMP team, for each weight format, batch 1 and a batch of three, dense and MoD (d_model
+// 256: products past the size that wakes the team).
+TEST(Generate, StepsOnAHeldTeamEqualStepsOnNewTeams) {
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (const Variant& v : {Variant{"none", "expert_choice", "sigmoid", "predictor", 256},
+                           Variant{"every_other", "expert_choice", "sigmoid", "predictor", 256}}) {
+    auto m = make_model(v, 8);
+    const int V = 256, steps = 12;
+    const std::vector<std::vector<int32_t>> prompts = {bytes_of("Held teams and new teams"), bytes_of("b"),
+                                                       bytes_of("decode alike, step after step.")};
+    for (DecodeWeights w : {DecodeWeights::F32, DecodeWeights::BF16, DecodeWeights::Q8})
+      for (int B : {1, 3}) {
+        std::vector<std::vector<float>> logits[2];
+        for (int held : {1, 0}) {
+          const bool saved = Decoder::set_hold_team(held);
+          const long long pieces = held_team_pieces();
+          Decoder dec(*m, B, 64, w);
+          dec.prefill(std::vector<std::vector<int32_t>>(prompts.begin(), prompts.begin() + B));
+          std::vector<int> slots;
+          for (int i = 0; i < B; ++i) slots.push_back(i);
+          for (int s = 0; s < steps; ++s) {
+            std::vector<int32_t> toks;
+            for (int i = 0; i < B; ++i) {
+              logits[held].emplace_back(dec.logits(i), dec.logits(i) + V);
+              toks.push_back(argmax(dec.logits(i), V));
+            }
+            dec.step(slots, toks);
+          }
+          for (int i = 0; i < B; ++i) logits[held].emplace_back(dec.logits(i), dec.logits(i) + V);
+          // Held: every step hands the team its products (4 per dense layer at least).
+          if (held) EXPECT_GE(held_team_pieces() - pieces, (long long)steps * 4 * 2);
+          else EXPECT_EQ(held_team_pieces(), pieces);
+          Decoder::set_hold_team(saved);
+        }
+        ASSERT_EQ(logits[0].size(), logits[1].size());
+        for (size_t r = 0; r < logits[0].size(); ++r)
+          ASSERT_EQ(0, std::memcmp(logits[0][r].data(), logits[1][r].data(), sizeof(float) * V))
+              << v.routing << " " << format_name(w) << " B " << B << " row " << r;
+      }
+  }
+  omp_set_num_threads(saved_threads);
 }
 
 // 40 sequences at once: the default kernel choice sends the dense layers' products (and the

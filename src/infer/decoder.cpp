@@ -25,6 +25,7 @@ using namespace ops;
 
 namespace {
 int g_step_prefill_override = -1;  // Decoder::set_step_prefill_rows
+std::atomic<bool> g_hold_team{true};  // Decoder::set_hold_team
 
 // The same expression as Model::routed_forward, so the gate is bit for bit the model's.
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
@@ -65,6 +66,10 @@ int Decoder::step_prefill_rows(bool float_matrices) {
   if (!outer_kernel_built()) return float_matrices ? 0 : 288;
   if (narrow_blas) return 2048;
   return float_matrices ? 128 : 288;
+}
+
+bool Decoder::set_hold_team(bool hold) {
+  return g_hold_team.exchange(hold);
 }
 
 int Decoder::set_step_prefill_rows(int rows) {
@@ -365,7 +370,12 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
                       " tokens");
     row_pos_[i] = length_[s];
   }
-  forward_rows(tokens.data(), B);
+  // One team for the step's ~5 parallel pieces per layer (util/parallel.h). Not where products
+  // go to BLAS (gemm_rows), which runs its own threads and would run alone inside the team.
+  if (g_hold_team.load(std::memory_order_relaxed) && !gemm_rows(B))
+    hold_team([&] { forward_rows(tokens.data(), B); });
+  else
+    forward_rows(tokens.data(), B);
   for (int i = 0; i < B; ++i) ++length_[slots[i]];
 }
 
@@ -476,29 +486,26 @@ void Decoder::attend_rows(int l, int m, const int* slots, const float* qkv, floa
   const float scale = float(1.0 / std::sqrt((double)Dh));
   FlopCounter::add(pairs * 4 * Dh * H);
   const int cap = max_len_;
-  if ((size_t)omp_get_max_threads() * cap > sscore_.size()) sscore_.resize((size_t)omp_get_max_threads() * cap);
+  const bool parallel = pairs * H * Dh >= 8192;  // else not worth waking the team
+  const int T = parallel ? team_threads() : 1;
+  if ((size_t)T * cap > sscore_.size()) sscore_.resize((size_t)T * cap);
   // (row, head) pairs dealt round-robin: the rows of a prompt through the step kernels attend
   // over 1, 2, ..., m positions, and contiguous halves gave the second thread three times the
   // first's work.
-  auto attend_pair = [&](int i, int h) {
-    float* s = sscore_.data() + (size_t)omp_get_thread_num() * cap;
-    const int n = scount_[i];
-    const float* q = qkv + (size_t)i * Q + h * Dh;
-    float* o = att + (size_t)i * D + h * Dh;
-    const int g = h / G;  // the key/value head this query head reads (GQA)
-    if (cache_.bf16())
-      attend_one(q, cache_.keys_bf16(l, slots[i], g), cache_.values_bf16(l, slots[i], g), n, Dh, scale, s, o);
-    else
-      attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
-  };
-  if (pairs * H * Dh < 8192) {  // not worth the team (and no `if` clause: util/parallel.h says why)
-    for (int i = 0; i < m; ++i)
-      for (int h = 0; h < H; ++h) attend_pair(i, h);
-    return;
-  }
-#pragma omp parallel for collapse(2) schedule(static, 1)
-  for (int i = 0; i < m; ++i)
-    for (int h = 0; h < H; ++h) attend_pair(i, h);
+  team_run(parallel, [&](int t, int nt) {
+    float* s = sscore_.data() + (size_t)t * cap;
+    for (int p = t; p < m * H; p += nt) {
+      const int i = p / H, h = p % H;
+      const int n = scount_[i];
+      const float* q = qkv + (size_t)i * Q + h * Dh;
+      float* o = att + (size_t)i * D + h * Dh;
+      const int g = h / G;  // the key/value head this query head reads (GQA)
+      if (cache_.bf16())
+        attend_one(q, cache_.keys_bf16(l, slots[i], g), cache_.values_bf16(l, slots[i], g), n, Dh, scale, s, o);
+      else
+        attend_one(q, cache_.keys(l, slots[i], g), cache_.values(l, slots[i], g), n, Dh, scale, s, o);
+    }
+  });
 }
 
 // Rows per query tile of attend_run, and the shortest run of one slot's rows block_step gives

@@ -80,6 +80,10 @@ class Decoder {
   // at any size, benchmarks time them; -1 restores the measured choices. Returns the previous
   // override.
   static int set_step_prefill_rows(int rows);
+  // Whether step() holds one OpenMP team for the whole step (util/parallel.h's hold_team; the
+  // default) or lets each parallel piece start its own: tests compare the two, benchmarks time
+  // them. Returns the previous setting.
+  static bool set_hold_team(bool hold);
   // The model must outlive the decoder; its weights are read, never written. max_batch
   // sequences (slots) of at most max_len tokens each (<= max_seq_len); the KV cache for all of
   // them is allocated here, once.

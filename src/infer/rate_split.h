@@ -12,10 +12,10 @@
 // boundaries that do not change a row's kernel tile), so results do not depend on the timing.
 #pragma once
 
-#include <omp.h>
-
 #include <atomic>
 #include <cstdint>
+
+#include "util/parallel.h"
 
 namespace modlm::infer {
 
@@ -25,8 +25,9 @@ class RateSplit {
 
   RateSplit();
 
-  // Runs body(u0, u1) over [0, units) on the OpenMP team (a plain call when !parallel), each
-  // thread a contiguous range sized by its share, then updates the shares from the threads' times.
+  // Runs body(u0, u1) over [0, units) on the team (util/parallel.h's team_run; a plain call when
+  // !parallel), each thread a contiguous range sized by its share, then updates the shares from
+  // the threads' times.
   // body must be safe to call concurrently on disjoint ranges.
   template <typename Body>
   void run(bool parallel, int units, Body&& body);
@@ -47,32 +48,26 @@ double rate_split_now();  // a steady clock in seconds
 
 template <typename Body>
 void RateSplit::run(bool parallel, int units, Body&& body) {
-  const int T = parallel && !omp_in_parallel() ? omp_get_max_threads() : 1;
+  const int T = parallel ? team_threads() : 1;
   if (T <= 1 || units <= 1) {
     if (units > 0) body(0, units);
     return;
   }
   if (T > kMaxThreads) {
-#pragma omp parallel num_threads(T)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      body((int)((int64_t)units * t / nt), (int)((int64_t)units * (t + 1) / nt));
-    }
+    team_run(true, [&](int t, int nt) { body((int)((int64_t)units * t / nt), (int)((int64_t)units * (t + 1) / nt)); });
     return;
   }
   int b[kMaxThreads + 1];
   bounds(units, T, b);
   double seconds[kMaxThreads];
   int team = 0;
-#pragma omp parallel num_threads(T)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+  team_run(true, [&](int t, int nt) {
     const double t0 = rate_split_now();
     // A smaller team than asked for (OMP_DYNAMIC, a thread limit) takes the ranges in turn.
     for (int k = t; k < T; k += nt) body(b[k], b[k + 1]);
     seconds[t] = rate_split_now() - t0;
     if (t == 0) team = nt;
-  }
+  });
   if (team == T) record(T, b, seconds);
 }
 
