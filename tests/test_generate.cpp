@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "cli_helpers.h"
 #include "infer/attend.h"
@@ -310,8 +311,9 @@ TEST(RateSplitTest, SharesFollowTheThreadsRatesWithinBounds) {
   // Thread 1 takes twice as long for the same units: shares go to 2/3 and 1/3.
   for (int i = 0; i < 200; ++i) {
     split.bounds(1000, 2, b);
-    const double seconds[2] = {(b[1] - b[0]) * 1e-6, (b[2] - b[1]) * 2e-6};
-    split.record(2, b, seconds);
+    const int units[2] = {b[1] - b[0], b[2] - b[1]};
+    const double seconds[2] = {units[0] * 1e-6, units[1] * 2e-6};
+    split.record(2, units, seconds);
   }
   EXPECT_NEAR(split.share(0), 2.0 / 3, 0.01);
   EXPECT_NEAR(split.share(1), 1.0 / 3, 0.01);
@@ -321,12 +323,13 @@ TEST(RateSplitTest, SharesFollowTheThreadsRatesWithinBounds) {
   // Ten times slower: the share stops at 3/4 (3/2 of an even share).
   for (int i = 0; i < 200; ++i) {
     split.bounds(1000, 2, b);
-    const double seconds[2] = {(b[1] - b[0]) * 1e-6, (b[2] - b[1]) * 1e-5};
-    split.record(2, b, seconds);
+    const int units[2] = {b[1] - b[0], b[2] - b[1]};
+    const double seconds[2] = {units[0] * 1e-6, units[1] * 1e-5};
+    split.record(2, units, seconds);
   }
   EXPECT_NEAR(split.share(0), 0.75, 1e-6);
   // A product where a thread had nothing to do, or no time measured, teaches nothing.
-  const int empty[3] = {0, 0, 10};
+  const int empty[2] = {0, 10};
   const double none[2] = {0.0, 1e-3};
   split.record(2, empty, none);
   EXPECT_NEAR(split.share(0), 0.75, 1e-6);
@@ -343,15 +346,79 @@ TEST(RateSplitTest, SharesFollowTheThreadsRatesWithinBounds) {
     EXPECT_LE(b[1], b[2]);
     EXPECT_EQ(b[2], units);
   }
-  // run(): each unit exactly once, on the team or on the caller.
-  for (bool parallel : {false, true})
-    for (int units : {0, 1, 2, 3, 17, 1000}) {
-      std::vector<std::atomic<int>> seen(units);
-      split.run(parallel, units, [&](int u0, int u1) {
-        for (int u = u0; u < u1; ++u) seen[u].fetch_add(1);
-      });
-      for (int u = 0; u < units; ++u) ASSERT_EQ(seen[u].load(), 1) << units << " " << u;
+  // run(): each unit exactly once, on the team or on the caller, on new or held teams of 2 and 3,
+  // whatever the grain.
+  const int saved_threads = omp_get_max_threads();
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    for (bool held : {false, true})
+      for (bool parallel : {false, true})
+        for (int grain : {0, 1, 3, 50})
+          for (int units : {0, 1, 2, 3, 17, 1000}) {
+            std::vector<std::atomic<int>> seen(units);
+            auto run = [&] {
+              split.run(parallel, units, grain, [&](int u0, int u1) {
+                ASSERT_LT(u0, u1);
+                for (int u = u0; u < u1; ++u) seen[u].fetch_add(1);
+              });
+            };
+            if (held) hold_team(run);
+            else run();
+            for (int u = 0; u < units; ++u) ASSERT_EQ(seen[u].load(), 1) << units << " " << u << " grain " << grain;
+          }
+  }
+  omp_set_num_threads(saved_threads);
+}
+
+// A thread that runs out of units takes the back half of what another has not started: with the
+// calling thread slowed down, the other one runs units of the caller's starting range, and both
+// finish together instead of the fast one waiting.
+TEST(RateSplitTest, AThreadThatRunsOutTakesFromTheOthers) {
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  RateSplit split;
+  const int units = 400;
+  int b[3];
+  split.bounds(units, 2, b);
+  ASSERT_EQ(b[1], 200);
+  std::vector<int> who(units, -1);
+  const std::thread::id caller = std::this_thread::get_id();
+  split.run(true, units, 1, [&](int u0, int u1) {
+    const bool slow = std::this_thread::get_id() == caller;
+    for (int u = u0; u < u1; ++u) {
+      who[u] = slow ? 0 : 1;
+      if (slow) std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
+  });
+  int taken = 0;  // units of the caller's range [0, 200) the other thread ran
+  for (int u = 0; u < units; ++u) {
+    ASSERT_NE(who[u], -1) << u;
+    if (u < b[1] && who[u] == 1) ++taken;
+  }
+  EXPECT_GT(taken, 150);  // the caller ran its first chunk (16 units) while the other ran the rest
+  // Chunks from the front shrink toward the end of a range: an eighth of what is left, between
+  // one grain and 16.
+  WorkRange r;
+  r.word = WorkRange::pack(0, 1000);
+  int u0, u1;
+  ASSERT_TRUE(r.take_front(4, u0, u1));
+  EXPECT_EQ(u0, 0);
+  EXPECT_EQ(u1, 64);  // 1000 / 8 = 125, at most 16 grains
+  r.word = WorkRange::pack(100, 140);
+  ASSERT_TRUE(r.take_front(4, u0, u1));
+  EXPECT_EQ(u1 - u0, 5);  // 40 / 8
+  ASSERT_TRUE(r.take_back_half(4, u0, u1));  // [105, 140): the back half
+  EXPECT_EQ(u0, 122);
+  EXPECT_EQ(u1, 140);
+  EXPECT_EQ(r.left(), 17u);
+  r.word = WorkRange::pack(10, 17);
+  EXPECT_FALSE(r.take_back_half(4, u0, u1));  // less than two grains: the owner finishes it
+  ASSERT_TRUE(r.take_front(4, u0, u1));
+  EXPECT_EQ(u1 - u0, 4);
+  ASSERT_TRUE(r.take_front(4, u0, u1));
+  EXPECT_EQ(u1 - u0, 3);  // what is left
+  EXPECT_FALSE(r.take_front(4, u0, u1));
+  omp_set_num_threads(saved_threads);
 }
 
 // Decode attention against a double-precision softmax over the same (widened) cache rows: the

@@ -34,13 +34,12 @@ void RateSplit::bounds(int units, int T, int* b) const {
   }
 }
 
-void RateSplit::record(int T, const int* b, const double* seconds) {
+void RateSplit::record(int T, const int* units, const double* seconds) {
   if (team_.load(std::memory_order_relaxed) != T) reset(T);
   double rate[kMaxThreads], total = 0;
   for (int t = 0; t < T; ++t) {
-    const int units = b[t + 1] - b[t];
-    if (units <= 0 || !(seconds[t] > 0)) return;  // nothing to learn from this product
-    rate[t] = units / seconds[t];
+    if (units[t] <= 0 || !(seconds[t] > 0)) return;  // nothing to learn from this product
+    rate[t] = units[t] / seconds[t];
     total += rate[t];
   }
   // Each share moves toward the thread's part of the team's rate, kept within [1/2, 3/2] of an
