@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -20,39 +21,84 @@ struct Threads {
   int saved;
 };
 
-// team_run(true, body) calls body(t, T) once for each t < T, each on a distinct thread, and
-// returns after all of them: the count of calls, the threads seen and the writes are checked.
-void expect_one_call_per_thread(int want_T) {
+// team_run(true, body) calls body(t, T) once for each t < T and returns after all of them; the
+// caller runs part 0. On a new OpenMP team every part has its own thread; on a held team a part
+// whose worker had not started runs on the caller (team_part_covered() says so there), any other
+// on a thread of its own. Returns how many parts ran on threads other than the caller.
+int expect_one_call_per_part(int want_T, bool held) {
   std::vector<std::atomic<int>> calls(16);
   std::vector<std::thread::id> ids(16);
+  std::vector<char> covered(16, 0);
   std::atomic<int> seen_T{-1};
+  const std::thread::id caller = std::this_thread::get_id();
   team_run(true, [&](int t, int T) {
     seen_T = T;
     calls[t].fetch_add(1);
     ids[t] = std::this_thread::get_id();
+    covered[t] = team_part_covered();
+    // Part 0 lasts 50 us: time for the workers (awake or woken) to take their parts.
+    if (t == 0)
+      for (auto t0 = std::chrono::steady_clock::now(); std::chrono::steady_clock::now() - t0 < std::chrono::microseconds(50);) {
+      }
   });
-  ASSERT_EQ(seen_T.load(), want_T);
-  for (int t = 0; t < 16; ++t) ASSERT_EQ(calls[t].load(), t < want_T ? 1 : 0) << t;
-  for (int t = 1; t < want_T; ++t)
-    for (int u = 0; u < t; ++u) ASSERT_NE(ids[t], ids[u]) << t << " " << u;
-  ASSERT_EQ(ids[0], std::this_thread::get_id());  // the caller takes part 0
+  EXPECT_EQ(seen_T.load(), want_T);
+  int elsewhere = 0;
+  for (int t = 0; t < 16; ++t) EXPECT_EQ(calls[t].load(), t < want_T ? 1 : 0) << t;
+  EXPECT_EQ(ids[0], caller);
+  EXPECT_FALSE(covered[0]);
+  for (int t = 1; t < want_T; ++t) {
+    EXPECT_EQ(ids[t] == caller, (bool)covered[t]) << t;
+    if (!held) {
+      EXPECT_NE(ids[t], caller) << t;
+    }
+    for (int u = 1; u < t; ++u) {
+      if (ids[t] != caller) {
+        EXPECT_NE(ids[t], ids[u]) << t << " " << u;
+      }
+    }
+    elsewhere += ids[t] != caller;
+  }
+  return elsewhere;
 }
 
 }  // namespace
 
-TEST(Parallel, TeamRunCallsEachThreadOnceOnANewOrAHeldTeam) {
+TEST(Parallel, TeamRunCallsEachPartOnceOnANewOrAHeldTeam) {
   for (int n : {1, 2, 3}) {
     const Threads threads(n);
     EXPECT_EQ(team_threads(), n);
-    expect_one_call_per_thread(n);
+    expect_one_call_per_part(n, false);
     const long long before = held_team_pieces();
+    int elsewhere = 0;
     hold_team([&] {
       EXPECT_EQ(team_threads(), n);
-      for (int i = 0; i < 3; ++i) expect_one_call_per_thread(n);
+      for (int i = 0; i < 200; ++i) elsewhere += expect_one_call_per_part(n, true);
     });
-    EXPECT_EQ(held_team_pieces() - before, n > 1 ? 3 : 0);  // one thread: nothing to hand over
+    EXPECT_EQ(held_team_pieces() - before, n > 1 ? 200 : 0);  // one thread: nothing to hand over
+    if (n > 1) {
+      EXPECT_GT(elsewhere, 0);  // the workers took part
+    }
     team_run(false, [&](int t, int T) { EXPECT_EQ(t * 10 + T, 1); });
   }
+}
+
+// A worker that has not started on a piece (descheduled, or asleep after a pause in the work)
+// does not hold the caller up: once its own part is done, the caller runs that part itself.
+// After 2 ms without work the worker sleeps, and waking it takes far longer than the caller's
+// empty part 0.
+TEST(Parallel, TheCallerRunsThePartOfAWorkerThatHasNotStarted) {
+  const Threads threads(2);
+  int covered = 0, parts = 0;
+  hold_team([&] {
+    for (int i = 0; i < 20; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      team_run(true, [&](int t, int) {
+        if (t == 1) covered += team_part_covered(), ++parts;
+      });
+    }
+  });
+  EXPECT_EQ(parts, 20);
+  EXPECT_GT(covered, 0);
 }
 
 // Thousands of pieces in a row, each reading what the previous one wrote on every thread: a
@@ -101,7 +147,7 @@ TEST(Parallel, HoldTeamRethrowsAndDoesNotNest) {
   hold_team([&] {
     hold_team([&] {
       ++inner;
-      expect_one_call_per_thread(2);  // still the outer team
+      expect_one_call_per_part(2, true);  // still the outer team
     });
   });
   EXPECT_EQ(inner, 1);

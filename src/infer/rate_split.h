@@ -133,7 +133,7 @@ void RateSplit::run(bool parallel, int units, int grain, Body&& body) {
       ranges[t].word.store(WorkRange::pack(u0, u1), std::memory_order_relaxed);  // others may take from it
       while (ranges[t].take_front(grain, u0, u1)) body(u0, u1), n += u1 - u0;
     }
-    seconds[t] = rate_split_now() - t0;
+    seconds[t] = team_part_covered() ? 0.0 : rate_split_now() - t0;  // 0: no rate to learn
     done[t] = n;
     if (t == 0) team = nt;
   });

@@ -1,10 +1,14 @@
 #include "util/parallel.h"
 
 #include <atomic>
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #if defined(__linux__)
 #include <linux/futex.h>
@@ -75,39 +79,92 @@ uint32_t wait_change(std::atomic<uint32_t>& word, uint32_t seen, std::atomic<int
   return v;
 }
 
+constexpr uint32_t kGenerationMask = 0x3fffffffu;  // a seat holds a generation and two state bits:
+constexpr uint32_t kTaken = 1u << 30;               // the worker runs its part
+constexpr uint32_t kDone = 2u << 30;                // ... and has finished it
+constexpr uint32_t kCovered = 3u << 30;             // the caller ran it (the worker had not started)
+constexpr int kMaxWorkers = 63;
+
 thread_local HeldTeam* t_held = nullptr;
+thread_local bool t_covering = false;
 std::atomic<long long> g_pieces{0};
 
 }  // namespace
 
+// Worker threads kept for held teams, one holder at a time. Not OpenMP's threads: a held step
+// is then no OpenMP region, so nothing waits at a region's end for a worker the OS has
+// descheduled (another process on its core), and OpenMP constructs the step reaches on the
+// holding thread (a BLAS call, a prompt's attention) still get OpenMP's team.
 struct HeldTeam {
-  int size = 1;
-  void (*fn)(void*, int, int) = nullptr;  // the piece to run; null: the step is over
+  ~HeldTeam() {
+    stop.store(true);
+    generation.store((generation.load() + 1) & kGenerationMask);
+    futex_wake(generation);
+    for (auto& w : workers) w.join();
+  }
+  void grow(int n) {
+    while ((int)workers.size() < n) {
+      const int w = (int)workers.size() + 1;
+      workers.emplace_back([this, w] { work(w); });
+    }
+  }
+  void work(int w) {
+    // stop is set before the generation moves: read in the other order here, either this
+    // thread sees stop or it sees the move (a worker that starts after its team stopped).
+    uint32_t seen = generation.load();
+    for (;;) {
+      if (stop.load()) return;
+      const uint32_t g = wait_change(generation, seen, workers_asleep);
+      seen = g;
+      if (stop.load()) return;
+      uint32_t open = g;
+      // Late for this piece (the caller covered it, or moved on): wait for the next.
+      if (!seats[w].compare_exchange_strong(open, g | kTaken, std::memory_order_acquire)) continue;
+      fn(ctx, w, size);
+      seats[w].store(g | kDone);
+      if (caller_asleep.load() > 0) futex_wake(seats[w]);
+    }
+  }
+
+  std::mutex holder;  // try-locked by hold_team: one holding thread at a time
+  std::vector<std::thread> workers;  // worker w (1-based) runs part w
+  int size = 1;  // the current holder's team, caller included
+  void (*fn)(void*, int, int) = nullptr;
   void* ctx = nullptr;
-  alignas(64) std::atomic<uint32_t> generation{0};  // bumped once per piece handed out
+  std::atomic<bool> stop{false};
+  alignas(64) std::atomic<uint32_t> generation{0};  // the piece being handed out
   std::atomic<int> workers_asleep{0};
-  alignas(64) std::atomic<uint32_t> pending{0};  // workers still running the current piece
-  std::atomic<int> caller_asleep{0};
+  alignas(64) std::atomic<int> caller_asleep{0};
+  struct alignas(64) Seat : std::atomic<uint32_t> {};
+  Seat seats[kMaxWorkers + 1];  // per worker: the piece it may take, and how far it got
 };
 
 HeldTeam* held_team() { return t_held; }
 
 int held_team_size(const HeldTeam* team) { return team->size; }
 
-// Hands fn to the workers (generation), runs its own part, waits for theirs (pending).
+// Opens a seat per worker for the piece, hands it out (generation), runs part 0, then for each
+// worker either waits for its part or, where it has not started, closes the seat and runs the
+// part itself: a descheduled or sleeping worker delays nobody.
 void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
   const int T = team->size;
-  if (T > 1) {
-    g_pieces.fetch_add(1, std::memory_order_relaxed);
-    team->fn = fn, team->ctx = ctx;
-    team->pending.store(T - 1, std::memory_order_relaxed);
-    team->generation.fetch_add(1);  // publishes fn, ctx, pending
-    if (team->workers_asleep.load() > 0) futex_wake(team->generation);
-  }
+  if (T <= 1) return fn(ctx, 0, 1);
+  g_pieces.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t g = (team->generation.load(std::memory_order_relaxed) + 1) & kGenerationMask;
+  team->fn = fn, team->ctx = ctx;
+  for (int w = 1; w < T; ++w) team->seats[w].store(g, std::memory_order_release);
+  team->generation.store(g);
+  if (team->workers_asleep.load() > 0) futex_wake(team->generation);
   fn(ctx, 0, T);
-  if (T > 1) {
-    for (uint32_t p = team->pending.load(std::memory_order_acquire); p != 0;)
-      p = wait_change(team->pending, p, team->caller_asleep);
+  for (int w = 1; w < T; ++w) {
+    uint32_t open = g;
+    if (team->seats[w].compare_exchange_strong(open, g | kCovered)) {
+      t_covering = true;
+      fn(ctx, w, T);
+      t_covering = false;
+      continue;
+    }
+    for (uint32_t v = open; v != (g | kDone);) v = wait_change(team->seats[w], v, team->caller_asleep);
   }
 }
 
@@ -115,39 +172,21 @@ void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
 
 long long held_team_pieces() { return detail::g_pieces.load(std::memory_order_relaxed); }
 
+bool team_part_covered() { return detail::t_covering; }
+
 void hold_team(const std::function<void()>& step) {
-  if (detail::t_held || omp_in_parallel() || omp_get_max_threads() < 2) return step();
-  detail::HeldTeam team;
-  std::exception_ptr error;
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num();
-    if (t == 0) {
-      team.size = omp_get_num_threads();
-      // Workers read size only after the first generation bump, which publishes it.
-      detail::t_held = &team;
-      try {
-        step();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      detail::t_held = nullptr;
-      if (team.size > 1) {
-        team.fn = nullptr;
-        team.generation.fetch_add(1);
-        if (team.workers_asleep.load() > 0) detail::futex_wake(team.generation);
-      }
-    } else {
-      uint32_t seen = 0;
-      for (;;) {
-        seen = detail::wait_change(team.generation, seen, team.workers_asleep);
-        if (!team.fn) break;
-        team.fn(team.ctx, t, team.size);
-        if (team.pending.fetch_sub(1) == 1 && team.caller_asleep.load() > 0) detail::futex_wake(team.pending);
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  const int T = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), detail::kMaxWorkers + 1);
+  if (detail::t_held || T < 2) return step();
+  static detail::HeldTeam team;  // its workers live until the process exits
+  std::unique_lock<std::mutex> lock(team.holder, std::try_to_lock);
+  if (!lock.owns_lock()) return step();  // another thread holds it: OpenMP regions as before
+  team.grow(T - 1);
+  team.size = T;
+  detail::t_held = &team;
+  struct Release {
+    ~Release() { detail::t_held = nullptr; }
+  } release;
+  step();
 }
 
 }  // namespace modlm

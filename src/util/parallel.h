@@ -9,9 +9,11 @@
 // The parallel pieces that remain (four products and the attention per layer: ~81 in an M step)
 // each cost a fork and a join: ~3 us for an empty `#pragma omp parallel` on this VM, a libgomp
 // barrier alone 1.4 us, against ~0.2 us for a barrier that spins on one shared counter
-// (docs/performance.md, "One team per decode step"). hold_team() enters one OpenMP region for the
-// whole step; the calling thread runs the step, and each team_run() inside it hands its body to
-// the other threads through a counter they spin on (then sleep on, after ~50 us without work).
+// (docs/performance.md, "One team per decode step"). hold_team() holds a team of worker threads
+// (kept for the process, not OpenMP's) for the whole step: each team_run() inside it hands its
+// body to them through counters they spin on (then sleep on, after ~50 us without work), and the
+// calling thread runs the part of any worker that has not started by the time its own part is
+// done, so a worker the OS has descheduled delays nobody.
 #pragma once
 
 #include <omp.h>
@@ -32,10 +34,15 @@ void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx);
 // decode step really goes through the team).
 long long held_team_pieces();
 
-// Runs step() on the calling thread with an OpenMP team of omp_get_max_threads() held for it:
-// team_run() calls that step() makes on this thread reach the other threads without a new OpenMP
-// region. An exception thrown by step() is rethrown once the team is released. Inside another
-// parallel region, inside a held team, or with one thread, step() runs plainly.
+// True while the calling thread runs the part of a held team's thread that had not started on
+// it (held_team_run covers such parts): per-thread timings taken then are not that thread's.
+bool team_part_covered();
+
+// Runs step() on the calling thread with a team of omp_get_max_threads() held for it (the caller
+// and workers kept for the process): team_run() calls that step() makes on this thread reach the
+// workers without an OpenMP region. Exceptions from step() pass through. Inside an OpenMP
+// parallel region, inside a held team, with one thread, or while another thread holds the team,
+// step() runs plainly (its pieces on OpenMP teams).
 void hold_team(const std::function<void()>& step);
 
 // The number of threads team_run(true, ...) would use here.
@@ -44,10 +51,10 @@ inline int team_threads() {
   return omp_in_parallel() ? 1 : omp_get_max_threads();
 }
 
-// body(t, T) for every t in [0, T) on the held team or, when none is held, a new OpenMP team;
-// body(0, 1) on the calling thread when !parallel, inside another parallel region, or with one
-// thread. Returns when every call has returned. Bodies must use t, not omp_get_thread_num(), for
-// per-thread scratch (they agree on a held or new team, not in the plain case).
+// body(t, T) for every t in [0, T) on the held team (parts whose worker has not started run on
+// the caller) or, when none is held, a new OpenMP team; body(0, 1) on the calling thread when
+// !parallel, inside another parallel region, or with one thread. Returns when every call has
+// returned. Bodies must use t, not omp_get_thread_num(), for per-thread scratch.
 template <typename Body>
 void team_run(bool parallel, Body&& body) {
   if (parallel) {
