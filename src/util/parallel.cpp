@@ -1,7 +1,9 @@
 #include "util/parallel.h"
 
 #include <atomic>
+#include <chrono>
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -25,20 +27,34 @@ namespace detail {
 
 namespace {
 
+std::string lower_env(const char* name) {
+  const char* v = std::getenv(name);
+  std::string s = v ? v : "";
+  for (char& c : s) c = (char)std::tolower((unsigned char)c);
+  return s;
+}
+
 // Spins before a waiting thread sleeps: ~50 us here (a pause takes ~19 ns on this Zen 5). The gaps
 // between a step's parallel pieces are a few us; between steps (sampling, the caller's work) or
 // with another process on a core, sleeping gives the core back, as libgomp does after
-// GOMP_SPINCOUNT (set to 3000 by main.cpp for the same reason). OMP_WAIT_POLICY is honoured:
-// passive sleeps at once, active never sleeps.
+// GOMP_SPINCOUNT (set to 3000 by main.cpp for the same reason). OMP_WAIT_POLICY=passive: no
+// spinning, as libgomp.
 int spins() {
-  static const int n = [] {
-    const char* policy = std::getenv("OMP_WAIT_POLICY");
-    const std::string p = policy ? policy : "";
-    if (p == "passive" || p == "PASSIVE") return 0;
-    if (p == "active" || p == "ACTIVE") return INT32_MAX;
-    return 2500;
-  }();
+  static const int n = lower_env("OMP_WAIT_POLICY") == "passive" ? 0 : 2500;
   return n;
+}
+
+// Whether OpenMP's own threads go to sleep soon after a region: not with OMP_WAIT_POLICY=active or
+// an unbounded GOMP_SPINCOUNT, where they spin on between the regions and a held team's workers
+// would share the cores with them (measured: the worker then ran a part after ~2 ms of pieces).
+bool openmp_threads_sleep() {
+  static const bool sleep = [] {
+    if (lower_env("OMP_WAIT_POLICY") == "active") return false;
+    const std::string count = lower_env("GOMP_SPINCOUNT");
+    if (count.rfind("infinit", 0) == 0) return false;
+    return count.empty() || std::strtod(count.c_str(), nullptr) < 1e7;
+  }();
+  return sleep;
 }
 
 inline void cpu_relax() {
@@ -132,6 +148,8 @@ struct HeldTeam {
   void (*fn)(void*, int, int) = nullptr;
   void* ctx = nullptr;
   std::atomic<bool> stop{false};
+  int64_t solo_until = 0;      // steady-clock ns until which the caller runs every part (0: none)
+  int64_t last_long_wait = 0;  // when the caller last waited long for a worker (0: never)
   alignas(64) std::atomic<uint32_t> generation{0};  // the piece being handed out
   std::atomic<int> workers_asleep{0};
   alignas(64) std::atomic<int> caller_asleep{0};
@@ -145,26 +163,61 @@ int held_team_size(const HeldTeam* team) { return team->size; }
 
 // Opens a seat per worker for the piece, hands it out (generation), runs part 0, then for each
 // worker either waits for its part or, where it has not started, closes the seat and runs the
-// part itself: a descheduled or sleeping worker delays nobody.
+// part itself: a sleeping worker, or one descheduled before it started, delays nobody.
+//
+// A worker descheduled in the middle of its part still does: the caller waits for it, a time
+// slice or more (measured with `yes` busy on one core, S batch 1: 11 waits of over 2 ms in 64
+// steps, ~one every 30 ms, none of 50 us-2 ms). Two such waits (longer than kLongWait and twice
+// the caller's own part) within kLoadWindow mean another process shares the cores: the caller
+// then runs every part itself for kSolo (one thread's speed, what a loaded machine gives) and
+// tries the workers again after. One alone does not: quiet runs of M at 64 sequences met single
+// waits of 4-17 ms a few times a second (the VM's host, presumably), and a solo period after
+// each cost 10-20 % of their speed.
+constexpr int64_t kLongWait = 2'000'000;     // ns
+constexpr int64_t kLoadWindow = 50'000'000;  // ns
+constexpr int64_t kSolo = 100'000'000;       // ns
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void run_covered(void (*fn)(void*, int, int), void* ctx, int w, int T) {
+  t_covering = true;
+  fn(ctx, w, T);
+  t_covering = false;
+}
+
 void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
   const int T = team->size;
   if (T <= 1) return fn(ctx, 0, 1);
+  if (team->solo_until && now_ns() < team->solo_until) {
+    fn(ctx, 0, T);
+    for (int w = 1; w < T; ++w) run_covered(fn, ctx, w, T);
+    return;
+  }
+  team->solo_until = 0;
   g_pieces.fetch_add(1, std::memory_order_relaxed);
   const uint32_t g = (team->generation.load(std::memory_order_relaxed) + 1) & kGenerationMask;
   team->fn = fn, team->ctx = ctx;
   for (int w = 1; w < T; ++w) team->seats[w].store(g, std::memory_order_release);
   team->generation.store(g);
   if (team->workers_asleep.load() > 0) futex_wake(team->generation);
+  const int64_t start = now_ns();
   fn(ctx, 0, T);
+  const int64_t own = now_ns() - start;
   for (int w = 1; w < T; ++w) {
     uint32_t open = g;
     if (team->seats[w].compare_exchange_strong(open, g | kCovered)) {
-      t_covering = true;
-      fn(ctx, w, T);
-      t_covering = false;
+      run_covered(fn, ctx, w, T);
       continue;
     }
+    const int64_t wait_start = now_ns();
     for (uint32_t v = open; v != (g | kDone);) v = wait_change(team->seats[w], v, team->caller_asleep);
+    const int64_t end = now_ns(), waited = end - wait_start;
+    if (waited > kLongWait && waited > 2 * own) {
+      if (team->last_long_wait && end - team->last_long_wait < kLoadWindow) team->solo_until = end + kSolo;
+      team->last_long_wait = end;
+    }
   }
 }
 
@@ -174,9 +227,16 @@ long long held_team_pieces() { return detail::g_pieces.load(std::memory_order_re
 
 bool team_part_covered() { return detail::t_covering; }
 
+bool team_runs_solo() {
+  const detail::HeldTeam* team = detail::t_held;
+  return team && team->solo_until && detail::now_ns() < team->solo_until;
+}
+
+bool held_teams_enabled() { return detail::openmp_threads_sleep(); }
+
 void hold_team(const std::function<void()>& step) {
   const int T = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), detail::kMaxWorkers + 1);
-  if (detail::t_held || T < 2) return step();
+  if (detail::t_held || T < 2 || !held_teams_enabled()) return step();
   static detail::HeldTeam team;  // its workers live until the process exits
   std::unique_lock<std::mutex> lock(team.holder, std::try_to_lock);
   if (!lock.owns_lock()) return step();  // another thread holds it: OpenMP regions as before

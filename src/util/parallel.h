@@ -38,12 +38,20 @@ long long held_team_pieces();
 // it (held_team_run covers such parts): per-thread timings taken then are not that thread's.
 bool team_part_covered();
 
+// True while the team this thread holds runs every part on this thread: after waits for workers
+// that only another process on the cores explains (util/parallel.cpp), for a tenth of a second.
+bool team_runs_solo();
+
 // Runs step() on the calling thread with a team of omp_get_max_threads() held for it (the caller
 // and workers kept for the process): team_run() calls that step() makes on this thread reach the
 // workers without an OpenMP region. Exceptions from step() pass through. Inside an OpenMP
-// parallel region, inside a held team, with one thread, or while another thread holds the team,
-// step() runs plainly (its pieces on OpenMP teams).
+// parallel region, inside a held team, with one thread, while another thread holds the team, or
+// where held teams are off (below), step() runs plainly (its pieces on OpenMP teams).
 void hold_team(const std::function<void()>& step);
+
+// False where OpenMP's threads keep spinning between regions (OMP_WAIT_POLICY=active, an
+// unbounded GOMP_SPINCOUNT): a held team's workers would compete with them for the cores.
+bool held_teams_enabled();
 
 // The number of threads team_run(true, ...) would use here.
 inline int team_threads() {
