@@ -371,7 +371,8 @@ void Decoder::step(const std::vector<int>& slots, const std::vector<int32_t>& to
     row_pos_[i] = length_[s];
   }
   // One team for the step's ~5 parallel pieces per layer (util/parallel.h). Not where products
-  // go to BLAS (gemm_rows), which runs its own threads and would run alone inside the team.
+  // go to BLAS (gemm_rows): OpenBLAS runs on OpenMP's threads, beside which the held team's
+  // workers would spin.
   if (g_hold_team.load(std::memory_order_relaxed) && !gemm_rows(B))
     hold_team([&] { forward_rows(tokens.data(), B); });
   else

@@ -197,7 +197,8 @@ void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
   }
   team->solo_until = 0;
   g_pieces.fetch_add(1, std::memory_order_relaxed);
-  const uint32_t g = (team->generation.load(std::memory_order_relaxed) + 1) & kGenerationMask;
+  // Never 0, a seat's value before its worker's first piece.
+  const uint32_t g = std::max<uint32_t>((team->generation.load(std::memory_order_relaxed) + 1) & kGenerationMask, 1);
   team->fn = fn, team->ctx = ctx;
   for (int w = 1; w < T; ++w) team->seats[w].store(g, std::memory_order_release);
   team->generation.store(g);
