@@ -104,6 +104,7 @@ constexpr int kMaxWorkers = 63;
 thread_local HeldTeam* t_held = nullptr;
 thread_local bool t_covering = false;
 std::atomic<long long> g_pieces{0};
+std::atomic<bool> g_workers_paused{false};
 
 }  // namespace
 
@@ -133,6 +134,7 @@ struct HeldTeam {
       const uint32_t g = wait_change(generation, seen, workers_asleep);
       seen = g;
       if (stop.load()) return;
+      if (g_workers_paused.load(std::memory_order_relaxed)) continue;  // as if descheduled (tests)
       uint32_t open = g;
       // Late for this piece (the caller covered it, or moved on): wait for the next.
       if (!seats[w].compare_exchange_strong(open, g | kTaken, std::memory_order_acquire)) continue;
@@ -227,6 +229,8 @@ void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
 long long held_team_pieces() { return detail::g_pieces.load(std::memory_order_relaxed); }
 
 bool team_part_covered() { return detail::t_covering; }
+
+bool pause_held_workers(bool paused) { return detail::g_workers_paused.exchange(paused); }
 
 bool team_runs_solo() {
   const detail::HeldTeam* team = detail::t_held;

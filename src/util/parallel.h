@@ -38,6 +38,10 @@ long long held_team_pieces();
 // it (held_team_run covers such parts): per-thread timings taken then are not that thread's.
 bool team_part_covered();
 
+// Tests: while paused, held teams' workers take no part in any piece, as if the OS had
+// descheduled them. Returns the previous setting.
+bool pause_held_workers(bool paused);
+
 // True while the team this thread holds runs every part on this thread: after waits for workers
 // that only another process on the cores explains (util/parallel.cpp), for a tenth of a second.
 bool team_runs_solo();
