@@ -16,6 +16,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"
 #include "tensor/tensor.h"
+#include "util/parallel.h"
 #include "util/rng.h"
 
 using namespace modlm;
@@ -197,5 +198,21 @@ BENCHMARK(BM_DecodeAttention)
     ->ArgsProduct({{512, 4096}, {0, 1}, {1, 32}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+
+// One parallel piece of a decode step, empty: what a step pays per product and attention to hand
+// work to the threads. arg 0: a new OpenMP region per piece; 1: team_run on a team held across
+// the pieces (hold_team, as Decoder::step does). ~3 us against ~0.2 us here (docs/performance.md,
+// "One team per decode step").
+static void BM_TeamRun(benchmark::State& st) {
+  const bool held = st.range(0);
+  std::vector<int> touched(64);
+  auto pieces = [&] {
+    for (auto _ : st) team_run(true, [&](int t, int) { touched[t * 16 % 64]++; });
+  };
+  if (held) hold_team(pieces);
+  else pieces();
+  benchmark::DoNotOptimize(touched.data());
+}
+BENCHMARK(BM_TeamRun)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();
