@@ -308,25 +308,24 @@ TEST(RateSplitTest, SharesFollowTheThreadsRatesWithinBounds) {
   EXPECT_EQ(b[0], 0);
   EXPECT_EQ(b[1], 50);
   EXPECT_EQ(b[2], 100);
+  // 200 products where thread 1 takes `slower` times as long as thread 0 for the same units.
+  auto learn = [&](double slower) {
+    for (int i = 0; i < 200; ++i) {
+      split.bounds(1000, 2, b);
+      const int units[2] = {b[1] - b[0], b[2] - b[1]};
+      const double seconds[2] = {units[0] * 1e-6, units[1] * 1e-6 * slower};
+      split.record(2, units, seconds);
+    }
+  };
   // Thread 1 takes twice as long for the same units: shares go to 2/3 and 1/3.
-  for (int i = 0; i < 200; ++i) {
-    split.bounds(1000, 2, b);
-    const int units[2] = {b[1] - b[0], b[2] - b[1]};
-    const double seconds[2] = {units[0] * 1e-6, units[1] * 2e-6};
-    split.record(2, units, seconds);
-  }
+  learn(2);
   EXPECT_NEAR(split.share(0), 2.0 / 3, 0.01);
   EXPECT_NEAR(split.share(1), 1.0 / 3, 0.01);
   split.bounds(300, 2, b);
   EXPECT_NEAR(b[1], 200, 2);
   EXPECT_EQ(b[2], 300);
   // Ten times slower: the share stops at 3/4 (3/2 of an even share).
-  for (int i = 0; i < 200; ++i) {
-    split.bounds(1000, 2, b);
-    const int units[2] = {b[1] - b[0], b[2] - b[1]};
-    const double seconds[2] = {units[0] * 1e-6, units[1] * 1e-5};
-    split.record(2, units, seconds);
-  }
+  learn(10);
   EXPECT_NEAR(split.share(0), 0.75, 1e-6);
   // A product where a thread had nothing to do, or no time measured, teaches nothing.
   const int empty[2] = {0, 10};

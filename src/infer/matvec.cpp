@@ -330,41 +330,35 @@ void rows_q8(const int8_t* W, int in, const float* x, float* Y, int j0, int j1, 
   }
 }
 constexpr bool kOneRowLoops = kZen;
-// The same loop for bf16 rows (widened 16 at a time, as the Zen row kernels do), four chains of
-// 16 weights, an L2 prefetch 4 KiB on. Decoder harness as above, after the rate split: 0.87-0.95x
-// the step time of row_inputs<1> through the block loop in four runs (no prefetch 0.95-0.96x, 8
-// KiB 0.96x). (Before the split and the teams-of-one fix it measured 1.0x: the imbalance hid it.)
-constexpr int kBf16RowPrefetch = 4096;
+// The same loop for bf16 and float rows (bf16 widened 16 at a time, as the Zen row kernels do),
+// four chains of 16 weights.
+// - bf16: an L2 prefetch 4 KiB on. Decoder harness as above, after the rate split: 0.87-0.95x the
+//   step time of row_inputs<1> through the block loop in four runs (no prefetch 0.95-0.96x, 8
+//   KiB 0.96x). (Before the split and the teams-of-one fix it measured 1.0x: the imbalance hid it.)
+// - float: no prefetch (the hardware's runs far enough ahead of 4 KiB rows). Tried in session g
+//   (1.0x; 1.05-1.15x slower with a prefetch) while the threads' ends of each product still
+//   drifted apart; with threads that help each other (rate_split.h), decoder harness, M batch 1,
+//   five runs in fast minutes (probes 67-82 GB/s): 0.947-0.960x the step time of the row tiles
+//   (best steps 86-93 against 80-88 % of the probe; an 8 KiB prefetch 0.98x); S 0.82x.
+template <typename WT>
+constexpr int row_prefetch() {
+  return std::is_same_v<WT, uint16_t> ? 4096 : 0;  // bytes ahead in the row stream; 0: none
+}
 
-void rows_bf16(const uint16_t* W, int in, const float* x, float* Y, int j0, int j1, bool acc) {
+template <typename WT>
+void rows_plain(const WT* W, int in, const float* x, float* Y, int j0, int j1, bool acc) {
   for (int j = j0; j < j1; ++j) {
-    const uint16_t* w = W + (size_t)j * in;
+    const WT* w = W + (size_t)j * in;
     __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int k = 0;
-    for (; k + 64 <= in; k += 64) {  // 128 bytes a step: two lines prefetched
-      __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kBf16RowPrefetch, 0, 2);
-      __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kBf16RowPrefetch + 64, 0, 2);
+    for (; k + 64 <= in; k += 64) {
+      if constexpr (row_prefetch<WT>() > 0) {  // bf16: 128 bytes a step, two lines prefetched
+        __builtin_prefetch(reinterpret_cast<const char*>(w + k) + row_prefetch<WT>(), 0, 2);
+        __builtin_prefetch(reinterpret_cast<const char*>(w + k) + row_prefetch<WT>() + 64, 0, 2);
+      }
       for (int h = 0; h < 4; ++h) s[h] = _mm512_fmadd_ps(load_w(w + k + 16 * h), _mm512_load_ps(x + k + 16 * h), s[h]);
     }
     for (; k < in; k += 16) s[0] = _mm512_fmadd_ps(load_w_masked(w + k, first_lanes(in - k)), _mm512_load_ps(x + k), s[0]);
-    const float v = hsum(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
-    Y[j] = acc ? Y[j] + v : v;
-  }
-}
-// And for float rows: four chains of 16, no prefetch (the hardware's runs far enough ahead of
-// 4 KiB rows). Tried in session g (1.0x; 1.05-1.15x slower with a prefetch) while the threads'
-// ends of each product still drifted apart; with threads that help each other (rate_split.h),
-// decoder harness, M batch 1, five runs in fast minutes (probes 67-82 GB/s): 0.947-0.960x the
-// step time of the row tiles (best steps 86-93 against 80-88 % of the probe; an 8 KiB prefetch
-// 0.98x); S 0.82x.
-void rows_f32(const float* W, int in, const float* x, float* Y, int j0, int j1, bool acc) {
-  for (int j = j0; j < j1; ++j) {
-    const float* w = W + (size_t)j * in;
-    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    int k = 0;
-    for (; k + 64 <= in; k += 64)
-      for (int h = 0; h < 4; ++h) s[h] = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16 * h), _mm512_load_ps(x + k + 16 * h), s[h]);
-    for (; k < in; k += 16) s[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first_lanes(in - k), w + k), _mm512_load_ps(x + k), s[0]);
     const float v = hsum(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
     Y[j] = acc ? Y[j] + v : v;
   }
@@ -953,8 +947,7 @@ void matvec_kernels(const WT* W, int out, int in, const float* X, int ldx, int B
     if (B == 1) {
       rate_split<WT>(kSplitOneRow).run(parallel, out, grain_units(sizeof(WT) * in), [&](int j0, int j1) {
         if constexpr (std::is_same_v<WT, int8_t>) rows_q8(W, in, Xp, Y, j0, j1, accumulate, SC);
-        else if constexpr (std::is_same_v<WT, uint16_t>) rows_bf16(W, in, Xp, Y, j0, j1, accumulate);
-        else rows_f32(W, in, Xp, Y, j0, j1, accumulate);
+        else rows_plain(W, in, Xp, Y, j0, j1, accumulate);
       });
       return;
     }

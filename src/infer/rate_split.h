@@ -125,7 +125,7 @@ void RateSplit::run(bool parallel, int units, int grain, Body&& body) {
       int victim = -1;
       uint32_t most = 0;
       for (int k = 0; k < T; ++k)
-        if (ranges[k].left() > most) most = ranges[k].left(), victim = k;
+        if (const uint32_t left = ranges[k].left(); left > most) most = left, victim = k;
       if (victim < 0 || !ranges[victim].take_back_half(grain, u0, u1)) {
         if (victim < 0 || most < 2 * (uint32_t)grain) break;  // nothing worth taking is left
         continue;                                               // lost a race: look again
