@@ -11,6 +11,7 @@
 #include "model/families.h"
 #include "util/error.h"
 #include "model/flops.h"
+#include "ops/gemm.h"
 
 using namespace modlm;
 using namespace modlm::testing;
@@ -309,6 +310,28 @@ TEST(Cli, BenchTrainNamesTheBlasKernelsAndAnEnvironmentThatPicksThem) {
   const std::string b = json::parse(chosen.out)["blas"].get<std::string>();
   EXPECT_EQ(b.rfind("OpenBLAS ", 0), 0u) << b;
   EXPECT_EQ(b.find("OPENBLAS_CORETYPE"), std::string::npos) << b;
+}
+
+TEST(Cli, NeverLeavesOpenBlasOnKernelsOlderThanAvx2OnAnAvx2Cpu) {
+  // OpenBLAS 0.3.21 takes CPUs newer than itself for Prescott (SSE3); unless the user chose a core,
+  // modlm asks for the one the CPU runs and says so. A core the user sets stays, Prescott too.
+  const std::string args = "bench train --d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --vocab 300 --batch 1 --seq-len 16 --steps 1 --no-peak --json";
+  auto chosen = run_modlm_env("-u OPENBLAS_CORETYPE -u " + std::string(ops::kBlasCorePickedEnv) + " OMP_WAIT_POLICY=passive", args);
+  ASSERT_EQ(chosen.code, 0) << chosen.out;
+  const std::string b = json::parse(chosen.out)["blas"].get<std::string>();
+  ASSERT_EQ(b.rfind("OpenBLAS ", 0), 0u) << b;
+  const std::string core = b.substr(9, b.find(' ', 9) - 9);
+  EXPECT_EQ(ops::blas_core_to_pick(core, ops::cpu_vector_level()), "") << b;
+  const size_t by_modlm = b.find(" (chosen by modlm: OpenBLAS took this CPU for ");
+  if (by_modlm != std::string::npos) {
+    const std::string picked = b.substr(by_modlm + 46, b.size() - 1 - (by_modlm + 46));
+    EXPECT_EQ(ops::blas_core_to_pick(picked, ops::cpu_vector_level()), core) << b;
+  } else {
+    EXPECT_EQ(b.find('('), std::string::npos) << b;
+  }
+  auto pinned = run_modlm_env("OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=Prescott", args);
+  ASSERT_EQ(pinned.code, 0) << pinned.out;
+  EXPECT_EQ(json::parse(pinned.out)["blas"].get<std::string>(), "OpenBLAS Prescott kernels (OPENBLAS_CORETYPE=Prescott in the environment)");
 }
 
 TEST(Cli, BenchGeneratePrefillsThroughTheStepKernelsFurtherWhenBlasIsPinnedNarrow) {

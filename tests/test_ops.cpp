@@ -35,6 +35,26 @@ TEST(Ops, GemmLinearMatchesLoops) {
     }
 }
 
+TEST(Ops, BlasCoreIsReplacedOnlyWhereOpenBlasTookTheCpuForOneOlderThanAvx2) {
+  using ops::blas_core_to_pick;
+  const ops::CpuVectorLevel sse{0, false}, avx{1, false}, avx2{2, false}, avx512{3, false}, bf16{3, true};
+  // A CPU newer than the library: OpenBLAS 0.3.21 took an Emerald Rapids for Prescott.
+  EXPECT_EQ(blas_core_to_pick("Prescott", bf16), "Cooperlake");
+  EXPECT_EQ(blas_core_to_pick("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(blas_core_to_pick("Core2", avx2), "Haswell");
+  EXPECT_EQ(blas_core_to_pick("Nehalem", avx2), "Haswell");
+  EXPECT_EQ(blas_core_to_pick("Sandybridge", bf16), "Cooperlake");
+  // Picks OpenBLAS made knowing the CPU stand, whatever the case of the name.
+  for (const char* core : {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", "COOPERLAKE", "Excavator"}) {
+    EXPECT_EQ(blas_core_to_pick(core, bf16), "") << core;
+    EXPECT_EQ(blas_core_to_pick(core, avx2), "") << core;
+  }
+  // A CPU without AVX2 keeps whatever OpenBLAS picked.
+  EXPECT_EQ(blas_core_to_pick("Prescott", sse), "");
+  EXPECT_EQ(blas_core_to_pick("Prescott", avx), "");
+  EXPECT_EQ(blas_core_to_pick("Sandybridge", avx), "");
+}
+
 TEST(Ops, GemmCountsFlopsOnlyWhenEnabled) {
   std::vector<float> a(6, 1), b(6, 1), c(4);
   int64_t before = FlopCounter::total().load();

@@ -301,7 +301,7 @@ inline void row_inputs(const WT* W, int in, const float* Xp, float* Y, int ldy, 
 // (docs/performance.md, "Batch 1 inside a real step").
 constexpr int kQ8RowPrefetch = 8192;
 
-void rows_q8(const int8_t* W, int in, const float* x, float* Y, int j0, int j1, bool acc, const float* SC) {
+[[maybe_unused]] void rows_q8(const int8_t* W, int in, const float* x, float* Y, int j0, int j1, bool acc, const float* SC) {
   const int nblk = q8_blocks(in);
   for (int j = j0; j < j1; ++j) {
     const int8_t* w = W + (size_t)j * in;

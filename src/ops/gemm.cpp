@@ -18,8 +18,53 @@ std::atomic<bool>& FlopCounter::enabled() {
 
 std::string blas_kernels() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename() + " kernels";
-  if (const char* env = std::getenv("OPENBLAS_CORETYPE"); env && *env) s += std::string(" (OPENBLAS_CORETYPE=") + env + " in the environment)";
-  return s;
+  const char* env = std::getenv("OPENBLAS_CORETYPE");
+  if (!env || !*env) return s;
+  if (const char* picked = std::getenv(kBlasCorePickedEnv); picked && *picked)
+    return s + " (chosen by modlm: OpenBLAS took this CPU for " + picked + ")";
+  return s + " (OPENBLAS_CORETYPE=" + env + " in the environment)";
+}
+
+CpuVectorLevel cpu_vector_level() {
+  CpuVectorLevel c;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx")) c.level = 1;
+  if (c.level == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) c.level = 2;
+  if (c.level == 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    c.level = 3;
+  c.bf16 = c.level == 3 && __builtin_cpu_supports("avx512bf16");
+#endif
+  return c;
+}
+
+std::string blas_core_to_pick(const std::string& picked, CpuVectorLevel cpu) {
+  if (cpu.level < 2) return "";
+  std::string core = picked;
+  for (char& c : core) c = (char)std::tolower((unsigned char)c);
+  // OpenBLAS's x86 cores with AVX2 or AVX-512 kernels (driver/others/dynamic.c): those stand.
+  for (const char* modern : {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids", "excavator"})
+    if (core == modern) return "";
+  if (cpu.level == 3) return cpu.bf16 ? "Cooperlake" : "SkylakeX";
+  return "Haswell";
+}
+
+bool set_blas_core_for_reexec() {
+  if (std::getenv("OPENBLAS_CORETYPE")) return false;
+  const std::string core = blas_core_to_pick();
+  if (core.empty()) return false;
+  setenv(kBlasCorePickedEnv, openblas_get_corename(), 1);
+  setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+  return true;
+}
+
+std::string blas_core_to_pick() {
+#if defined(__x86_64__)
+  return blas_core_to_pick(openblas_get_corename(), cpu_vector_level());
+#else
+  return "";
+#endif
 }
 
 bool blas_kernels_are_avx512() {

@@ -35,6 +35,31 @@ std::string blas_kernels();
 // Whether those kernels use AVX-512 (OpenBLAS's SkylakeX, Cooperlake, SapphireRapids cores).
 bool blas_kernels_are_avx512();
 
+// What the CPU can run, for choosing OpenBLAS kernels: 0 SSE only, 1 AVX, 2 AVX2 + FMA, 3
+// AVX-512 (F, BW, VL, DQ); bf16: AVX512_BF16 too.
+struct CpuVectorLevel {
+  int level = 0;
+  bool bf16 = false;
+};
+CpuVectorLevel cpu_vector_level();
+// The OpenBLAS core to ask for (OPENBLAS_CORETYPE) where the one OpenBLAS picked (`picked`, as
+// openblas_get_corename() names it) is older than AVX2 on a CPU that has AVX2: OpenBLAS 0.3.21
+// (Debian 12) takes CPUs newer than itself (Emerald Rapids, family 6 model 207) for its SSE3
+// Prescott core, which ran S training 4.4x slower here than its Cooperlake kernels. The
+// replacement is the one OpenBLAS itself falls back to for a CPU it does not know: Cooperlake
+// with AVX512_BF16, SkylakeX with AVX-512, Haswell with AVX2. "" where the pick stands (an AVX2
+// or AVX-512 core: OpenBLAS chose it knowing the CPU).
+std::string blas_core_to_pick(const std::string& picked, CpuVectorLevel cpu);
+// blas_core_to_pick() for this process's OpenBLAS and CPU.
+std::string blas_core_to_pick();
+// The variable modlm sets beside OPENBLAS_CORETYPE when it chose the core itself (its value:
+// the core OpenBLAS had picked), so that blas_kernels() can say so.
+inline constexpr const char* kBlasCorePickedEnv = "MODLM_OPENBLAS_PICKED";
+// Where the user set no OPENBLAS_CORETYPE and blas_core_to_pick() names a core, sets it (and
+// kBlasCorePickedEnv) in the environment and returns true: OpenBLAS reads it only when it loads,
+// so the caller then re-executes itself (modlm's main, bench_kernels).
+bool set_blas_core_for_reexec();
+
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T.
 // A is [M,K] (or [K,M] if trans_a), B is [K,N] (or [N,K] if trans_b).
 template <typename T>
