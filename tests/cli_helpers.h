@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "temp_dir.h"
 #include "util/rng.h"
 
 namespace modlm::testing {
@@ -47,6 +48,7 @@ inline std::string temp_dir(const std::string& name) {
   auto d = std::filesystem::temp_directory_path() / ("modlm_test_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
+  remove_at_exit(d);
   return d.string();
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
@@ -35,6 +36,7 @@ inline std::string hf_test_tokenizer(const std::string& corpus_gz) {
   static std::string path;
   if (path.empty()) {
     const std::string dir = std::filesystem::temp_directory_path() / ("modlm_hf_tok_" + std::to_string(::getpid()));
+    remove_at_exit(dir);
     io::train_sentencepiece(corpus_gz, 280, dir, 1, 2000);
     path = dir + "/tokenizer.model";
   }

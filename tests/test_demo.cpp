@@ -211,8 +211,13 @@ TEST(Report, ChartIsWellFormedAndCarriesItsData) {
   c.id = "c";
   c.x.label = "x <axis>";
   c.y.label = "y & axis";
-  c.series.push_back({"s1", "one", "#123456", {1, 2, 3}, {3, 2, 1}});
-  c.series.push_back({"s2", "", "#654321", {1, 2}, {0.5, std::nan("")}});
+  auto series = [](std::string key, std::string label, std::string color, std::vector<double> x, std::vector<double> y) {
+    demo::Series s;
+    s.key = std::move(key), s.label = std::move(label), s.color = std::move(color), s.x = std::move(x), s.y = std::move(y);
+    return s;
+  };
+  c.series.push_back(series("s1", "one", "#123456", {1, 2, 3}, {3, 2, 1}));
+  c.series.push_back(series("s2", "", "#654321", {1, 2}, {0.5, std::nan("")}));
   c.refs.push_back({true, 2.5, "ref <2.5>", "#888"});
   std::string svg = demo::render_line_chart(c);
   EXPECT_EQ(xml_problem(svg), "") << svg;
