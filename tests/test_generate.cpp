@@ -1483,13 +1483,30 @@ TEST(BenchGenerateCli, ForcedFractionComparesModWithItsDenseTwin) {
   for (const auto& run : j["mod"]["runs"]) {
     EXPECT_EQ(run["processed_fraction"].size(), 2u);
     EXPECT_EQ(run["context_tokens"], 48);
+    // The prompts' share per routed layer: whole tokens of the batch's 40-token prompts.
+    ASSERT_EQ(run["prefill_processed_fraction"].size(), 2u);
+    const double rows = 40.0 * run["batch"].get<int>();
+    for (const auto& f : run["prefill_processed_fraction"]) {
+      EXPECT_GE(f.get<double>(), 0.0);
+      EXPECT_LE(f.get<double>(), 1.0);
+      EXPECT_NEAR(f.get<double>() * rows, std::round(f.get<double>() * rows), 1e-9);
+    }
   }
+  EXPECT_FALSE(j["dense"]["runs"][0].contains("prefill_processed_fraction"));
   // Dense KV cache at batch 1: 4 layers x 48 tokens x K and V x 32 floats.
   EXPECT_DOUBLE_EQ(j["dense"]["runs"][0]["kv_cache_bytes"].get<double>(), 4.0 * 48 * 2 * 32 * 4);
   const json& cmp = j["comparison"];
   EXPECT_LT(cmp["analytic_flops_per_token"]["ratio"].get<double>(), 1.0);
   EXPECT_LT(cmp["analytic_weight_bytes_per_token"]["ratio"].get<double>(), 1.0);
   EXPECT_LT(cmp["runs"][0]["kv_cache_bytes_ratio"].get<double>(), 1.0);
+  // The prefill side by side: time ratio, the FLOPs each executed, the analytic ratio at capacity.
+  for (const auto& run : cmp["runs"]) {
+    EXPECT_GT(run["prefill_time_ratio"].get<double>(), 0.0);
+    EXPECT_LT(run["prefill_analytic_flop_ratio"].get<double>(), 1.0);
+    const double executed = run["prefill_executed_flop_ratio"].get<double>();
+    EXPECT_GT(executed, 0.0);
+    EXPECT_LT(executed, 1.1);  // a routed layer costs its dense twin's plus the router and predictor at most
+  }
   for (const char* bad : {"--processed-fraction 1.5", "--processed-fraction -0.5", "--processed-fraction nan"})
     EXPECT_EQ(run_modlm(shape + "--routing every_other " + bad).code, 2) << bad;
   EXPECT_EQ(run_modlm(shape + "--processed-fraction 0.5").code, 2);  // nothing routed

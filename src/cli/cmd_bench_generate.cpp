@@ -89,6 +89,7 @@ struct DecodeTiming {
   double best_step_gbps = 0;            // the fastest step's weight bytes / its time (best of n_new)
   double kv_bytes = 0;                  // K and V the cache holds at the end (prompt + new tokens)
   std::vector<double> processed;        // per routed layer: fraction of the decoded tokens it processed
+  std::vector<double> prefill_processed;  // per routed layer: fraction of the prompt tokens it processed
 };
 
 // `stream` (if any) runs one pass after every 4th timed step (at least 5 in all), outside the
@@ -109,6 +110,11 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
     dec.prefill(prompts);
     const double prefill = seconds_since(t0);
     const double prefill_flops = (double)(ops::FlopCounter::total().load() - f0);
+    std::vector<double> prefill_processed(dec.routed_layers().size(), 0.0);
+    for (size_t j = 0; j < prefill_processed.size(); ++j) {
+      for (int i = 0; i < B * prompt_len; ++i) prefill_processed[j] += dec.route(i, (int)j).processed;
+      prefill_processed[j] /= (double)B * prompt_len;
+    }
     const int64_t f1 = ops::FlopCounter::total().load();
     std::vector<double> steps;
     double bytes = 0, best_gbps = 0;
@@ -136,6 +142,7 @@ DecodeTiming time_decode(std::shared_ptr<const infer::InferenceWeights> w, int B
     t.products_flops = (double)infer::MatvecClock::flops() / n;
     t.prefill_s = prefill;
     t.prefill_flops = prefill_flops;
+    t.prefill_processed = prefill_processed;
     t.step_flops = (double)(ops::FlopCounter::total().load() - f1) / n;
     double sum = 0;
     for (double x : steps) sum += x;
@@ -221,6 +228,22 @@ void add_comparison(const ModelConfig& cfg, const std::string& kind, const std::
       std::printf("  batch %-3d decode speed %.2fx (step time ratio %.3f) | measured weight bytes ratio %.3f | KV bytes %.1f vs %.1f MB, ratio %.3f\n",
                   rm[i]["batch"].get<int>(), speed, time, bytes, rm[i]["kv_cache_bytes"].get<double>() / 1e6,
                   rd[i]["kv_cache_bytes"].get<double>() / 1e6, kv);
+    // The prefill: its time ratio against the FLOP ratio it executed (FlopCounter; the routed
+    // layers process the share of prompt tokens the predictor picks, which a forced
+    // --processed-fraction fits to the continuations, not the prompts) and the analytic one at
+    // capacity (SPEC §5, the prompt of T0 tokens).
+    const double pf_time = rd[i]["prefill_tokens_per_second"].get<double>() / rm[i]["prefill_tokens_per_second"].get<double>();
+    const double pf_flops = rm[i]["prefill_flops"].get<double>() / rd[i]["prefill_flops"].get<double>();
+    const double pf_analytic = (double)analytic_forward_flops(cfg, T0).total() / (double)analytic_forward_flops(dense, T0).total();
+    per_batch.back()["prefill_time_ratio"] = pf_time;
+    per_batch.back()["prefill_executed_flop_ratio"] = pf_flops;
+    per_batch.back()["prefill_analytic_flop_ratio"] = pf_analytic;
+    if (print) {
+      std::printf("  batch %-3d prefill time ratio %.3f | executed FLOP ratio %.3f", rm[i]["batch"].get<int>(), pf_time, pf_flops);
+      if (rm[i].contains("prefill_processed_fraction_mean"))
+        std::printf(" (prompt tokens processed %.3f)", rm[i]["prefill_processed_fraction_mean"].get<double>());
+      std::printf(" | analytic at capacity %.3f | time / executed FLOPs %.2f\n", pf_analytic, pf_time / pf_flops);
+    }
   }
   cmp["runs"] = per_batch;
   if (mod_key == kind) out["comparison"] = cmp;
@@ -382,6 +405,11 @@ Command add_bench_generate(CLI::App& app) {
                 double mean_processed = 0;
                 for (double p : t.processed) mean_processed += p / t.processed.size();
                 if (!t.processed.empty()) j["processed_fraction"] = t.processed, j["processed_fraction_mean"] = mean_processed;
+                double mean_prefill_processed = 0;
+                for (double p : t.prefill_processed) mean_prefill_processed += p / t.prefill_processed.size();
+                if (!t.prefill_processed.empty())
+                  j["prefill_processed_fraction"] = t.prefill_processed, j["prefill_processed_fraction_mean"] = mean_prefill_processed;
+                j["prefill_flops"] = t.prefill_flops;
                 if (stream_now > 0) {
                   j["fraction_of_stream"] = t.best_step_gbps / stream_now;
                   j["median_fraction_of_stream"] = gbps / stream_now;
@@ -412,7 +440,7 @@ Command add_bench_generate(CLI::App& app) {
                   std::printf(" (products %.1f GFLOP/s = %.0f%%, %.0f%% of the step)", products_gf, 100 * products_gf / sgemm_now,
                               100 * t.products_s / t.step_mean_s);
                   std::printf(" | KV %.1f MB at %d tokens", t.kv_bytes / 1e6, o->prompt_len + o->n_new);
-                  if (!t.processed.empty()) std::printf(" | processed %.3f", mean_processed);
+                  if (!t.processed.empty()) std::printf(" | processed %.3f (prompts %.3f)", mean_processed, mean_prefill_processed);
                   std::printf("\n");
                   std::fflush(stdout);
                 }
