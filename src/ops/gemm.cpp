@@ -16,11 +16,17 @@ std::atomic<bool>& FlopCounter::enabled() {
   return e;
 }
 
+static std::string lower(std::string s) {
+  for (char& c : s) c = (char)std::tolower((unsigned char)c);
+  return s;
+}
+
 std::string blas_kernels() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename() + " kernels";
   const char* env = std::getenv("OPENBLAS_CORETYPE");
   if (!env || !*env) return s;
-  if (const char* picked = std::getenv(kBlasCorePickedEnv); picked && *picked)
+  // (Only where the kernels running are the ones asked for: a failed re-execution keeps the old.)
+  if (const char* picked = std::getenv(kBlasCorePickedEnv); picked && *picked && lower(openblas_get_corename()) == lower(env))
     return s + " (chosen by modlm: OpenBLAS took this CPU for " + picked + ")";
   return s + " (OPENBLAS_CORETYPE=" + env + " in the environment)";
 }
@@ -41,8 +47,7 @@ CpuVectorLevel cpu_vector_level() {
 
 std::string blas_core_to_pick(const std::string& picked, CpuVectorLevel cpu) {
   if (cpu.level < 2) return "";
-  std::string core = picked;
-  for (char& c : core) c = (char)std::tolower((unsigned char)c);
+  const std::string core = lower(picked);
   // OpenBLAS's x86 cores with AVX2 or AVX-512 kernels (driver/others/dynamic.c): those stand.
   for (const char* modern : {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids", "excavator"})
     if (core == modern) return "";
@@ -68,8 +73,7 @@ std::string blas_core_to_pick() {
 }
 
 bool blas_kernels_are_avx512() {
-  std::string core = openblas_get_corename();
-  for (char& c : core) c = (char)std::tolower((unsigned char)c);
+  const std::string core = lower(openblas_get_corename());
   return core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
 }
 
