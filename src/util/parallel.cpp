@@ -192,13 +192,13 @@ void run_covered(void (*fn)(void*, int, int), void* ctx, int w, int T) {
 void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx) {
   const int T = team->size;
   if (T <= 1) return fn(ctx, 0, 1);
+  g_pieces.fetch_add(1, std::memory_order_relaxed);
   if (team->solo_until && now_ns() < team->solo_until) {
     fn(ctx, 0, T);
     for (int w = 1; w < T; ++w) run_covered(fn, ctx, w, T);
     return;
   }
   team->solo_until = 0;
-  g_pieces.fetch_add(1, std::memory_order_relaxed);
   // Never 0, a seat's value before its worker's first piece.
   const uint32_t g = std::max<uint32_t>((team->generation.load(std::memory_order_relaxed) + 1) & kGenerationMask, 1);
   team->fn = fn, team->ctx = ctx;

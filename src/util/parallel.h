@@ -31,8 +31,8 @@ int held_team_size(const HeldTeam* team);
 void held_team_run(HeldTeam* team, void (*fn)(void*, int, int), void* ctx);
 }  // namespace detail
 
-// Pieces handed to a held team's other threads so far in this process (tests check that a
-// decode step really goes through the team).
+// Pieces run through a held team of two or more so far in this process, those it ran solo
+// (under load, below) included: tests check that a decode step really goes through the team.
 long long held_team_pieces();
 
 // True while the calling thread runs the part of a held team's thread that had not started on
