@@ -13,6 +13,7 @@
 #include "util/error.h"
 #include "util/fs.h"
 #include "util/json_file.h"
+#include "util/strings.h"
 
 namespace modlm::io {
 
@@ -30,13 +31,8 @@ const std::set<std::string> kStructuralKeys = {
     "max_position_embeddings", "vocab_size", "hidden_act",       "rope_scaling",            "attention_bias",
     "mlp_bias",      "head_dim",          "torch_dtype"};
 
-std::string lower(std::string s) {
-  for (char& c : s) c = (char)std::tolower((unsigned char)c);
-  return s;
-}
-
 DType parse_export_dtype(const std::string& s) {
-  const std::string l = lower(s);
+  const std::string l = ascii_lower(s);
   if (l == "f32" || l == "float32") return DType::F32;
   if (l == "bf16" || l == "bfloat16") return DType::BF16;
   if (l == "f16" || l == "float16") return DType::F16;

@@ -2,8 +2,9 @@
 
 #include <cblas.h>
 
-#include <cctype>
 #include <cstdlib>
+
+#include "util/strings.h"
 
 namespace modlm::ops {
 
@@ -16,17 +17,12 @@ std::atomic<bool>& FlopCounter::enabled() {
   return e;
 }
 
-static std::string lower(std::string s) {
-  for (char& c : s) c = (char)std::tolower((unsigned char)c);
-  return s;
-}
-
 std::string blas_kernels() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename() + " kernels";
   const char* env = std::getenv("OPENBLAS_CORETYPE");
   if (!env || !*env) return s;
   // (Only where the kernels running are the ones asked for: a failed re-execution keeps the old.)
-  if (const char* picked = std::getenv(kBlasCorePickedEnv); picked && *picked && lower(openblas_get_corename()) == lower(env))
+  if (const char* picked = std::getenv(kBlasCorePickedEnv); picked && *picked && ascii_lower(openblas_get_corename()) == ascii_lower(env))
     return s + " (chosen by modlm: OpenBLAS took this CPU for " + picked + ")";
   return s + " (OPENBLAS_CORETYPE=" + env + " in the environment)";
 }
@@ -47,7 +43,7 @@ CpuVectorLevel cpu_vector_level() {
 
 std::string blas_core_to_pick(const std::string& picked, CpuVectorLevel cpu) {
   if (cpu.level < 2) return "";
-  const std::string core = lower(picked);
+  const std::string core = ascii_lower(picked);
   // OpenBLAS's x86 cores with AVX2 or AVX-512 kernels (driver/others/dynamic.c): those stand.
   for (const char* modern : {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids", "excavator"})
     if (core == modern) return "";
@@ -73,7 +69,7 @@ std::string blas_core_to_pick() {
 }
 
 bool blas_kernels_are_avx512() {
-  const std::string core = lower(openblas_get_corename());
+  const std::string core = ascii_lower(openblas_get_corename());
   return core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
 }
 
