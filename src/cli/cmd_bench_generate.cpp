@@ -402,13 +402,15 @@ Command add_bench_generate(CLI::App& app) {
                        {"best_step_weight_gbps", t.best_step_gbps},
                        {"kv_cache_bytes", t.kv_bytes},
                        {"context_tokens", o->prompt_len + o->n_new}};
-                double mean_processed = 0;
-                for (double p : t.processed) mean_processed += p / t.processed.size();
-                if (!t.processed.empty()) j["processed_fraction"] = t.processed, j["processed_fraction_mean"] = mean_processed;
-                double mean_prefill_processed = 0;
-                for (double p : t.prefill_processed) mean_prefill_processed += p / t.prefill_processed.size();
-                if (!t.prefill_processed.empty())
-                  j["prefill_processed_fraction"] = t.prefill_processed, j["prefill_processed_fraction_mean"] = mean_prefill_processed;
+                // Per routed layer and their mean, under `key` (none for a model without routed layers).
+                auto add_processed = [&](const char* key, const std::vector<double>& per_layer) {
+                  double mean = 0;
+                  for (double p : per_layer) mean += p / per_layer.size();
+                  if (!per_layer.empty()) j[key] = per_layer, j[std::string(key) + "_mean"] = mean;
+                  return mean;
+                };
+                const double mean_processed = add_processed("processed_fraction", t.processed);
+                const double mean_prefill_processed = add_processed("prefill_processed_fraction", t.prefill_processed);
                 j["prefill_flops"] = t.prefill_flops;
                 if (stream_now > 0) {
                   j["fraction_of_stream"] = t.best_step_gbps / stream_now;
